@@ -1,0 +1,31 @@
+# FleetWatch: `make demo` runs the main job, `make test` runs the tests; both install on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast check-java clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: FleetWatch needs Python 3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+check-java:
+	@command -v java >/dev/null || { echo "error: Java 17 or newer is needed by Spark and was not found: install OpenJDK 17 (apt-get install openjdk-17-jre-headless)"; exit 1; }
+
+demo: install check-java
+	$(BIN)/fleetwatch demo
+
+test: install check-java
+	$(BIN)/pytest -q
+
+test-fast: install check-java
+	$(BIN)/pytest -q -m "not slow"
+
+clean:
+	rm -rf .fleetwatch .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmark scripts (run by hand, never timed assertions in tests)."""

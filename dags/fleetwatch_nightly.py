@@ -1,0 +1,94 @@
+"""
+### FleetWatch nightly: `validate >> features >> has_champion >> [drift_check >> request_retrain, score >> publish]`
+
+One DAG per dataset spec. Each night it checks the new raw partition against the dataset's
+spec, builds its features, and, once the dataset has a champion model, checks the partition for
+drift against the champion's training window, scores it and publishes its incidents to the
+alerts table.
+
+- `{{ ds }}` is the partition date: the run for the interval [D 01:30, D+1 01:30) UTC has
+  logical date D, so it starts after day D is complete.
+- Runs go one at a time and catch up from `FLEETWATCH_SCHEDULE_START`: the features of D
+  read the tail of D-1.
+- A partition that fails validation fails the run at once (it is quarantined and its report
+  kept); nothing downstream is written. Every step replaces its partition whole, so a retry
+  or a rerun gives the same result.
+- Before the first training (no champion yet) the run only validates and builds features;
+  `has_champion` skips the drift check, score and publish and says so in its log.
+- `request_retrain` emits the Asset event `fleetwatch://drift/<dataset>` (extra `{"day": ds}`),
+  which triggers the retrain DAG, when the drift check found drifted entities or entities
+  ready to graduate from the fleet model to their own; otherwise it is skipped (no event).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from fleetwatch.orchestration import DEFAULT_ARGS, drift_asset, nightly_dag_id
+from fleetwatch.settings import Settings, get_settings
+from fleetwatch.spark_operator import SparkJobOperator
+from fleetwatch.specs import list_specs
+
+log = logging.getLogger(__name__)
+
+
+def nightly(settings: Settings, dataset: str):
+    @dag(
+        dag_id=nightly_dag_id(dataset),
+        schedule=CronDataIntervalTimetable(settings.nightly_cron, timezone="UTC"),
+        start_date=dt.datetime.combine(settings.schedule_start, dt.time(), tzinfo=dt.UTC),
+        catchup=True,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["fleetwatch", dataset],
+        doc_md=__doc__,
+    )
+    def pipeline():
+        validate = SparkJobOperator(task_id="validate", job="validate_partition", dataset=dataset, settings=settings)
+        features = SparkJobOperator(task_id="features", job="build_features", dataset=dataset, settings=settings)
+        drift_check = SparkJobOperator(task_id="drift_check", job="check_drift", dataset=dataset, settings=settings)
+        score = SparkJobOperator(task_id="score", job="score_partition", dataset=dataset, settings=settings)
+
+        @task.short_circuit
+        def has_champion() -> bool:
+            from models.registry import has_champion
+
+            found = has_champion(settings, dataset)
+            if not found:
+                log.info("dataset %s has no champion model yet: skipping drift check, score and publish (run retrain)", dataset)
+            return found
+
+        @task
+        def publish(ds: str | None = None) -> int:
+            from fleetwatch.lake import parse_day
+            from fleetwatch.publishing import publish_alerts
+
+            return publish_alerts(settings, dataset, parse_day(ds))
+
+        @task(outlets=[drift_asset(dataset)])
+        def request_retrain(ds: str | None = None, outlet_events=None) -> str:
+            from fleetwatch.lake import parse_day
+            from models.drift_check import read_summary
+
+            summary = read_summary(settings, dataset, parse_day(ds))
+            if summary is None or not summary.retrain:
+                raise AirflowSkipException(f"{dataset} dt={ds}: no drift and no entity ready to graduate; no retrain")
+            outlet_events[drift_asset(dataset)].extra = {
+                "day": ds, "drift_entities": summary.drift_entities, "graduating": summary.graduating,
+            }
+            return summary.describe()
+
+        gate = validate >> features >> has_champion()
+        gate >> drift_check >> request_retrain()
+        gate >> score >> publish()
+
+    return pipeline()
+
+
+_settings = get_settings()
+for _dataset in list_specs(_settings.specs_dir):
+    globals()[nightly_dag_id(_dataset)] = nightly(_settings, _dataset)

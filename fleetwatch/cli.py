@@ -1,0 +1,284 @@
+"""The ``fleetwatch`` command: thin commands over the same library code the DAGs run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fleetwatch.errors import FleetWatchError
+from fleetwatch.lake import parse_day
+from fleetwatch.settings import get_settings
+
+app = typer.Typer(help="FleetWatch: nightly anomaly detection for fleets of entities.", no_args_is_help=True)
+alerts_app = typer.Typer(help="Read and label alerts.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered model versions and aliases.", no_args_is_help=True)
+ingest_app = typer.Typer(help="Turn upstream data sets into dataset specs and lake partitions.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Run the platform on a labelled data set and report quality.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(models_app, name="models")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(evaluate_app, name="evaluate")
+console = Console()
+
+DatasetOpt = typer.Option(..., "--dataset", "-d", help="Dataset name (its spec is <specs_dir>/<name>.toml).")
+DateOpt = typer.Option(..., "--date", help="Partition date, YYYY-MM-DD.")
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _spark_step(step, dataset: str, date: str):
+    settings = get_settings()
+    try:
+        day = parse_day(date)
+        from fleetwatch.spark import get_spark
+
+        with console.status(f"running on Spark ({settings.spark_master})..."):
+            spark = get_spark(settings)
+            result = step(spark, settings, dataset, day)
+        console.print(f"{dataset} {day}: {result}", highlight=False)
+    except FleetWatchError as exc:
+        _fail(exc)
+
+
+@app.command()
+def config() -> None:
+    """Print every setting (FLEETWATCH_* variables and .env), passwords hidden."""
+    try:
+        items = get_settings().public_items()
+    except Exception as exc:  # pydantic names the bad key
+        _fail(exc)
+    table = Table("setting", "value", "environment variable")
+    for key, value in items.items():
+        table.add_row(key, value, f"FLEETWATCH_{key.upper()}")
+    console.print(table)
+
+
+@app.command()
+def generate(
+    dataset: str = typer.Option("fleet", "--dataset", "-d", help="Name of the dataset to create."),
+    entities: int = typer.Option(20, min=1, help="Number of entities."),
+    days: int = typer.Option(21, min=1, help="Number of daily partitions."),
+    start: str = typer.Option("2026-01-01", help="First partition date, YYYY-MM-DD."),
+    seed: int = typer.Option(7, help="Seed: the same seed gives the same fleet."),
+) -> None:
+    """Generate a synthetic fleet with labelled anomalies and a drift event into the lake."""
+    from fleetwatch.synthetic import generate_fleet
+
+    try:
+        summary = generate_fleet(get_settings(), dataset, entities=entities, days=days, start=parse_day(start), seed=seed)
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(summary, highlight=False)
+
+
+@app.command()
+def validate(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
+    """Validate one raw partition (Great Expectations); quarantine it if it fails."""
+    from fleetwatch.quality import validate_partition
+
+    _spark_step(validate_partition, dataset, date)
+
+
+@app.command()
+def features(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
+    """Compute the feature view of one partition (with lookback into the day before)."""
+    from feature_store.pipeline import build_features
+
+    _spark_step(build_features, dataset, date)
+
+
+@app.command()
+def train(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
+    """Train the model bundle on the window ending at DATE and register it in MLflow."""
+    from models.training import train_models
+
+    _spark_step(train_models, dataset, date)
+
+
+@app.command()
+def score(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
+    """Score one feature partition with the champion bundle and group incidents."""
+    from models.scoring import score_partition
+
+    _spark_step(score_partition, dataset, date)
+
+
+@app.command()
+def drift(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
+    """Check one feature partition for drift against the champion's training window."""
+    from models.drift_check import check_drift
+
+    _spark_step(check_drift, dataset, date)
+
+
+@app.command()
+def publish(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
+    """Publish one partition's incidents to the alerts table (replaces that partition's rows)."""
+    from fleetwatch.publishing import publish_alerts
+
+    try:
+        n = publish_alerts(get_settings(), dataset, parse_day(date))
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(f"{dataset} {date}: {n} alerts published")
+
+
+@app.command()
+def night(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
+    """Run the whole nightly DAG for one date through Airflow (dag.test, in-process)."""
+    from fleetwatch.orchestration import last_failures, run_nightly
+
+    try:
+        state = run_nightly(get_settings(), dataset, parse_day(date))
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(f"nightly {dataset} {date}: {state}")
+    if state != "success":
+        for task_id, error in last_failures().items():
+            console.print(f"[red]{task_id} failed:[/red] {error}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    entities: int = typer.Option(20, min=2, help="Entities in the synthetic fleet."),
+    days: int = typer.Option(21, min=4, help="Days in the synthetic fleet."),
+    dataset: str = typer.Option("demo", help="Dataset name."),
+) -> None:
+    """Generate a fleet and run it night by night through the real Airflow DAGs."""
+    from fleetwatch.demo import run_demo
+
+    try:
+        run_demo(get_settings(), dataset=dataset, entities=entities, days=days, console=console)
+    except FleetWatchError as exc:
+        _fail(exc)
+
+
+@app.command()
+def sql(query: str = typer.Argument(..., help="A SQL statement to run against the alerts database.")) -> None:
+    """Run SQL against the alerts database and print the rows."""
+    from fleetwatch.alerts_store import AlertsStore
+
+    try:
+        columns, rows = AlertsStore(get_settings().alerts_db_url).query(query)
+    except FleetWatchError as exc:
+        _fail(exc)
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+@alerts_app.command("list")
+def alerts_list(
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Only this dataset."),
+    limit: int = typer.Option(20, min=1, help="How many, newest first."),
+) -> None:
+    """Show the most recent alerts."""
+    from fleetwatch.alerts_store import AlertsStore
+
+    try:
+        frame = AlertsStore(get_settings().alerts_db_url).list_recent(limit=limit, dataset=dataset)
+    except FleetWatchError as exc:
+        _fail(exc)
+    cols = ["id", "dataset", "entity_id", "start_ts", "end_ts", "peak_score", "severity", "top_metrics", "label"]
+    table = Table(*cols)
+    for rec in frame.to_dict("records"):
+        table.add_row(*(str(rec.get(c, "")) for c in cols))
+    console.print(table)
+
+
+@alerts_app.command("label")
+def alerts_label(
+    alert_id: int = typer.Argument(..., help="Alert id (column id)."),
+    value: str = typer.Argument(..., help="true (a real anomaly) or false (a false alarm)."),
+) -> None:
+    """Mark an alert as a true or a false positive."""
+    from fleetwatch.alerts_store import AlertsStore
+
+    if value.lower() not in ("true", "false"):
+        _fail(FleetWatchError(f"label must be true or false, not {value!r}"))
+    try:
+        AlertsStore(get_settings().alerts_db_url).label(alert_id, value.lower() == "true")
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(f"alert {alert_id} labelled {value.lower()}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models with their versions, aliases and training windows."""
+    from models.registry import list_versions
+
+    try:
+        frame = list_versions(get_settings())
+    except FleetWatchError as exc:
+        _fail(exc)
+    table = Table(*frame.columns)
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+@models_app.command("rollback")
+def models_rollback(dataset: str = DatasetOpt) -> None:
+    """Point `champion` back at the previous champion version."""
+    from models.registry import rollback
+
+    try:
+        version = rollback(get_settings(), dataset)
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(f"{dataset}: champion is now version {version}")
+
+
+@ingest_app.command("smd")
+def ingest_smd_cmd(
+    data: Path = typer.Option(..., "--data", help="Folder with train/, test/, test_label/, interpretation_label/."),
+    machines: Optional[list[str]] = typer.Option(None, "--machines", help="Machines to load (default: all)."),
+    start: str = typer.Option("2026-01-01", help="Date of the first training minute."),
+    dataset: str = typer.Option("smd", help="Dataset name to create."),
+) -> None:
+    """Load Server Machine Dataset files into a dataset spec and raw lake partitions."""
+    from fleetwatch.datasets.smd import ingest_smd
+
+    try:
+        summary = ingest_smd(get_settings(), Path(data), machines=machines, start=parse_day(start), dataset=dataset)
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(summary, highlight=False)
+
+
+@evaluate_app.command("smd")
+def evaluate_smd_cmd(
+    data: Path = typer.Option(..., "--data", help="Folder of the SMD files."),
+    machines: Optional[list[str]] = typer.Option(None, "--machines", help="Machines to evaluate (default: all)."),
+    out: Path = typer.Option(Path("report.json"), "--out", help="Where to write the JSON report."),
+    start: str = typer.Option("2026-01-01", help="Date of the first training minute."),
+) -> None:
+    """Ingest SMD, run the nightly and retrain paths, and compare alerts with the labels."""
+    from fleetwatch.evaluation import evaluate_smd
+
+    try:
+        report = evaluate_smd(get_settings(), Path(data), machines=machines, out=out, start=parse_day(start), console=console)
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(json.dumps({k: v for k, v in report.items() if k.endswith("_mean")}, indent=2))
+
+
+def main() -> None:  # pragma: no cover - console script
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Loaders that turn published datasets into FleetWatch specs, raw partitions and labels."""

@@ -1,0 +1,179 @@
+"""Lake layout and atomic partition writes.
+
+Layout under the lake root (local path or any Hadoop-compatible URI)::
+
+    raw/<dataset>/dt=YYYY-MM-DD/            upstream rows, never modified by FleetWatch
+    labels/<dataset>/                       injected or known anomalies (never inside raw)
+    features/<dataset>/<view>@v<N>/dt=.../  feature view partitions
+    scores/<dataset>/dt=.../                per-row scores of the champion
+    incidents/<dataset>/dt=.../             flagged rows grouped into incidents
+    drift/<dataset>/dt=.../                 per-entity, per-feature drift of the partition
+    quarantine/<dataset>/dt=.../            raw partitions that failed validation
+    validation/<dataset>/dt=.../            validation results (JSON, HTML)
+
+A partition is written under a hidden ``_staging-*`` folder beside its final place and then
+renamed into place, so a crash mid-write leaves no half partition visible and a rerun
+replaces the partition whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from fleetwatch.errors import FleetWatchError, PartitionNotFound
+
+_DT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+
+
+def parse_day(value: str | dt.date) -> dt.date:
+    """A partition date from ``YYYY-MM-DD`` with an error that says what was given."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise FleetWatchError(f"date {value!r} is not of the form YYYY-MM-DD") from None
+
+
+def is_local(uri: str) -> bool:
+    scheme = urlparse(str(uri)).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # a Windows drive letter counts as local
+
+
+def local_path(uri: str) -> Path:
+    return Path(urlparse(uri).path) if str(uri).startswith("file:") else Path(uri)
+
+
+class Lake:
+    """Paths of the lake's zones; jobs ask it for places and never build paths themselves."""
+
+    def __init__(self, root: str):
+        self.root = str(root).rstrip("/")
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    @staticmethod
+    def _dt(day: dt.date | str) -> str:
+        return f"dt={parse_day(day).isoformat()}"
+
+    def zone(self, zone: str, dataset: str, *more: str) -> str:
+        return self._join(zone, dataset, *more)
+
+    def raw(self, dataset: str, day=None) -> str:
+        return self.zone("raw", dataset) if day is None else self.zone("raw", dataset, self._dt(day))
+
+    def labels(self, dataset: str) -> str:
+        return self.zone("labels", dataset)
+
+    def features(self, dataset: str, view_ref: str, day=None) -> str:
+        base = self.zone("features", dataset, view_ref)
+        return base if day is None else f"{base}/{self._dt(day)}"
+
+    def partition(self, zone: str, dataset: str, day) -> str:
+        return self.zone(zone, dataset, self._dt(day))
+
+    # -- filesystem operations (local paths here; Hadoop URIs through a Spark session) ---------
+
+    def exists(self, path: str, spark=None) -> bool:
+        if is_local(path):
+            return local_path(path).exists()
+        fs, p = _hadoop(spark, path)
+        return fs.exists(p)
+
+    def days(self, path: str, spark=None) -> list[dt.date]:
+        """The partition dates present under ``path`` (a folder of ``dt=`` folders), sorted."""
+        if is_local(path):
+            base = local_path(path)
+            names = [p.name for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
+        else:
+            fs, p = _hadoop(spark, path)
+            names = [s.getPath().getName() for s in fs.listStatus(p)] if fs.exists(p) else []
+        return sorted(parse_day(m.group(1)) for n in names if (m := _DT.match(n)))
+
+    def require(self, path: str, what: str, spark=None) -> None:
+        if not self.exists(path, spark):
+            raise PartitionNotFound(f"{what} does not exist at {path}")
+
+    def staging_path(self, final: str) -> str:
+        parent, _, name = final.rstrip("/").rpartition("/")
+        return f"{parent}/_staging-{name}-{uuid.uuid4().hex[:8]}"
+
+    def publish(self, staging: str, final: str, spark=None) -> None:
+        """Move a fully written staging folder into place, replacing what was there whole."""
+        if is_local(final):
+            src, dst = local_path(staging), local_path(final)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            trash = dst.parent / f"_trash-{dst.name}-{uuid.uuid4().hex[:8]}"
+            if dst.exists():
+                dst.rename(trash)
+            src.rename(dst)
+            shutil.rmtree(trash, ignore_errors=True)
+            return
+        fs, dst = _hadoop(spark, final)
+        _, src = _hadoop(spark, staging)
+        if fs.exists(dst):
+            fs.delete(dst, True)
+        if not fs.rename(src, dst):
+            raise FleetWatchError(f"could not move {staging} to {final}")
+
+    def discard(self, path: str, spark=None) -> None:
+        """Remove a folder if present (used to drop a failed staging write)."""
+        if is_local(path):
+            shutil.rmtree(local_path(path), ignore_errors=True)
+        else:
+            fs, p = _hadoop(spark, path)
+            fs.delete(p, True)
+
+    def move(self, src: str, dst: str, spark=None) -> None:
+        """Move a partition folder to another zone (quarantine), replacing the target."""
+        self.publish(src, dst, spark)
+
+    def write_text(self, path: str, text: str) -> None:
+        """Write a small text file atomically (local lakes only; reports and JSON)."""
+        p = local_path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(text)
+        tmp.replace(p)
+
+
+def write_spark_partition(lake: Lake, df, final: str, spark) -> str:
+    """Write a Spark DataFrame as the partition at ``final`` atomically; returns ``final``."""
+    staging = lake.staging_path(final)
+    try:
+        df.write.mode("overwrite").parquet(staging)
+        lake.publish(staging, final, spark)
+    except BaseException:
+        lake.discard(staging, spark)
+        raise
+    return final
+
+
+def write_pandas_partition(lake: Lake, frame, final: str) -> str:
+    """Write a pandas DataFrame as one parquet file in the partition at ``final`` (local lake)."""
+    staging = lake.staging_path(final)
+    sp = local_path(staging)
+    try:
+        sp.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(sp / "part-00000.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
+        lake.publish(staging, final)
+    except BaseException:
+        lake.discard(staging)
+        raise
+    return final
+
+
+def _hadoop(spark, path: str):
+    if spark is None:
+        raise FleetWatchError(f"{path} is not a local path: this operation needs a Spark session")
+    jvm = spark._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    return p.getFileSystem(spark._jsc.hadoopConfiguration()), p

@@ -1,0 +1,27 @@
+"""Publish one partition's incidents from the lake to the alerts table."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+
+from fleetwatch.alerts_store import AlertsStore
+from fleetwatch.lake import Lake, is_local, local_path
+from fleetwatch.settings import Settings
+
+
+def publish_alerts(settings: Settings, dataset: str, day: dt.date, spark=None) -> int:
+    """Replace the alerts of ``(dataset, day)`` with the incidents partition; returns their count.
+
+    The partition is small and read with pandas; a lake on a Hadoop URI (``s3a://``) is read
+    through ``spark`` instead. An empty partition clears that day's alerts.
+    """
+    lake = Lake(settings.lake_root)
+    path = lake.partition("incidents", dataset, day)
+    lake.require(path, f"incidents partition of {dataset} for {day}", spark)
+    if spark is None and is_local(path):
+        incidents = pd.read_parquet(local_path(path))
+    else:
+        incidents = spark.read.parquet(path).toPandas()
+    return AlertsStore(settings.alerts_db_url).publish_partition(dataset, day, incidents)

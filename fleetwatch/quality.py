@@ -1,0 +1,247 @@
+"""Data quality gate of raw partitions: a Great Expectations suite derived from the dataset spec.
+
+A partition that breaks the suite is moved to ``quarantine/`` before the error is raised, so no
+later step can read it; every run (pass or fail) leaves its result under ``validation/``.
+Expectations on a column that is missing or of the wrong type are skipped rather than run
+(they would crash on the data); the column-set or type expectation already reports the problem.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+from fleetwatch.errors import PartitionNotFound, ValidationFailed
+from fleetwatch.lake import Lake
+from fleetwatch.specs import DatasetSpec, load_spec
+
+_SPARK_TYPE_NAMES = {"double": "DoubleType", "float": "FloatType", "long": "LongType", "int": "IntegerType"}
+_FINITE_RULE = "no NaN or infinite value"
+_ROW_COUNT = "expect_table_row_count_to_be_between"
+
+
+def build_suite(spec: DatasetSpec, day: dt.date) -> list:
+    """The expectations a raw partition of ``spec`` for ``day`` must meet, in reporting order."""
+    import great_expectations.expectations as gxe
+
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    entity, ts = spec.entity_column, spec.timestamp_column
+    suite = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=spec.columns, exact_match=True),
+        gxe.ExpectTableRowCountToBeBetween(min_value=spec.min_rows),
+        gxe.ExpectColumnValuesToBeOfType(column=entity, type_="StringType"),
+        gxe.ExpectColumnValuesToBeOfType(column=ts, type_="TimestampType"),
+        gxe.ExpectColumnValuesToNotBeNull(column=entity),
+        gxe.ExpectColumnValuesToNotBeNull(column=ts),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=ts, min_value=start, max_value=start + dt.timedelta(days=1), strict_max=True
+        ),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=[entity, ts]),
+    ]
+    for m in spec.metrics:
+        suite.append(gxe.ExpectColumnValuesToBeOfType(column=m.name, type_=_SPARK_TYPE_NAMES[m.dtype]))
+        low = m.min if m.min > -float("inf") else None
+        high = m.max if m.max < float("inf") else None
+        if low is not None or high is not None:
+            suite.append(gxe.ExpectColumnValuesToBeBetween(column=m.name, min_value=low, max_value=high))
+        if m.dtype in ("double", "float"):
+            # Spark's NaN is not null and compares above every number: ask for it explicitly.
+            suite.append(
+                gxe.UnexpectedRowsExpectation(
+                    unexpected_rows_query=(
+                        f"SELECT * FROM {{batch}} WHERE isnan(`{m.name}`) OR abs(`{m.name}`) = double('inf')"
+                    ),
+                    description=f"{m.name}: {_FINITE_RULE}",
+                    meta={"column": m.name, "rule": _FINITE_RULE},
+                )
+            )
+    return suite
+
+
+def validate_partition(spark, settings, dataset: str, day: dt.date) -> str:
+    """Validate the raw partition of ``dataset`` for ``day``; quarantine it and raise if it fails.
+
+    Returns a one-line summary on success. Raises ``PartitionNotFound`` when the partition does
+    not exist and ``ValidationFailed`` (after moving the partition to quarantine) when it breaks
+    an expectation. The result is kept under ``validation/<dataset>/dt=<day>/`` either way.
+    """
+    from pyspark.errors import AnalysisException
+
+    lake = Lake(settings.lake_root)
+    spec = load_spec(settings.specs_dir, dataset)
+    raw, quarantine = lake.raw(dataset, day), lake.partition("quarantine", dataset, day)
+    if not lake.exists(raw, spark):
+        hint = ""
+        if lake.exists(quarantine, spark):
+            hint = f" (it is quarantined at {quarantine}: fix it and move it back)"
+        raise PartitionNotFound(f"raw partition {dataset} dt={day} does not exist at {raw}{hint}")
+
+    started = time.monotonic()
+    try:
+        df = spark.read.parquet(raw)
+    except AnalysisException as exc:  # e.g. a folder without parquet files
+        reason = str(exc).splitlines()[0]
+        result, to_run, skipped, rows = None, [], [], None
+        failure = {"expectation": "readable_parquet", "column": None, "count": None}
+        failures = [{**failure, "message": f"readable_parquet: {reason}"}]
+    else:
+        result, to_run, skipped = _evaluate(build_suite(spec, day), dataset, day, df)
+        order = {e.id: i for i, e in enumerate(to_run)}
+        outcomes = sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order)))
+        failures = [_failure(r) for r in outcomes if not r.success]
+        rows = next(
+            (r.result.get("observed_value") for r in outcomes if r.expectation_config.type == _ROW_COUNT),
+            None,
+        )
+
+    if failures:
+        lake.move(raw, quarantine, spark)
+    summary = {
+        "dataset": dataset,
+        "date": day.isoformat(),
+        "success": not failures,
+        "rows": rows,
+        "expectations": len(to_run),
+        "failures": failures,
+        "skipped": skipped,
+        "partition": quarantine if failures else raw,
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+    _keep_result(lake, lake.partition("validation", dataset, day), summary, result)
+    if failures:
+        reasons = "; ".join(f["message"] for f in failures)
+        raise ValidationFailed(
+            f"{dataset} dt={day} failed validation: {reasons}; partition moved to {quarantine}"
+        )
+    return f"valid: {rows} rows, {len(to_run)} expectations"
+
+
+def _evaluate(expectations: list, dataset: str, day: dt.date, df):
+    """Run the runnable part of the suite on ``df``; returns (GE result, run, skipped)."""
+    df = df.cache()
+    try:
+        schema = {f.name: type(f.dataType).__name__ for f in df.schema.fields}
+        to_run, skipped = _runnable(expectations, schema)
+        return _run_suite(dataset, day, to_run, df), to_run, skipped
+    finally:
+        df.unpersist()
+
+
+def _columns_of(expectation) -> list[str]:
+    """The columns an expectation reads (the NaN check names its column in ``meta``)."""
+    kwargs = expectation.configuration.kwargs
+    if "column" in kwargs:
+        return [kwargs["column"]]
+    if "column_list" in kwargs:
+        return list(kwargs["column_list"])
+    return [expectation.meta["column"]] if expectation.meta and "column" in expectation.meta else []
+
+
+def _runnable(expectations: list, schema: dict[str, str]) -> tuple[list, list[dict]]:
+    """Split the suite into what can run on a frame with ``schema`` and what is skipped (and why).
+
+    A column's expected type comes from the suite's own type expectations; value expectations
+    run only on columns present with that type, type expectations only on present columns.
+    """
+    expected = {
+        e.column: e.type_ for e in expectations if e.expectation_type == "expect_column_values_to_be_of_type"
+    }
+    run, skipped = [], []
+    for e in expectations:
+        cols = _columns_of(e)
+        missing = [c for c in cols if c not in schema]
+        if e.expectation_type == "expect_column_values_to_be_of_type":
+            bad = missing
+        else:
+            bad = missing + [c for c in cols if c in schema and schema[c] != expected.get(c, schema[c])]
+        if bad:
+            why = "missing" if missing else f"is {schema[bad[0]]}, expected {expected[bad[0]]}"
+            skipped.append(
+                {"expectation": e.expectation_type, "column": ",".join(cols), "reason": f"{bad[0]} {why}"}
+            )
+        else:
+            run.append(e)
+    return run, skipped
+
+
+def _run_suite(dataset: str, day: dt.date, expectations: list, df):
+    """Run ``expectations`` on the Spark frame ``df`` in an ephemeral GE context."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    context = gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False),
+        ),
+    )
+    batch = (
+        context.data_sources.add_spark("fleetwatch_lake")
+        .add_dataframe_asset(f"raw_{dataset}")
+        .add_batch_definition_whole_dataframe(f"dt={day}")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{dataset}_raw", expectations=expectations))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{dataset}_raw_dt={day}", data=batch, suite=suite)
+    )
+    return definition.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
+
+
+def _failure(outcome) -> dict:
+    """One failed expectation as expectation, column, count and a readable message."""
+    config = outcome.expectation_config
+    kind, kwargs, res = config.type, config.kwargs, outcome.result
+    meta = config.meta or {}
+    column = kwargs.get("column") or ",".join(kwargs.get("column_list") or []) or meta.get("column")
+    count = None
+    if outcome.exception_info.get("raised_exception"):
+        detail = f"could not be evaluated: {outcome.exception_info.get('exception_message')}"
+    elif kind == "expect_table_columns_to_match_set":
+        mismatch = res.get("details", {}).get("mismatched", {})
+        missing, extra = mismatch.get("missing", []), mismatch.get("unexpected", [])
+        column, count = ",".join(missing + extra), len(missing) + len(extra)
+        detail = "; ".join(
+            part for part in (
+                f"missing column(s) {', '.join(missing)}" if missing else "",
+                f"unexpected column(s) {', '.join(extra)}" if extra else "",
+            ) if part
+        )
+    elif kind == _ROW_COUNT:
+        count = res.get("observed_value")
+        detail = f"{count} rows, at least {kwargs.get('min_value')} required"
+    elif kind == "expect_column_values_to_be_of_type":
+        detail = f"type is {res.get('observed_value')}, expected {kwargs.get('type_')}"
+    elif kind == "unexpected_rows_expectation":
+        count = res.get("observed_value")
+        detail = f"{count} rows ({meta.get('rule', 'unexpected rows')})"
+    else:
+        count = res.get("unexpected_count")
+        detail = f"{count} rows"
+    where = f" on {column}" if column else ""
+    return {"expectation": kind, "column": column, "count": count, "message": f"{kind}{where}: {detail}"}
+
+
+def _keep_result(lake: Lake, final: str, summary: dict, result) -> None:
+    """Write ``result.json`` (summary plus GE's result) and GE's HTML page as one partition."""
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    staging = lake.staging_path(final)
+    ge_result = result.to_json_dict() if result is not None else None
+    try:
+        report = {**summary, "great_expectations": ge_result}
+        lake.write_text(f"{staging}/result.json", json.dumps(report, indent=2, default=str))
+        if result is not None:
+            page = ValidationResultsPageRenderer().render(result)
+            lake.write_text(f"{staging}/report.html", DefaultJinjaPageView().render(page))
+        lake.publish(staging, final)
+    except BaseException:
+        lake.discard(staging)
+        raise

@@ -1,0 +1,83 @@
+"""One typed settings object: every value that differs between a laptop and production.
+
+Read from ``FLEETWATCH_*`` environment variables and an optional ``.env`` file; defaults keep
+everything embedded under one home folder (``.fleetwatch`` in the working directory).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """FleetWatch configuration; a misspelt ``FLEETWATCH_`` key in ``.env`` fails at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLEETWATCH_", env_file=".env", extra="forbid", validate_default=True
+    )
+
+    home: Path = Field(Path(".fleetwatch"), description="Folder holding every embedded default.")
+    lake_root: str = Field("", description="Lake root: a local path or a Hadoop URI (s3a://...).")
+    specs_dir: Path | None = Field(None, description="Folder of dataset spec TOML files.")
+    spark_master: str = Field("local[*]", description="Spark master: local[*], spark://, yarn, k8s://.")
+    spark_driver_memory: str = Field("2g", description="spark.driver.memory for jobs.")
+    spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions.")
+    spark_conn_id: str = Field("fleetwatch_spark", description="Airflow connection used by spark-submit.")
+    mlflow_tracking_uri: str = Field("", description="MLflow tracking and registry URI.")
+    alerts_db_url: str = Field("", description="SQLAlchemy URL of the alerts database.")
+    airflow_home: Path | None = Field(None, description="AIRFLOW_HOME used by the demo and CLI.")
+    schedule_start: dt.date = Field(dt.date(2026, 1, 1), description="First partition the nightly DAGs schedule.")
+    nightly_cron: str = Field("30 1 * * *", description="UTC cron of the nightly DAGs (the run for day D starts after D ends).")
+    retrain_cron: str = Field("0 3 * * 0", description="UTC cron of scheduled retraining (drift events also trigger it).")
+    training_window_days: int = Field(14, ge=1, description="Feature days each retrain uses.")
+    min_history_days: int = Field(3, ge=1, description="Days an entity needs for its own models.")
+    incident_gap_minutes: int = Field(5, ge=0, description="Gap tolerated inside one incident.")
+    drift_psi_threshold: float = Field(0.25, gt=0, description="PSI above which a feature drifted.")
+    drift_fleet_factor: float = Field(
+        6.5, ge=1, description="A metric of an entity drifted when its PSI also exceeds this many times the fleet's median PSI of it that day."
+    )
+    train_entities_per_task: int = Field(32, ge=1, description="Entities whose models one Spark task fits together.")
+    seed: int = Field(42, description="Run seed; per-entity seeds derive from it.")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        home = self.home.expanduser().absolute()
+        self.home = home
+        if not self.lake_root:
+            self.lake_root = str(home / "lake")
+        if self.specs_dir is None:
+            self.specs_dir = home / "specs"
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+        if not self.alerts_db_url:
+            self.alerts_db_url = f"sqlite:///{home / 'alerts.db'}"
+        if self.airflow_home is None:
+            self.airflow_home = home / "airflow"
+        return self
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        """Where MLflow stores artifacts when the tracking URI is a local database."""
+        return (self.home / "mlartifacts").as_uri()
+
+    def public_items(self) -> dict[str, str]:
+        """Settings as strings, with passwords in URLs hidden, for ``fleetwatch config``."""
+        from fleetwatch.alerts_store import redact_url
+
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            text = str(value)
+            if name.endswith("_url") or name.endswith("_uri"):
+                text = redact_url(text)
+            out[name] = text
+        return out
+
+
+def get_settings(**overrides) -> Settings:
+    """Fresh settings from the environment (cheap; never cached, so tests can change env)."""
+    return Settings(**overrides)

@@ -1,0 +1,54 @@
+"""The Airflow operator that runs one FleetWatch Spark job with spark-submit.
+
+Imported by DAG files only (it imports Airflow and the Spark provider, not PySpark).
+"""
+
+from __future__ import annotations
+
+import os
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from fleetwatch.orchestration import job_path
+from fleetwatch.settings import Settings
+from fleetwatch.spark import spark_conf, spark_env
+
+USER_ERROR_EXIT = 2  # what jobs/_entry.py exits with on bad input
+
+
+class SparkJobOperator(SparkSubmitOperator):
+    """``spark-submit jobs/<job>.py --dataset <dataset> --date {{ ds }}`` on the FleetWatch connection.
+
+    The job's Python workers use this interpreter (``PYSPARK_PYTHON``) and the job sees the same
+    ``FLEETWATCH_*`` settings as the process running the task (passed when the task runs, so no
+    setting, password included, is stored with the serialized DAG). A user error (exit code 2:
+    an invalid or missing partition) fails the task at once with the job's one-line error:
+    retrying cannot fix the data. Other failures are retried as ``retries`` says.
+    """
+
+    def __init__(self, *, job: str, dataset: str, settings: Settings, date: str = "{{ ds }}", **kwargs):
+        super().__init__(
+            application=job_path(job),
+            conn_id=settings.spark_conn_id,
+            application_args=["--dataset", dataset, "--date", date],
+            conf=spark_conf(settings),
+            env_vars=spark_env(),
+            name=f"fleetwatch-{job}-{dataset}",
+            **kwargs,
+        )
+
+    def execute(self, context):
+        fleetwatch_env = {k: v for k, v in os.environ.items() if k.startswith("FLEETWATCH_")}
+        self.env_vars = {**(self.env_vars or {}), **fleetwatch_env}
+        try:
+            return super().execute(context)
+        except Exception:
+            process = getattr(self._hook, "_submit_sp", None)
+            if process is not None and process.returncode == USER_ERROR_EXIT:
+                raise AirflowFailException(self._user_error_line()) from None
+            raise
+
+    def _user_error_line(self) -> str:
+        lines = [line for line in self._hook._last_submit_log_lines if line.startswith("error: ")]
+        return lines[-1].removeprefix("error: ") if lines else f"{self.task_id} failed with a user error"

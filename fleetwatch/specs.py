@@ -1,0 +1,161 @@
+"""Dataset specs: one TOML file per dataset, validated when loaded.
+
+A spec names the entity and timestamp columns, the metrics with their dtype and allowed range,
+the sampling interval, the partition frequency and the alarm budget. The platform is generic
+over specs; nothing downstream is hard-coded to one dataset.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fleetwatch.errors import SpecError
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+SPARK_TYPES = {"double": "double", "float": "float", "long": "bigint", "int": "int"}
+
+
+class MetricSpec(BaseModel):
+    """One metric column: its dtype and the range a valid value lies in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dtype: Literal["double", "float", "long", "int"] = "double"
+    min: float = -math.inf
+    max: float = math.inf
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"metric name {v!r} must be letters, digits and _ (not first)")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> "MetricSpec":
+        if self.min > self.max:
+            raise ValueError(f"metric {self.name!r}: min {self.min} is above max {self.max}")
+        return self
+
+
+class DatasetSpec(BaseModel):
+    """The contract of one dataset's raw partitions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    entity_column: str = "entity_id"
+    timestamp_column: str = "ts"
+    sampling_seconds: int = Field(60, gt=0)
+    partition_frequency: Literal["daily"] = "daily"
+    alarm_budget: float = Field(1.0, gt=0, description="Expected incidents per entity per day.")
+    min_rows: int = Field(1, ge=1, description="Fewest rows a valid partition may hold.")
+    metrics: list[MetricSpec] = Field(min_length=1)
+
+    @field_validator("name", "entity_column", "timestamp_column")
+    @classmethod
+    def _valid_identifier(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"{v!r} must be letters, digits and _ (not first)")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_columns(self) -> "DatasetSpec":
+        names = [m.name for m in self.metrics] + [self.entity_column, self.timestamp_column]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"column names appear twice: {', '.join(dupes)}")
+        return self
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [m.name for m in self.metrics]
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.entity_column, self.timestamp_column, *self.metric_names]
+
+    @property
+    def rows_per_day(self) -> int:
+        return 86_400 // self.sampling_seconds
+
+    def to_toml(self) -> str:
+        """The spec as TOML text (written by ``generate`` and ``ingest``)."""
+        lines = [
+            f'name = "{self.name}"',
+            f'entity_column = "{self.entity_column}"',
+            f'timestamp_column = "{self.timestamp_column}"',
+            f"sampling_seconds = {self.sampling_seconds}",
+            f'partition_frequency = "{self.partition_frequency}"',
+            f"alarm_budget = {self.alarm_budget}",
+            f"min_rows = {self.min_rows}",
+        ]
+        for m in self.metrics:
+            lines += ["", "[[metrics]]", f'name = "{m.name}"', f'dtype = "{m.dtype}"']
+            if math.isfinite(m.min):
+                lines.append(f"min = {m.min}")
+            if math.isfinite(m.max):
+                lines.append(f"max = {m.max}")
+        return "\n".join(lines) + "\n"
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        parts.append(f"field '{loc}': {e['msg']}")
+    return "; ".join(parts)
+
+
+def load_spec_file(path: Path) -> DatasetSpec:
+    """Load and validate one spec; errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"dataset spec {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"dataset spec {path} is not valid TOML: {exc}") from None
+    try:
+        spec = DatasetSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"dataset spec {path}: {_describe(exc)}") from None
+    if spec.name != path.stem:
+        raise SpecError(f"dataset spec {path}: field 'name' is {spec.name!r}, but the file is named {path.stem!r}")
+    return spec
+
+
+def spec_path(specs_dir: Path, dataset: str) -> Path:
+    return Path(specs_dir) / f"{dataset}.toml"
+
+
+def load_spec(specs_dir: Path, dataset: str) -> DatasetSpec:
+    """The spec of ``dataset`` from the specs folder, with an error listing what exists."""
+    path = spec_path(specs_dir, dataset)
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(specs_dir).glob("*.toml")) if Path(specs_dir).is_dir() else []
+        hint = f" (known datasets: {', '.join(known)})" if known else " (run `fleetwatch generate` or `fleetwatch ingest` first)"
+        raise SpecError(f"no dataset spec for {dataset!r} at {path}{hint}")
+    return load_spec_file(path)
+
+
+def list_specs(specs_dir: Path) -> list[str]:
+    """Dataset names that have a spec file (light: lists a folder, reads nothing)."""
+    d = Path(specs_dir)
+    return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
+
+
+def write_spec(specs_dir: Path, spec: DatasetSpec) -> Path:
+    path = spec_path(specs_dir, spec.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(spec.to_toml())
+    tmp.replace(path)
+    return path

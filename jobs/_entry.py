@@ -1,0 +1,30 @@
+"""Shared argument parsing and exit codes for the spark-submit entry points."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from fleetwatch.errors import FleetWatchError
+from fleetwatch.lake import parse_day
+from fleetwatch.settings import get_settings
+from fleetwatch.spark import get_spark
+
+
+def run_job(name: str, step: Callable, argv: list[str] | None = None) -> int:
+    """Parse ``--dataset`` and ``--date``, build the session, run ``step``; 0 ok, 2 user error."""
+    parser = argparse.ArgumentParser(prog=name)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
+    args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+        day = parse_day(args.date)
+        spark = get_spark(settings, app_name=f"fleetwatch-{name}-{args.dataset}-{day}")
+        result = step(spark, settings, args.dataset, day)
+        print(f"{name} {args.dataset} {day}: {result}")
+        return 0
+    except FleetWatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,9 @@
+"""spark-submit entry point: `build_features --dataset NAME --date YYYY-MM-DD`."""
+
+import sys
+
+from jobs._entry import run_job
+from feature_store.pipeline import build_features
+
+if __name__ == "__main__":
+    sys.exit(run_job("build_features", build_features))

@@ -1,0 +1,9 @@
+"""spark-submit entry point: `validate_partition --dataset NAME --date YYYY-MM-DD`."""
+
+import sys
+
+from jobs._entry import run_job
+from fleetwatch.quality import validate_partition
+
+if __name__ == "__main__":
+    sys.exit(run_job("validate_partition", validate_partition))

@@ -1,0 +1,1 @@
+"""Detectors, calibration, thresholds, explanations, drift, model bundles and the MLflow registry."""

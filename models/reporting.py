@@ -1,0 +1,125 @@
+"""What one training window leaves in MLflow: params, metrics, tables, plots and the model."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from fleetwatch import __version__
+from fleetwatch.settings import Settings
+from fleetwatch.specs import DatasetSpec
+
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_bundle.py")
+
+
+def code_version() -> str:
+    """The git commit of the running code, or the package version outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return __version__
+
+
+def entity_table(bundle, shadow) -> pd.DataFrame:
+    """One row per entity: scope, training rows, threshold and its newest-day behaviour."""
+    rows = [
+        {"entity_id": e, "scope": m.scope, "train_rows": int(m.n_train_rows), "threshold": float(m.threshold)}
+        for e, m in sorted(bundle.entities.items())
+    ]
+    table = pd.DataFrame(rows)
+    cols = ["entity_id", "rows", "flagged", "incidents"]
+    return table.merge(shadow.per_entity[cols], on="entity_id", how="left")
+
+
+def plot_scores(shadow, out_dir: Path) -> list[Path]:
+    """Score distribution with thresholds, and a few entities' score timelines, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.hist(shadow.sample["score"], bins=80, color="#4C72B0", alpha=0.8)
+    ax.set_yscale("log")
+    for t in sorted(set(shadow.per_entity["threshold"].round(3)))[:50]:
+        ax.axvline(t, color="#C44E52", alpha=0.15, lw=1)
+    ax.set_xlabel("combined calibrated score (newest day)")
+    ax.set_ylabel("rows (log)")
+    ax.set_title("Score distribution; red lines: per-entity thresholds")
+    fig.tight_layout()
+    paths.append(out_dir / "score_distribution.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    entities = list(dict.fromkeys(shadow.timelines["entity_id"]))
+    if entities:
+        fig, axes = plt.subplots(len(entities), 1, figsize=(9, 2.4 * len(entities)), squeeze=False)
+        for ax, ent in zip(axes[:, 0], entities):
+            t = shadow.timelines[shadow.timelines["entity_id"] == ent].sort_values("ts")
+            ax.plot(t["ts"], t["score"], lw=0.8)
+            ax.axhline(float(t["threshold"].iloc[0]), color="#C44E52", ls="--", lw=1)
+            flagged = t[t["flagged"]]
+            ax.scatter(flagged["ts"], flagged["score"], s=6, color="#C44E52")
+            ax.set_title(f"{ent}: score and threshold", fontsize=9)
+        fig.tight_layout()
+        paths.append(out_dir / "score_timelines.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def log_training_run(settings: Settings, spec: DatasetSpec, view, bundle, bundle_dir: Path, shadow) -> tuple[str, str]:
+    """Log the run and register the bundle as one version (alias ``challenger``)."""
+    import mlflow
+
+    from models import registry
+
+    registry.client(settings)
+    exp_id = registry.ensure_experiment(settings, spec.name)
+    name = registry.model_name(spec.name)
+    table = entity_table(bundle, shadow)
+    window = {"window_start": str(bundle.window_start), "window_end": str(bundle.window_end)}
+    tags = {**window, "feature_view": view.ref, "code_version": code_version(),
+            "data_fingerprint": bundle.fingerprint(), "entities": str(len(bundle.entities))}
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"train {bundle.window_start}..{bundle.window_end}") as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params({**window, "training_window_days": settings.training_window_days,
+                           "min_history_days": settings.min_history_days, "alarm_budget": spec.alarm_budget,
+                           "feature_view": view.ref, "seed": settings.seed, **bundle.params_dict()})
+        mlflow.log_metrics({
+            "entities": len(bundle.entities),
+            "fleet_scope_entities": int((table["scope"] == "fleet").sum()),
+            "train_rows_mean": float(table["train_rows"].mean()),
+            "threshold_median": float(table["threshold"].median()),
+            "newest_day_incidents_per_entity": shadow.incidents_per_entity_day,
+            "newest_day_flagged_rate": shadow.flagged_rate,
+        })
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            table.to_csv(out / "entity_metrics.csv", index=False)
+            mlflow.log_artifact(str(out / "entity_metrics.csv"))
+            for png in plot_scores(shadow, out):
+                mlflow.log_artifact(str(png), artifact_path="plots")
+        info = mlflow.pyfunc.log_model(
+            name="bundle",
+            python_model=str(PYFUNC_FILE),
+            artifacts={"bundle": str(bundle_dir)},
+            pip_requirements=[f"fleetwatch=={__version__}"],
+            registered_model_name=name,
+            tags=tags,
+        )
+        run_id = run.info.run_id
+    version = str(info.registered_model_version)
+    c = registry.client(settings)
+    for key, value in tags.items():
+        c.set_model_version_tag(name, version, key, value)
+    c.set_registered_model_alias(name, registry.CHALLENGER, version)
+    return version, run_id

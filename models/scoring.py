@@ -1,0 +1,169 @@
+"""Scoring: a Spark job that scores a feature partition with the champion bundle.
+
+Rows are grouped by entity (``groupBy(entity).applyInPandas``); each worker process loads the
+bundle once (``models.bundle.load_cached``) and scores its entities with both detectors. The
+per-row scores go to ``scores/``; flagged rows are grouped into incidents with their top
+contributing metrics and written to ``incidents/``, from where the publish task loads them into
+the alerts table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from fleetwatch.lake import Lake, write_spark_partition
+from fleetwatch.settings import Settings
+from fleetwatch.specs import DatasetSpec, load_spec
+
+ENTITY, TS = "entity_id", "ts"
+TOP_METRICS = 3  # metrics named in an alert's top_metrics; ``contributions`` ranks them all
+INCIDENT_SCHEMA = (
+    "dataset string, entity_id string, dt date, start_ts timestamp, end_ts timestamp, n_points int, "
+    "peak_score double, severity string, threshold double, top_metrics string, contributions string, "
+    "model_scope string, model_name string, model_version string, feature_view string, run_id string"
+)
+
+
+def score_schema(spec: DatasetSpec) -> str:
+    metrics = spec.metric_names
+    cols = [
+        "entity_id string", "ts timestamp", "scope string", "iforest_score double", "ae_score double",
+        "score double", "threshold double", "flagged boolean",
+    ]
+    cols += [f"`{m}` double" for m in metrics] + [f"`err__{m}` double" for m in metrics]
+    return ", ".join(cols)
+
+
+def score_frame(df, spec: DatasetSpec, bundle_dir: str):
+    """Per-row scores of a canonical feature DataFrame (entity_id, ts, features) in Spark."""
+    metrics = spec.metric_names
+    columns = [c.split(" ")[0].strip("`") for c in score_schema(spec).split(", ")]
+
+    def score(pdf: pd.DataFrame) -> pd.DataFrame:
+        from models.bundle import load_cached
+        from models.training import one_thread_per_task
+
+        one_thread_per_task()
+        bundle = load_cached(bundle_dir)
+        pdf = pdf.sort_values(TS).reset_index(drop=True)
+        out = bundle.score(pdf)
+        out["scope"] = bundle.scope_of(str(pdf[ENTITY].iloc[0]))
+        for m in metrics:
+            out[m] = pdf[m].to_numpy(dtype=float)
+        return out[columns]
+
+    return df.groupBy(ENTITY).applyInPandas(score, score_schema(spec))
+
+
+def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date, lineage: dict, gap_minutes: int):
+    """Group each entity's flagged rows into incidents with severity and contributors.
+
+    ``contributions`` ranks every metric (what explanation quality is measured on);
+    ``top_metrics`` names the first ``TOP_METRICS`` of them.
+    """
+    metrics = spec.metric_names
+    sampling = spec.sampling_seconds
+
+    def group(pdf: pd.DataFrame) -> pd.DataFrame:
+        from models.bundle import load_cached
+        from models.explain import top_contributors
+        from models.incidents import group_incidents, severity
+
+        pdf = pdf.sort_values(TS).reset_index(drop=True)
+        found = group_incidents(pdf, score_col="score", flag_col="flagged", ts_col=TS, entity_col=ENTITY,
+                                gap_minutes=gap_minutes, sampling_seconds=sampling)
+        if found.empty:
+            return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])
+        bundle = load_cached(bundle_dir)
+        baselines = bundle.baselines_of(str(pdf[ENTITY].iloc[0]))
+        records = []
+        for inc in found.itertuples(index=False):
+            rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
+            errs = rows[[f"err__{m}" for m in metrics]].set_axis(metrics, axis=1)
+            peak = rows.loc[[rows["score"].idxmax()], metrics]
+            ranked = top_contributors(errs, peak, baselines, k=len(metrics))
+            threshold = float(rows["threshold"].iloc[0])
+            records.append(
+                {
+                    "dataset": spec.name, "entity_id": inc.entity_id, "dt": day,
+                    "start_ts": inc.start_ts, "end_ts": inc.end_ts, "n_points": int(inc.n_points),
+                    "peak_score": float(inc.peak_score), "severity": severity(float(inc.peak_score), threshold),
+                    "threshold": threshold, "top_metrics": ",".join(t["metric"] for t in ranked[:TOP_METRICS]),
+                    "contributions": json.dumps(ranked), "model_scope": str(rows["scope"].iloc[0]), **lineage,
+                }
+            )
+        return pd.DataFrame.from_records(records)
+
+    return scores_df.groupBy(ENTITY).applyInPandas(group, INCIDENT_SCHEMA)
+
+
+def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> str:
+    """Score the day's feature partition with the champion and write scores and incidents."""
+    from feature_store.offline_store import OfflineStore
+    from feature_store.views import view_for
+    from models import registry
+    from models.training import canonical
+
+    spec = load_spec(settings.specs_dir, dataset)
+    view = view_for(spec)
+    lake = Lake(settings.lake_root)
+    lake.require(lake.features(dataset, view.ref, day), f"feature partition {dataset} {view.ref} dt={day}", spark)
+    champ = registry.champion(settings, dataset)
+    features = canonical(OfflineStore(spark, lake).read_features(dataset, view, [day]), spec).drop("dt")
+    scores_path = write_spark_partition(lake, score_frame(features, spec, champ.bundle_dir), lake.partition("scores", dataset, day), spark)
+    scores = spark.read.parquet(scores_path)
+    lineage = {"model_name": champ.name, "model_version": champ.version, "feature_view": view.ref, "run_id": champ.run_id}
+    incidents = incidents_frame(scores, spec, champ.bundle_dir, day, lineage, settings.incident_gap_minutes)
+    inc_path = write_spark_partition(lake, incidents.coalesce(1), lake.partition("incidents", dataset, day), spark)
+    n_rows = scores.count()
+    n_flagged = scores.filter("flagged").count()
+    n_incidents = spark.read.parquet(inc_path).count()
+    return f"scored {n_rows} rows with {champ.name} v{champ.version}: {n_flagged} flagged, {n_incidents} incidents"
+
+
+@dataclass
+class ShadowResult:
+    """A challenger's scores on one day, not published: the gate's evidence and the plots' data."""
+
+    incidents_per_entity_day: float
+    flagged_rate: float
+    per_entity: pd.DataFrame
+    sample: pd.DataFrame
+    timelines: pd.DataFrame
+
+
+def shadow_score(spark, spec: DatasetSpec, features_df, bundle_dir: str, settings: Settings, n_timelines: int = 3) -> ShadowResult:
+    """Score a day with a bundle that is not the champion, keeping only summaries."""
+    from pyspark.sql import functions as F
+
+    features_df = features_df.drop("dt")
+    day = features_df.select(F.min(TS)).first()[0].date()
+    scores = score_frame(features_df, spec, bundle_dir).cache()
+    lineage = {"model_name": "", "model_version": "", "feature_view": "", "run_id": ""}
+    incidents = incidents_frame(scores, spec, bundle_dir, day, lineage, settings.incident_gap_minutes)
+    inc_counts = incidents.groupBy(ENTITY).agg(F.count("*").alias("incidents"))
+    per_entity = (
+        scores.groupBy(ENTITY, "scope")
+        .agg(F.count("*").alias("rows"), F.sum(F.col("flagged").cast("int")).alias("flagged"),
+             F.first("threshold").alias("threshold"))
+        .join(inc_counts, ENTITY, "left").fillna(0, ["incidents"])
+        .toPandas().sort_values(ENTITY).reset_index(drop=True)
+    )
+    total = max(int(per_entity["rows"].sum()), 1)
+    fraction = min(1.0, 20_000 / total)
+    sample = scores.select(ENTITY, "score", "threshold", "iforest_score", "ae_score").sample(fraction=fraction, seed=settings.seed).toPandas()
+    chosen = per_entity.sort_values("incidents", ascending=False)[ENTITY].head(n_timelines).tolist()
+    timelines = scores.filter(F.col(ENTITY).isin(chosen)).select(ENTITY, TS, "score", "threshold", "flagged").toPandas()
+    scores.unpersist()
+    n_entities = max(len(per_entity), 1)
+    return ShadowResult(
+        incidents_per_entity_day=float(per_entity["incidents"].sum()) / n_entities,
+        flagged_rate=float(per_entity["flagged"].sum()) / total,
+        per_entity=per_entity,
+        sample=sample,
+        timelines=timelines,
+    )

@@ -1,0 +1,181 @@
+"""Per-entity fitting, scoring and the saved bundle, on a small synthetic fleet with known anomalies."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fleetwatch.specs import DatasetSpec, MetricSpec
+from models.bundle import ModelBundle, load_cached
+from models.fitting import EntityModel, ModelParams, fit_bucket, fit_entity, fit_fleet
+from models.incidents import group_incidents
+
+METRICS = ["cpu", "mem", "disk"]
+FEATURES = [c for m in METRICS for c in (m, f"{m}__mean_15m")]
+FEATURE_METRIC = [c.split("__")[0] for c in FEATURES]
+SPEC = DatasetSpec(name="synth", sampling_seconds=300, alarm_budget=1.0, metrics=[MetricSpec(name=m) for m in METRICS])
+PARAMS = ModelParams(
+    iforest_n_estimators=50, ae_hidden=16, ae_bottleneck=4, ae_epochs=8, ae_batch_size=128,
+    min_history_rows=300, gap_minutes=10,
+)
+FIT = dict(feature_cols=FEATURES, feature_metric=FEATURE_METRIC, metrics=METRICS, spec=SPEC, params=PARAMS, random_state=7)
+DAY = 288  # rows per day at 5-minute sampling
+
+
+def raw_rows(entity: str, start: str, n_rows: int, seed: int, level: float = 0.0) -> pd.DataFrame:
+    """Daily-cycling cpu, flat mem, disk following cpu; ``level`` shifts an entity's scale."""
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range(start, periods=n_rows, freq="5min", tz="UTC")
+    phase = 2 * np.pi * (ts.hour * 60 + ts.minute).to_numpy() / 1440
+    cpu = 50 + level + 10 * np.sin(phase) + rng.normal(0, 2, n_rows)
+    mem = 30 + level + rng.normal(0, 1, n_rows)
+    disk = 70 + 0.5 * cpu + rng.normal(0, 1, n_rows)
+    return pd.DataFrame({"entity_id": entity, "ts": ts, "cpu": cpu, "mem": mem, "disk": disk})
+
+
+def features(*raws: pd.DataFrame) -> pd.DataFrame:
+    """Each metric and its 15-minute rolling mean, per entity (a stand-in for the feature view)."""
+    out = []
+    for raw in raws:
+        frame = raw.sort_values("ts").reset_index(drop=True)
+        for m in METRICS:
+            frame[f"{m}__mean_15m"] = frame[m].rolling(3, min_periods=1).mean()
+        out.append(frame)
+    return pd.concat(out, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def window() -> pd.DataFrame:
+    """Three days of a and b (b on another level), and 100 rows of the newcomer c."""
+    return features(
+        raw_rows("a", "2026-01-01", 3 * DAY, 1),
+        raw_rows("b", "2026-01-01", 3 * DAY, 2, level=20.0),
+        raw_rows("c", "2026-01-03", 100, 3),
+    ).sample(frac=1.0, random_state=0)  # a Spark task gets rows in any order
+
+
+@pytest.fixture(scope="module")
+def bundle(window) -> ModelBundle:
+    models = fit_bucket(window, **FIT)
+    return ModelBundle(
+        dataset="synth",
+        feature_view="telemetry@v1",
+        feature_cols=FEATURES,
+        feature_metric=FEATURE_METRIC,
+        metrics=METRICS,
+        entities={m.entity: m for m in models},
+        fleet=fit_fleet(window, **FIT),
+        window_start=pd.Timestamp("2026-01-01").date(),
+        window_end=pd.Timestamp("2026-01-03").date(),
+        params=PARAMS,
+    )
+
+
+@pytest.fixture(scope="module")
+def new_day() -> pd.DataFrame:
+    """Day 4: a with a collective anomaly (mem +8 sigma for rows 100..120), c, and unknown z."""
+    a = raw_rows("a", "2026-01-04", DAY, 11)
+    a.loc[100:120, "mem"] += 8.0
+    return features(a, raw_rows("c", "2026-01-04", DAY, 12), raw_rows("z", "2026-01-04", DAY, 13, level=5.0))
+
+
+def test_fit_bucket_gives_short_entities_fleet_scope(bundle):
+    a, b, c = (bundle.entities[e] for e in "abc")
+    for model in (a, b):
+        assert model.scope == "entity"
+        assert model.iforest is not None and model.autoencoder is not None
+        assert set(model.calibrators) == {"iforest", "autoencoder"}
+        assert 0 < model.threshold < 10
+        assert model.n_train_rows == 3 * DAY
+        assert model.window == (pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-03 23:55", tz="UTC"))
+    assert a.baselines["mem"] == pytest.approx(30, abs=0.5) and b.baselines["mem"] == pytest.approx(50, abs=0.5)
+    assert c.scope == "fleet" and c.n_train_rows == 100
+    assert c.iforest is None and c.autoencoder is None and np.isnan(c.threshold)
+    assert c.scaler.center_[FEATURES.index("mem")] == pytest.approx(30, abs=1)
+    assert bundle.fleet.entity == "__fleet__" and 0 < bundle.fleet.threshold < 10
+    assert [bundle.scope_of(e) for e in "abcz"] == ["entity", "entity", "fleet", "fleet"]
+
+
+def test_batched_autoencoders_match_a_single_entity_fit(window, bundle):
+    alone = fit_entity(window[window["entity_id"] == "a"], **FIT)
+    in_bucket = bundle.entities["a"]
+    rows = features(raw_rows("a", "2026-01-04", 50, 21))
+    Z = alone.scaler.transform(rows[FEATURES].to_numpy())
+    np.testing.assert_allclose(alone.autoencoder.score_samples(Z), in_bucket.autoencoder.score_samples(Z), rtol=1e-4)
+    assert alone.threshold == pytest.approx(in_bucket.threshold)
+
+
+def test_fit_entity_refuses_too_little_history(window):
+    with pytest.raises(ValueError, match="'c' has 100 usable rows"):
+        fit_entity(window[window["entity_id"] == "c"], **FIT)
+
+
+def test_score_uses_own_fleet_and_partition_scaling_by_entity(bundle, new_day):
+    out = bundle.score(new_day)
+    assert list(out.columns) == bundle.score_columns
+    assert [c for c in out.columns if c.startswith("err__")] == ["err__cpu", "err__mem", "err__disk"]
+    pd.testing.assert_series_equal(out["ts"], new_day["ts"])  # row for row, in the frame's order
+    assert (out["entity_id"] == new_day["entity_id"]).all()
+    scope = out.groupby("entity_id")["scope"].unique().map(list).to_dict()
+    assert scope == {"a": ["entity"], "c": ["fleet"], "z": ["fleet"]}
+    thresholds = out.groupby("entity_id")["threshold"].unique().map(list).to_dict()
+    assert thresholds["a"] == [bundle.entities["a"].threshold]
+    assert thresholds["c"] == thresholds["z"] == [bundle.fleet.threshold]
+    assert np.isfinite(out[["iforest_score", "ae_score", "score"]].to_numpy()).all()
+    assert (out["flagged"] == (out["score"] > out["threshold"])).all()
+    # z is unknown: scaled on its own partition, so its level of +5 is not an anomaly.
+    assert out.loc[out["entity_id"] == "z", "flagged"].mean() < 0.05
+
+
+def test_injected_collective_anomaly_is_flagged_and_explained(bundle, new_day):
+    a_rows = new_day[new_day["entity_id"] == "a"].reset_index(drop=True)
+    out = bundle.score(a_rows)
+    inside = out.index.isin(range(100, 121))
+    assert out.loc[inside, "flagged"].mean() >= 0.9
+    assert out.loc[~inside, "flagged"].sum() <= 0.03 * (~inside).sum()
+    incidents = group_incidents(out, gap_minutes=PARAMS.gap_minutes, sampling_seconds=SPEC.sampling_seconds)
+    hit = incidents[(incidents["start_ts"] <= a_rows["ts"][120]) & (incidents["end_ts"] >= a_rows["ts"][100])]
+    assert len(hit) == 1 and hit["n_points"].iloc[0] >= 19
+    top = out.loc[inside, ["err__cpu", "err__mem", "err__disk"]].mean().idxmax()
+    assert top == "err__mem"
+
+
+def test_bundle_round_trip_scores_identically_without_pickle(bundle, new_day, tmp_path):
+    folder = bundle.save(tmp_path / "bundle")
+    assert sorted(p.name for p in (folder / "entities").iterdir()) == ["a.zip", "b.zip", "c.zip"]
+    for archive_path in [*folder.glob("entities/*.zip"), folder / "fleet.zip"]:
+        with zipfile.ZipFile(archive_path) as archive:
+            names = set(archive.namelist())
+            assert names <= {"manifest.json", "arrays.npz", "iforest.skops", "autoencoder.pt"}
+            with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
+                assert all(npz[k].dtype != object for k in npz.files)
+    assert "iforest.skops" not in zipfile.ZipFile(folder / "entities" / "c.zip").namelist()
+
+    loaded = ModelBundle.load(folder)
+    pd.testing.assert_frame_equal(loaded.score(new_day), bundle.score(new_day), check_exact=False, rtol=1e-6)
+    assert loaded.window_start == bundle.window_start and loaded.params == bundle.params
+    assert loaded.baselines_of("a") == bundle.entities["a"].baselines
+    assert loaded.fingerprint() == bundle.fingerprint()
+
+    partial = ModelBundle.load(folder, entities={"a", "z"})
+    assert list(partial.entities) == ["a"] and partial.scope_of("b") == "entity"
+    with pytest.raises(KeyError, match="'b' is in bundle synth but was not loaded"):
+        partial.score(features(raw_rows("b", "2026-01-04", 10, 5)))
+
+    assert load_cached(folder) is load_cached(str(folder))
+    with pytest.raises(FileExistsError, match="not empty"):
+        bundle.save(folder)
+
+
+def test_entity_model_bytes_round_trip_keeps_every_part(bundle):
+    model = bundle.entities["b"]
+    back = EntityModel.from_bytes(model.to_bytes())
+    assert (back.entity, back.scope, back.threshold, back.window) == (model.entity, model.scope, model.threshold, model.window)
+    assert back.baselines == model.baselines and back.error_norm == model.error_norm
+    np.testing.assert_array_equal(back.scaler.scale_, model.scaler.scale_)
+    np.testing.assert_array_equal(back.calibrators["iforest"].quantiles_, model.calibrators["iforest"].quantiles_)
+    np.testing.assert_array_equal(back.drift.proportions_, model.drift.proportions_)

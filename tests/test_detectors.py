@@ -1,0 +1,176 @@
+"""Detectors behind one contract: IsolationForest (skops), stacked autoencoders (torch), scaling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skops.io as sio
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from models.autoencoder import AutoencoderDetector, entity_seed, fit_batched
+from models.iforest import TRUSTED_TYPES, IForestDetector
+from models.scaling import RobustClipScaler
+
+FAST_AE = {"hidden": 16, "bottleneck": 4, "epochs": 20, "batch_size": 64, "lr": 1e-2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny matrices gain nothing from intra-op threads, and on a shared machine they spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def low_rank(n: int, d: int = 10, rank: int = 3, seed: int = 0) -> np.ndarray:
+    """Rows on a random rank-``rank`` plane in ``d`` dimensions, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, rank)) @ rng.normal(size=(rank, d)) + 0.05 * rng.normal(size=(n, d))
+
+
+DETECTORS = [
+    pytest.param(lambda: IForestDetector(n_estimators=50, random_state=0), id="iforest"),
+    pytest.param(lambda: AutoencoderDetector(**FAST_AE, random_state=0), id="autoencoder"),
+]
+
+
+@pytest.mark.parametrize("make", DETECTORS)
+def test_detector_contract(make):
+    X = low_rank(400, d=4, rank=2)
+    detector = make()
+    assert clone(detector).get_params() == detector.get_params()
+    with pytest.raises(NotFittedError):
+        detector.score_samples(X)
+
+    assert detector.fit(X) is detector
+    assert detector.n_features_in_ == 4
+    outlier = X[:1] + np.array([[8.0, -8.0, 8.0, -8.0]])
+    scores = detector.score_samples(np.vstack([X[:50], outlier]))
+    assert scores.shape == (51,)
+    assert scores[-1] > scores[:50].max()
+
+    with pytest.raises(ValueError, match="X has 3 features, but .* is expecting 4 features"):
+        detector.score_samples(X[:, :3])
+    with pytest.raises(ValueError, match="NaN"):
+        detector.score_samples(np.where(np.eye(4, dtype=bool), np.nan, 1.0))
+    with pytest.raises(ValueError, match="NaN"):
+        clone(detector).fit(np.where(np.eye(4, dtype=bool), np.nan, 1.0))
+
+
+def test_scaler_centres_scales_and_clips():
+    rng = np.random.default_rng(0)
+    varying = rng.normal(5.0, 2.0, size=200)
+    constant = np.full(200, 3.0)
+    mostly_constant = np.where(np.arange(200) < 190, 1.0, 11.0)  # IQR 0, std 3
+    scaler = RobustClipScaler(clip=10.0, min_scale=1e-3).fit(np.column_stack([varying, constant, mostly_constant]))
+
+    q25, q50, q75 = np.percentile(varying, [25, 50, 75])
+    np.testing.assert_allclose(scaler.center_, [q50, 3.0, 1.0])
+    np.testing.assert_allclose(scaler.scale_, [q75 - q25, 1e-3, mostly_constant.std()])
+
+    # The constant metric moves a little: without clipping it would be 1000 scale units away.
+    scaled = scaler.transform([[q50, 4.0, 1.0], [q50 + (q75 - q25), 3.0, 1.0 - 3 * mostly_constant.std()]])
+    np.testing.assert_allclose(scaled, [[0.0, 10.0, 0.0], [1.0, 0.0, -3.0]])
+
+    restored = RobustClipScaler.from_state_arrays(scaler.get_params(), scaler.state_arrays())
+    np.testing.assert_array_equal(restored.transform(scaled), scaler.transform(scaled))
+    with pytest.raises(ValueError, match="expecting 3 features"):
+        scaler.transform([[1.0, 2.0]])
+
+
+def test_iforest_skops_round_trip_with_explicit_trusted_types():
+    X = low_rank(300, d=5)
+    detector = IForestDetector(n_estimators=30, max_samples=128, random_state=3).fit(X)
+    data = detector.to_bytes()
+
+    assert sio.get_untrusted_types(data=data) == TRUSTED_TYPES
+    with pytest.raises(sio.exceptions.UntrustedTypesFoundException, match="sklearn.tree._tree.Tree"):
+        sio.loads(data)
+
+    loaded = IForestDetector.from_bytes(data)
+    assert loaded.get_params() == detector.get_params()
+    assert loaded.n_features_in_ == 5
+    np.testing.assert_array_equal(loaded.score_samples(X), detector.score_samples(X))
+
+
+def test_iforest_same_seed_same_scores_and_small_training_sets():
+    X = low_rank(100, d=3)  # fewer rows than max_samples: the whole set, no warning
+    first = IForestDetector(n_estimators=20, random_state=1).fit(X).score_samples(X)
+    second = IForestDetector(n_estimators=20, random_state=1).fit(X).score_samples(X)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_autoencoder_loss_falls_on_low_rank_data():
+    detector = AutoencoderDetector(**FAST_AE, random_state=0).fit(low_rank(512))
+    history = detector.loss_history_
+    assert history.shape == (FAST_AE["epochs"],)
+    assert history[-1] < 0.5 * history[0]
+
+
+def test_fit_batched_matches_single_entity_fits():
+    Xs = {"web-1": low_rank(300, seed=1), "web-2": low_rank(300, seed=2), "db-1": low_rank(280, seed=3)}
+    batched = fit_batched(Xs, **FAST_AE, random_state=11)
+    assert list(batched) == list(Xs)
+
+    for key, X in Xs.items():
+        single = AutoencoderDetector(**FAST_AE, random_state=entity_seed(11, key)).fit(X)
+        assert batched[key].get_params() == single.get_params()
+        for name, weight in single.state_dict_.items():
+            torch.testing.assert_close(batched[key].state_dict_[name], weight, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(batched[key].score_samples(X), single.score_samples(X), atol=1e-5)
+        np.testing.assert_allclose(batched[key].loss_history_, single.loss_history_, atol=1e-5)
+
+    # Entities train independently: a's model does not depend on who trained beside it.
+    other = fit_batched({"db-1": Xs["db-1"], "cache-9": low_rank(300, seed=4)}, **FAST_AE, random_state=11)
+    torch.testing.assert_close(other["db-1"].state_dict_["W1"], batched["db-1"].state_dict_["W1"], atol=1e-5, rtol=0)
+    assert not torch.allclose(batched["web-1"].state_dict_["W1"], batched["web-2"].state_dict_["W1"])
+
+
+def test_autoencoder_reruns_identical_and_seed_matters():
+    Xs = {"a": low_rank(200, seed=1), "b": low_rank(200, seed=2)}
+    first, second = fit_batched(Xs, **FAST_AE, random_state=5), fit_batched(Xs, **FAST_AE, random_state=5)
+    third = fit_batched(Xs, **FAST_AE, random_state=6)
+    for key in Xs:
+        for name in first[key].state_dict_:
+            assert torch.equal(first[key].state_dict_[name], second[key].state_dict_[name])
+    assert not torch.allclose(first["a"].state_dict_["W1"], third["a"].state_dict_["W1"])
+
+
+def test_autoencoder_round_trips_give_identical_scores():
+    X = low_rank(200)
+    detector = AutoencoderDetector(**FAST_AE, random_state=2).fit(X)
+    from_bytes = AutoencoderDetector.from_bytes(detector.to_bytes())
+    from_arrays = AutoencoderDetector.from_state_arrays(detector.get_params(), detector.state_arrays())
+    for loaded in (from_bytes, from_arrays):
+        assert loaded.get_params() == detector.get_params()
+        np.testing.assert_array_equal(loaded.score_samples(X), detector.score_samples(X))
+        np.testing.assert_array_equal(loaded.loss_history_, detector.loss_history_)
+
+
+def test_autoencoder_feature_errors_point_at_shifted_features():
+    X = low_rank(1000, seed=7)
+    detector = AutoencoderDetector(**{**FAST_AE, "epochs": 40}, random_state=0).fit(X)
+    shifted = X[:100].copy()
+    shifted[:, [2, 5, 8]] += 3.0 * X[:, [2, 5, 8]].std(axis=0)
+
+    errors = detector.feature_errors(shifted)
+    assert errors.shape == (100, 10)
+    np.testing.assert_allclose(errors.mean(axis=1), detector.score_samples(shifted))
+    assert set(np.argsort(errors.mean(axis=0))[-3:]) == {2, 5, 8}
+    assert detector.score_samples(shifted).mean() > 5 * detector.score_samples(X).mean()
+
+
+def test_fit_batched_rejects_bad_entities_naming_them():
+    with pytest.raises(ValueError, match="same number of features.*'b': 4"):
+        fit_batched({"a": low_rank(50, d=5), "b": low_rank(50, d=4)}, **FAST_AE)
+    bad = low_rank(50, d=5)
+    bad[3, 1] = np.inf
+    with pytest.raises(ValueError, match="entity 'b': .*infinity"):
+        fit_batched({"a": low_rank(50, d=5), "b": bad}, **FAST_AE)
+    with pytest.raises(ValueError, match="hidden must be an int >= 1"):
+        fit_batched({"a": low_rank(50, d=5)}, **{**FAST_AE, "hidden": 0})
+    with pytest.raises(ValueError, match="at least one entity"):
+        fit_batched({}, **FAST_AE)

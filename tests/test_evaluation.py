@@ -1,0 +1,140 @@
+"""Quality measures on hand-made arrays with known answers, and one end-to-end SMD evaluation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fleetwatch import metrics as M
+
+
+def _ts(*minutes):
+    return pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(list(minutes), unit="min")
+
+
+def _spans(*pairs):
+    return pd.DataFrame({"start_ts": _ts(*[a for a, _ in pairs]), "end_ts": _ts(*[b for _, b in pairs])})
+
+
+def test_auprc_and_roc_auc_known_values():
+    y = [0, 0, 1, 1]
+    assert M.auprc(y, [0.1, 0.2, 0.3, 0.4]) == pytest.approx(1.0)
+    assert M.roc_auc(y, [0.1, 0.2, 0.3, 0.4]) == pytest.approx(1.0)
+    # ranking 1,0,1,0 from the top: precision 1 at recall .5, 2/3 at recall 1 -> AP = .5*1 + .5*2/3
+    assert M.auprc([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx(0.5 + 1 / 3)
+    assert M.roc_auc([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx(0.75)
+    assert math.isnan(M.auprc([0, 0], [0.1, 0.2]))
+
+
+def test_best_f1_picks_the_oracle_threshold():
+    # threshold 0.7 flags the top three: tp 2, fp 1 -> p 2/3, r 1, F1 0.8 (the best)
+    f1, thr = M.best_f1([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1])
+    assert f1 == pytest.approx(0.8)
+    assert thr == pytest.approx(0.7)
+    assert M.best_f1([0, 1, 1], [0.0, 0.5, 0.5])[0] == pytest.approx(1.0)
+
+
+def test_f1_at_threshold_from_flags():
+    assert M.f1_at_threshold([1, 1, 0, 0], [True, False, True, False]) == pytest.approx(0.5)
+    assert M.f1_at_threshold([1, 0], [False, False]) == 0.0
+
+
+def test_segments_are_runs_of_labelled_rows():
+    segs = M.segments(pd.Series(_ts(0, 1, 2, 3, 4, 5)), [1, 1, 0, 0, 1, 1])
+    assert list(segs["start_ts"]) == list(_ts(0, 4))
+    assert list(segs["end_ts"]) == list(_ts(1, 5))
+
+
+def test_event_recall_and_false_incidents():
+    events = _spans((10, 20), (50, 60), (100, 101))
+    # first alert touches event 1 at its last minute, second lies inside event 2, third and fourth hit nothing
+    alerts = _spans((20, 25), (52, 53), (70, 80), (200, 210))
+    assert M.event_recall(events, alerts) == pytest.approx(2 / 3)
+    assert M.false_incidents(alerts, events) == 2
+    assert M.false_incidents_per_day(alerts, events, 4.0) == pytest.approx(0.5)
+    assert M.event_recall(events, alerts.iloc[:0]) == 0.0
+    assert math.isnan(M.event_recall(events.iloc[:0], alerts))
+
+
+def test_hitrate_uses_the_ceil_rule():
+    # 3 true metrics -> top ceil(4.5) = 5 ranked are looked at
+    ranked = ["a", "x", "y", "b", "z", "c"]
+    assert M.hitrate(["a", "b", "c"], ranked, 1.5) == pytest.approx(2 / 3)
+    assert M.hitrate(["a", "b", "c"], ranked, 2.0) == pytest.approx(1.0)
+    # 1 true metric -> top ceil(1.5) = 2
+    assert M.hitrate(["x"], ranked, 1.5) == 1.0
+    assert M.hitrate(["y"], ranked, 1.5) == 0.0
+
+
+def test_hitrate_at_merges_overlapping_alerts_and_counts_missed_events():
+    events = _spans((10, 20), (50, 60)).assign(metrics=["a,b", "c"])
+    alerts = _spans((12, 14), (15, 18), (300, 301)).assign(n_points=[1, 3, 2])
+    contributions = [
+        [{"metric": "a", "error": 9.0}, {"metric": "x", "error": 1.0}, {"metric": "b", "error": 0.0}],
+        [{"metric": "x", "error": 2.0}, {"metric": "b", "error": 1.5}, {"metric": "a", "error": 0.0}],
+        [{"metric": "c", "error": 5.0}],
+    ]
+    # weighted: a 9, x 1+6=7, b 4.5 -> top ceil(3)=3 holds a and b; event 2 has no alert
+    assert M.rank_metrics(contributions[:2], [1, 3]) == ["a", "x", "b"]
+    all_events, detected, n, n_detected = M.hitrate_at(events, alerts, contributions, 1.5)
+    assert (all_events, detected, n, n_detected) == (pytest.approx(0.5), pytest.approx(1.0), 2, 1)
+
+
+def _write_mini_smd(root, machine="machine-9-1", train_rows=3 * 1440 + 300, test_rows=1440 + 200, seed=0):
+    """A small SMD-format folder: 38 smooth daily-cycle metrics, one injected spike event."""
+    rng = np.random.default_rng(seed)
+    n = train_rows + test_rows
+    t = np.arange(n)
+    base = 0.4 + 0.2 * np.sin(2 * np.pi * t / 1440)[:, None] * rng.uniform(0.2, 1.0, 38)
+    values = np.clip(base + rng.normal(0, 0.01, (n, 38)), 0, 1)
+    start, end = 600, 640
+    values[train_rows + start : train_rows + end, [3, 7]] += 0.5
+    labels = np.zeros(test_rows, dtype=int)
+    labels[start:end] = 1
+    for part in ("train", "test", "test_label", "interpretation_label"):
+        (root / part).mkdir(parents=True, exist_ok=True)
+
+    def write(path, lines):
+        with gzip.open(path, "wt") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    write(root / "train" / f"{machine}.txt.gz", [",".join(f"{v:.6f}" for v in row) for row in values[:train_rows]])
+    write(root / "test" / f"{machine}.txt.gz", [",".join(f"{v:.6f}" for v in row) for row in values[train_rows:]])
+    write(root / "test_label" / f"{machine}.txt.gz", [str(v) for v in labels])
+    (root / "interpretation_label" / f"{machine}.txt").write_text(f"{start}-{end}:4,8\n")
+    return machine
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_evaluate_smd_on_a_mini_machine(spark, settings, tmp_path):
+    from fleetwatch.evaluation import evaluate_smd
+
+    data = tmp_path / "smd"
+    machine = _write_mini_smd(data)
+    settings = settings.model_copy(update={"min_history_days": 1})
+    out = tmp_path / "report" / "smd.json"
+    report = evaluate_smd(settings, data, machines=None, out=out, start=dt.date(2026, 1, 1), console=None)
+
+    on_disk = json.loads(out.read_text())
+    for key in ("auprc_mean", "roc_auc_mean", "best_f1_mean", "f1_at_threshold_mean", "event_recall_mean",
+                "false_incidents_per_day_mean", "hitrate_150_mean", "reference", "machines", "settings", "wall_time_s"):
+        assert key in on_disk, key
+    assert set(on_disk["reference"]) == {"pca", "iforest"}
+    assert list(on_disk["machines"]) == [machine]
+    r = on_disk["machines"][machine]
+    assert r["test_rows"] == 1440 + 200 and r["labelled_rows"] == 40 and r["labelled_segments"] == 1
+    for key in ("auprc", "roc_auc", "best_f1", "f1_at_threshold", "event_recall", "hitrate_150"):
+        assert 0.0 <= r[key] <= 1.0, key
+    # a 0.5 jump on two metrics is plain to see: the spike ranks high and is alerted
+    assert r["roc_auc"] > 0.9 and r["event_recall"] == 1.0
+    assert report["settings"]["training_window_days"] == 3
+    assert report["precision_labelled"] is None and report["labelled_alerts"] == 0
+    assert out.with_suffix(".md").is_file() and (out.parent / "smd_pr_curves.png").is_file()
+    assert report["mlflow_run_id"]

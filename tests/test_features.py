@@ -1,0 +1,208 @@
+"""Feature views and the feature job: values against pandas, lookback, reruns, atomic writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_store.views import FeatureView, view_for
+from fleetwatch.errors import PartitionNotFound
+from fleetwatch.lake import Lake, write_pandas_partition
+from fleetwatch.specs import DatasetSpec, MetricSpec, write_spec
+
+PREV, DAY = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
+SPEC = DatasetSpec(
+    name="fleet",
+    metrics=[MetricSpec(name="cpu", min=0, max=100), MetricSpec(name="requests", dtype="long", min=0)],
+)
+
+
+def _raw_day(day: dt.date, first: str, seed: int) -> pd.DataFrame:
+    """120 one-minute rows per entity from ``first`` (UTC); entity b misses ten minutes."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for entity in ("a", "b"):
+        ts = pd.date_range(f"{day} {first}", periods=120, freq="1min", tz="UTC")
+        frame = pd.DataFrame(
+            {
+                "entity_id": entity,
+                "ts": ts,
+                "cpu": rng.normal(50, 10, len(ts)).round(3),
+                "requests": rng.poisson(100, len(ts)).astype("int64"),
+            }
+        )
+        if entity == "b":
+            frame = frame[(frame.ts.dt.minute < 10) | (frame.ts.dt.minute >= 20) | (frame.ts.dt.hour % 2 == 1)]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture
+def fleet(settings):
+    """A spec and two raw partitions: dt-1 from 22:00 to 23:59, dt from 00:00 to 01:59."""
+    write_spec(settings.specs_dir, SPEC)
+    lake = Lake(settings.lake_root)
+    raw = {PREV: _raw_day(PREV, "22:00", 1), DAY: _raw_day(DAY, "00:00", 2)}
+    for day, frame in raw.items():
+        write_pandas_partition(lake, frame, lake.raw("fleet", day))
+    return lake, raw
+
+
+def _expected(raw: pd.DataFrame, view: FeatureView) -> pd.DataFrame:
+    """The view's features computed independently with pandas' time-based rolling windows."""
+    out = []
+    for entity, g in raw.sort_values("ts").groupby("entity_id"):
+        g = g.set_index(g.ts.dt.tz_localize(None))
+        cols = {"entity_id": entity, "ts": g.index}
+        minutes = g.index.to_series().diff().dt.total_seconds().to_numpy() / 60
+        for m in view.metrics:
+            x = g[m].astype(float)
+            cols[m] = x.to_numpy()
+            for w in view.windows_minutes:
+                roll = x.rolling(f"{w}min")
+                mean, std = roll.mean().to_numpy(), roll.std().fillna(0.0).to_numpy()
+                cols[f"{m}__mean_{w}m"], cols[f"{m}__std_{w}m"] = mean, std
+                z = np.divide(x.to_numpy() - mean, std, out=np.zeros(len(x)), where=std > 0)
+                cols[f"{m}__z_{w}m"] = z
+            cols[f"{m}__roc"] = np.nan_to_num(x.diff().to_numpy() / minutes, nan=0.0)
+        out.append(pd.DataFrame(cols))
+    return pd.concat(out, ignore_index=True)
+
+
+def _features(spark, lake: Lake, day: dt.date) -> pd.DataFrame:
+    path = lake.features("fleet", view_for(SPEC).ref, day)
+    return spark.read.parquet(path).toPandas().sort_values(["entity_id", "ts"]).reset_index(drop=True)
+
+
+def _files(lake: Lake, day: dt.date) -> set[str]:
+    return {p.name for p in Path(lake.features("fleet", view_for(SPEC).ref, day)).iterdir()}
+
+
+def test_view_declares_columns_in_fixed_order_and_maps_them_to_metrics():
+    view = view_for(SPEC)
+    assert (view.ref, view.lookback_minutes, view.windows_minutes) == ("telemetry@v1", 60, (5, 15, 60))
+    cols = view.feature_columns
+    assert cols[:5] == ["cpu", "cpu__mean_5m", "cpu__std_5m", "cpu__z_5m", "cpu__mean_15m"]
+    assert cols[9:12] == ["cpu__z_60m", "cpu__roc", "requests"]
+    assert len(cols) == len(set(cols)) == 2 * (1 + 3 * 3 + 1)
+    assert [view.metric_of(c) for c in cols] == ["cpu"] * 11 + ["requests"] * 11
+    with pytest.raises(KeyError, match="cpu__z_30m"):
+        view.metric_of("cpu__z_30m")
+    with pytest.raises(ValueError, match="cpu__roc"):
+        FeatureView("v", 1, "entity_id", "ts", ("cpu", "cpu__roc"))
+    with pytest.raises(ValueError, match="windows repeat"):
+        FeatureView("v", 1, "entity_id", "ts", ("cpu",), (5, 5))
+
+
+@pytest.mark.integration
+def test_features_match_pandas_rolling_and_use_the_previous_day_tail(spark, settings, fleet):
+    from feature_store.pipeline import build_features
+
+    lake, raw = fleet
+    view = view_for(SPEC)
+    summary = build_features(spark, settings, "fleet", DAY)
+    assert "230 feature rows" in summary and lake.features("fleet", "telemetry@v1", DAY) in summary
+
+    schema = spark.read.parquet(lake.features("fleet", view.ref, DAY)).dtypes
+    assert [c for c, _ in schema] == ["entity_id", "ts", *view.feature_columns]
+    assert {t for c, t in schema[2:]} == {"double"}
+
+    got = _features(spark, lake, DAY)
+    expected = _expected(pd.concat([raw[PREV], raw[DAY]]), view)
+    expected = expected[expected.ts >= pd.Timestamp(DAY)].reset_index(drop=True)
+    assert len(got) == 230 and got.ts.min() == pd.Timestamp(DAY)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-9, atol=1e-9)
+
+    # By hand: a's first row of dt uses dt-1's last four minutes and its 23:59 row for the rate.
+    a_prev, a_day = raw[PREV][raw[PREV].entity_id == "a"].cpu.to_numpy(), raw[DAY][raw[DAY].entity_id == "a"].cpu.to_numpy()
+    window = np.r_[a_prev[-4:], a_day[:1]]
+    first = got.iloc[0]
+    assert first.cpu__mean_5m == pytest.approx(window.mean())
+    assert first.cpu__std_5m == pytest.approx(window.std(ddof=1))
+    assert first.cpu__z_5m == pytest.approx((a_day[0] - window.mean()) / window.std(ddof=1))
+    assert first.cpu__mean_60m == pytest.approx(np.r_[a_prev[-59:], a_day[:1]].mean())
+    assert first.cpu__roc == pytest.approx(a_day[0] - a_prev[-1])
+    # b's first row after its ten-minute gap: the 5-minute window holds that row only.
+    b = got[got.entity_id == "b"].set_index("ts")
+    after_gap = b.loc[pd.Timestamp(f"{DAY} 00:20")]
+    assert (after_gap.cpu__mean_5m, after_gap.cpu__std_5m, after_gap.cpu__z_5m) == (after_gap.cpu, 0.0, 0.0)
+    assert after_gap.requests__mean_15m == pytest.approx(b.loc[f"{DAY} 00:06":f"{DAY} 00:20"].requests.mean())
+    assert after_gap.cpu__roc == pytest.approx((after_gap.cpu - b.loc[pd.Timestamp(f"{DAY} 00:09")].cpu) / 11)
+
+
+@pytest.mark.integration
+def test_day_is_the_same_whatever_ran_before_and_a_rerun_replaces_it(spark, settings, fleet):
+    from feature_store.pipeline import build_features
+
+    lake, _ = fleet
+    build_features(spark, settings, "fleet", DAY)
+    first, first_files = _features(spark, lake, DAY), _files(lake, DAY)
+
+    build_features(spark, settings, "fleet", PREV)
+    prev = _features(spark, lake, PREV)
+    assert len(prev) == 230 and (prev.groupby("entity_id").cpu__roc.first() == 0).all()  # no dt-2: no lookback
+
+    build_features(spark, settings, "fleet", DAY)
+    again, again_files = _features(spark, lake, DAY), _files(lake, DAY)
+    pd.testing.assert_frame_equal(again, first)
+    assert not again.duplicated(["entity_id", "ts"]).any()
+    parts = lambda files: {f for f in files if f.startswith("part-")}  # noqa: E731
+    assert parts(first_files) and parts(again_files).isdisjoint(parts(first_files))
+    features_dir = Path(lake.features("fleet", "telemetry@v1"))
+    assert sorted(p.name for p in features_dir.iterdir()) == [f"dt={PREV}", f"dt={DAY}"]  # no staging left
+
+
+@pytest.mark.integration
+def test_missing_raw_partition_fails_and_writes_nothing(spark, settings, fleet):
+    from feature_store.pipeline import build_features
+
+    lake, _ = fleet
+    missing = DAY + dt.timedelta(days=5)
+    with pytest.raises(PartitionNotFound, match=rf"'fleet'.*dt={missing}.*{lake.raw('fleet', missing)}.*never landed"):
+        build_features(spark, settings, "fleet", missing)
+    lake.move(lake.raw("fleet", DAY), lake.partition("quarantine", "fleet", DAY))
+    with pytest.raises(PartitionNotFound, match=rf"dt={DAY}.*quarantined"):
+        build_features(spark, settings, "fleet", DAY)
+    assert not Path(lake.zone("features", "fleet")).exists()
+
+
+@pytest.mark.integration
+def test_failed_write_keeps_the_previous_partition(spark, settings, fleet):
+    from pyspark.sql import functions as F
+
+    from feature_store.offline_store import OfflineStore
+    from feature_store.pipeline import build_features
+
+    lake, _ = fleet
+    build_features(spark, settings, "fleet", DAY)
+    before, files = _features(spark, lake, DAY), _files(lake, DAY)
+    view, store = view_for(SPEC), OfflineStore(spark, lake)
+    good = store.read_features("fleet", view, [DAY]).drop("dt")
+    broken = good.withColumn("cpu", F.when(F.col("entity_id") == "b", F.raise_error(F.lit("disk full"))).otherwise(F.col("cpu")))
+    with pytest.raises(Exception, match="disk full"):
+        store.write_features(SPEC, view, DAY, broken)
+    pd.testing.assert_frame_equal(_features(spark, lake, DAY), before)
+    assert _files(lake, DAY) == files
+    assert [p.name for p in Path(lake.features("fleet", view.ref)).iterdir()] == [f"dt={DAY}"]
+
+
+@pytest.mark.integration
+def test_read_features_adds_dt_and_skips_missing_days(spark, settings, fleet):
+    from feature_store.offline_store import OfflineStore
+    from feature_store.pipeline import build_features
+
+    lake, _ = fleet
+    view, store = view_for(SPEC), OfflineStore(spark, lake)
+    assert store.available_days("fleet", view) == []
+    with pytest.raises(PartitionNotFound, match=rf"'fleet'.*telemetry@v1.*{DAY}"):
+        store.read_features("fleet", view, [DAY])
+    build_features(spark, settings, "fleet", DAY)
+    assert store.available_days("fleet", view) == [DAY]
+    frame = store.read_features("fleet", view, [PREV, DAY])
+    assert dict(frame.dtypes)["dt"] == "date"
+    assert {r.dt for r in frame.select("dt").distinct().collect()} == {DAY}
+    assert frame.count() == 230

@@ -1,0 +1,206 @@
+"""Detector-agnostic model logic on small hand-built data: calibration, thresholds, incidents,
+severity, explanations and drift."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.calibration import TailCalibrator, combine
+from models.drift import DriftReference, psi
+from models.explain import metric_errors, top_contributors
+from models.incidents import group_incidents, severity
+from models.thresholds import threshold_for_budget
+
+
+def minutes(*values: int, start: str = "2026-01-01") -> pd.DatetimeIndex:
+    return pd.Timestamp(start, tz="UTC") + pd.to_timedelta(list(values), unit="min")
+
+
+def test_calibration_is_the_empirical_tail_inside_the_reference():
+    cal = TailCalibrator().fit(np.arange(1000.0))
+    got = cal.transform(np.array([-5.0, 0.0, 500.0, 999.0]))
+    # (#reference >= s + 1) / (n + 1): 1000, 500 and 1 reference points at or above.
+    expected = np.log10(1001 / np.array([1001, 1001, 501, 2]))
+    np.testing.assert_allclose(got, expected)
+
+
+def test_calibration_is_monotone_and_keeps_rising_beyond_the_reference():
+    scores = np.random.default_rng(0).normal(size=5000)
+    cal = TailCalibrator(n_quantiles=1000).fit(scores)
+    assert cal.quantiles_.shape == (1000,)
+    grid = np.linspace(-5, 12, 500)
+    calibrated = cal.transform(grid)
+    assert np.all(np.diff(calibrated) >= 0)
+    assert calibrated[0] == 0.0
+    beyond = cal.transform(scores.max() + np.array([0.5, 1.0, 3.0, 6.0]))
+    assert np.all(np.diff(beyond) > 0.5)  # exponential tail: linear growth, no saturation
+    assert beyond[0] > np.log10(1001)
+    # The 99th percentile of held-out data is a 1-in-100 event: about 2.
+    assert cal.transform(np.quantile(scores, [0.99]))[0] == pytest.approx(2.0, abs=0.1)
+
+
+def test_calibration_rejects_bad_input_and_keeps_nan():
+    with pytest.raises(ValueError, match="finite"):
+        TailCalibrator().fit(np.array([1.0, np.nan, 2.0]))
+    cal = TailCalibrator().fit(np.arange(10.0))
+    assert np.isnan(cal.transform(np.array([np.nan]))[0])
+
+
+def test_combine_mean_and_max():
+    a, b = np.array([1.0, 4.0]), np.array([3.0, 0.0])
+    np.testing.assert_allclose(combine([a, b]), [2.0, 2.0])
+    np.testing.assert_allclose(combine([a, b], how="max"), [3.0, 4.0])
+    with pytest.raises(ValueError, match="how"):
+        combine([a, b], how="median")
+
+
+def count_incidents(scores, ts, threshold, gap_minutes, sampling_seconds, entities=None):
+    frame = pd.DataFrame(
+        {"entity_id": "e" if entities is None else entities, "ts": ts, "score": scores, "flagged": scores > threshold}
+    )
+    return len(group_incidents(frame, gap_minutes=gap_minutes, sampling_seconds=sampling_seconds))
+
+
+@pytest.mark.parametrize("budget,gap", [(1.0, 10), (3.0, 0), (0.5, 30)])
+def test_threshold_honours_the_budget_and_is_the_lowest_that_does(budget, gap):
+    rng = np.random.default_rng(1)
+    n = 3 * 288  # three days at 5-minute sampling
+    ts = pd.date_range("2026-01-01", periods=n, freq="5min", tz="UTC")
+    scores = rng.exponential(size=n)
+    for start in (100, 400, 700):  # three bursts that should each count as one incident
+        scores[start : start + 6] += 6 + rng.random(6)
+    threshold = threshold_for_budget(scores, ts, budget_per_day=budget, gap_minutes=gap, sampling_seconds=300)
+    allowed = budget * 3
+    assert count_incidents(scores, ts, threshold, gap, 300) <= allowed
+    lower = np.unique(scores[scores < threshold]).max()
+    assert count_incidents(scores, ts, lower, gap, 300) > allowed
+    # every higher candidate honours the budget too
+    for higher in np.unique(scores[scores > threshold])[:50]:
+        assert count_incidents(scores, ts, higher, gap, 300) <= allowed
+
+
+def test_threshold_counts_incidents_per_entity_for_pooled_scores():
+    rng = np.random.default_rng(2)
+    ts_one = pd.date_range("2026-01-01", periods=288, freq="5min", tz="UTC")
+    ts = np.concatenate([ts_one, ts_one])  # two entities over the same day
+    entities = np.repeat(["a", "b"], 288)
+    scores = rng.exponential(size=576)
+    threshold = threshold_for_budget(scores, ts, budget_per_day=2, gap_minutes=5, sampling_seconds=300, entities=entities)
+    assert count_incidents(scores, ts, threshold, 5, 300, entities) <= 4
+    lower = np.unique(scores[scores < threshold]).max()
+    assert count_incidents(scores, ts, lower, 5, 300, entities) > 4
+
+
+def test_threshold_rejects_non_finite_scores():
+    ts = pd.date_range("2026-01-01", periods=3, freq="min", tz="UTC")
+    with pytest.raises(ValueError, match="finite"):
+        threshold_for_budget(np.array([1.0, np.inf, 2.0]), ts, budget_per_day=1, gap_minutes=0, sampling_seconds=60)
+
+
+def test_group_incidents_tolerates_short_gaps_and_keeps_entities_apart():
+    # entity a flagged at minutes 0,1,2,5 (2 unflagged minutes between 2 and 5: tolerated with
+    # gap_minutes=2) and 9,10 (3 unflagged minutes before 9: a new incident); entity b's
+    # flagged minutes 3 and 4 lie between a's but form their own incident.
+    a_min = list(range(12))
+    a_flag = [m in (0, 1, 2, 5, 9, 10) for m in a_min]
+    a_score = [1.0, 3.0, 2.0, 0.1, 0.1, 5.0, 0.1, 0.1, 0.1, 4.0, 2.0, 0.1]
+    b_min = [3, 4, 6]
+    frame = pd.DataFrame(
+        {
+            "entity_id": ["a"] * 12 + ["b"] * 3,
+            "ts": minutes(*a_min).append(minutes(*b_min)),
+            "score": a_score + [7.0, 8.0, 0.0],
+            "flagged": a_flag + [True, True, False],
+        }
+    ).sample(frac=1.0, random_state=3)  # order must not matter
+    got = group_incidents(frame, gap_minutes=2, sampling_seconds=60)
+    expected = pd.DataFrame(
+        {
+            "entity_id": ["a", "a", "b"],
+            "start_ts": minutes(0, 9, 3),
+            "end_ts": minutes(5, 10, 4),
+            "n_points": [4, 2, 2],
+            "peak_score": [5.0, 4.0, 8.0],
+            "peak_ts": minutes(5, 9, 4),
+        }
+    )
+    pd.testing.assert_frame_equal(got, expected)
+    # With no tolerance, minute 5 is its own incident.
+    assert len(group_incidents(frame, gap_minutes=0, sampling_seconds=60)) == 4
+
+
+def test_group_incidents_with_nothing_flagged_is_empty_with_columns():
+    frame = pd.DataFrame({"entity_id": ["a"], "ts": minutes(0), "score": [1.0], "flagged": [False]})
+    got = group_incidents(frame, gap_minutes=5, sampling_seconds=60)
+    assert got.empty
+    assert list(got.columns) == ["entity_id", "start_ts", "end_ts", "n_points", "peak_score", "peak_ts"]
+
+
+@pytest.mark.parametrize(
+    "peak,expected", [(3.0, "low"), (3.7, "low"), (3.75, "medium"), (4.4, "medium"), (4.5, "high"), (6.0, "critical")]
+)
+def test_severity_bands(peak, expected):
+    assert severity(peak, 3.0) == expected
+
+
+def test_severity_needs_a_positive_threshold():
+    with pytest.raises(ValueError, match="threshold"):
+        severity(1.0, 0.0)
+
+
+def test_metric_errors_sum_features_and_normalise_per_metric():
+    errors = np.array([[1.0, 2.0, 3.0], [0.0, 1.0, 1.0]])
+    raw = metric_errors(errors, ["cpu", "cpu", "mem"])
+    assert list(raw.columns) == ["cpu", "mem"]
+    np.testing.assert_allclose(raw.to_numpy(), [[3.0, 3.0], [1.0, 1.0]])
+    norm = metric_errors(errors, ["cpu", "cpu", "mem"], {"cpu": 2.0, "mem": 0.5})
+    np.testing.assert_allclose(norm.to_numpy(), [[1.5, 6.0], [0.5, 2.0]])
+    with pytest.raises(ValueError, match="shape"):
+        metric_errors(errors, ["cpu"])
+
+
+def test_top_contributors_ranks_the_injected_metric_first():
+    rng = np.random.default_rng(4)
+    feature_metric = ["cpu"] * 4 + ["mem", "disk"]
+    train = rng.uniform(0.4, 0.6, size=(200, 6))
+    norm = metric_errors(train, feature_metric).median(axis=0).to_dict()
+    incident = rng.uniform(0.5, 0.7, size=(5, 6))
+    incident[:, 4] = 2.0  # mem's error: below cpu's raw sum (4 features) but far above its norm
+    raw = metric_errors(incident, feature_metric)
+    assert (raw["cpu"] > raw["mem"]).all()
+    errors = metric_errors(incident, feature_metric, norm)
+    peak = pd.DataFrame({"cpu": [55.0], "mem": [93.0], "disk": [40.0]})
+    top = top_contributors(errors, peak, {"cpu": 50.0, "mem": 30.0, "disk": 41.0}, k=2)
+    assert [t["metric"] for t in top] == ["mem", "cpu"]
+    assert top[0] == {"metric": "mem", "value": 93.0, "baseline": 30.0, "error": pytest.approx(errors["mem"].mean())}
+    json.dumps(top)  # plain types only: goes into the alerts table
+    with pytest.raises(ValueError, match="peak row"):
+        top_contributors(errors, pd.concat([peak, peak]), {"cpu": 0, "mem": 0, "disk": 0})
+
+
+def test_psi_is_near_zero_on_the_same_distribution_and_large_on_a_shift():
+    rng = np.random.default_rng(5)
+    train = pd.DataFrame({"x": rng.normal(size=5000), "y": rng.exponential(size=5000)})
+    ref = DriftReference().fit(train, ["x", "y"])
+    assert ref.edges_.shape == (2, 9) and ref.proportions_.shape == (2, 10)
+    np.testing.assert_allclose(ref.proportions_.sum(axis=1), 1.0)
+    same = psi(ref, pd.DataFrame({"x": rng.normal(size=2000), "y": rng.exponential(size=2000)}))
+    assert same["x"] < 0.05 and same["y"] < 0.05
+    shifted = psi(ref, pd.DataFrame({"x": rng.normal(1.0, 1.0, 2000), "y": rng.exponential(size=2000)}))
+    assert shifted["x"] > 0.25 and shifted["y"] < 0.05
+
+
+def test_drift_reference_arrays_round_trip_and_nan_columns():
+    train = pd.DataFrame({"x": np.arange(100.0), "y": np.r_[np.full(50, np.nan), np.arange(50.0)]})
+    ref = DriftReference().fit(train, ["x", "y"])
+    back = DriftReference.from_state_arrays(ref.get_params(), ref.state_arrays())
+    new = pd.DataFrame({"x": np.arange(0.0, 200.0, 2), "y": np.full(100, np.nan)})
+    got, expected = psi(back, new), psi(ref, new)
+    assert got["x"] == pytest.approx(expected["x"]) and got["x"] > 0.25
+    assert np.isnan(got["y"])
+    with pytest.raises(ValueError, match="'z'"):
+        DriftReference().fit(train, ["z"])

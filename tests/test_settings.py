@@ -1,0 +1,34 @@
+"""Settings: env prefix, embedded defaults under one home, misspelt keys rejected."""
+
+import pytest
+from pydantic import ValidationError
+
+from fleetwatch.settings import Settings
+
+
+def test_defaults_live_under_home(settings, tmp_path):
+    home = tmp_path / "home"
+    assert settings.home == home
+    assert settings.lake_root == str(home / "lake")
+    assert settings.mlflow_tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+    assert settings.alerts_db_url == f"sqlite:///{home / 'alerts.db'}"
+    assert settings.spark_master == "local[*]"
+
+
+def test_environment_overrides(settings, monkeypatch):
+    monkeypatch.setenv("FLEETWATCH_SPARK_MASTER", "spark://10.0.0.1:7077")
+    monkeypatch.setenv("FLEETWATCH_TRAINING_WINDOW_DAYS", "7")
+    s = Settings()
+    assert s.spark_master == "spark://10.0.0.1:7077" and s.training_window_days == 7
+
+
+def test_misspelt_key_in_env_file_fails(settings, tmp_path):
+    (tmp_path / ".env").write_text("FLEETWATCH_SPARK_MASTR=local[1]\n")
+    with pytest.raises(ValidationError, match="spark_mastr"):
+        Settings()
+
+
+def test_password_hidden_in_printed_config(settings, monkeypatch):
+    monkeypatch.setenv("FLEETWATCH_ALERTS_DB_URL", "postgresql+psycopg://u:secret@db:5432/alerts")
+    items = Settings().public_items()
+    assert "secret" not in items["alerts_db_url"] and "db:5432/alerts" in items["alerts_db_url"]

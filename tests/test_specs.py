@@ -1,0 +1,52 @@
+"""Dataset specs: validation errors name the file and the field."""
+
+import pytest
+
+from fleetwatch.errors import SpecError
+from fleetwatch.specs import DatasetSpec, MetricSpec, load_spec, load_spec_file, write_spec
+
+
+def _spec(**kw):
+    base = dict(name="fleet", metrics=[MetricSpec(name="cpu", min=0, max=100), MetricSpec(name="mem")])
+    base.update(kw)
+    return DatasetSpec(**base)
+
+
+def test_round_trip_through_toml(tmp_path):
+    spec = _spec(alarm_budget=2.5, min_rows=10)
+    write_spec(tmp_path, spec)
+    assert load_spec(tmp_path, "fleet") == spec
+
+
+def test_misspelt_field_names_file_and_field(tmp_path):
+    path = tmp_path / "fleet.toml"
+    path.write_text('name = "fleet"\nalarm_budjet = 2\n[[metrics]]\nname = "cpu"\n')
+    with pytest.raises(SpecError, match=r"fleet\.toml.*alarm_budjet"):
+        load_spec_file(path)
+
+
+def test_bad_metric_dtype_names_the_metric_field(tmp_path):
+    path = tmp_path / "fleet.toml"
+    path.write_text('name = "fleet"\n[[metrics]]\nname = "cpu"\ndtype = "text"\n')
+    with pytest.raises(SpecError, match=r"metrics\.0\.dtype"):
+        load_spec_file(path)
+
+
+def test_malformed_toml_is_reported(tmp_path):
+    path = tmp_path / "fleet.toml"
+    path.write_text('name = "fleet\n')
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_spec_file(path)
+
+
+def test_missing_spec_lists_known_datasets(tmp_path):
+    write_spec(tmp_path, _spec())
+    with pytest.raises(SpecError, match="known datasets: fleet"):
+        load_spec(tmp_path, "other")
+
+
+def test_duplicate_columns_and_inverted_range_rejected():
+    with pytest.raises(ValueError, match="twice: cpu"):
+        _spec(metrics=[MetricSpec(name="cpu"), MetricSpec(name="cpu")])
+    with pytest.raises(ValueError, match="above max"):
+        MetricSpec(name="cpu", min=5, max=1)

@@ -277,8 +277,12 @@ def labelled_precision(bundle, rows: pd.DataFrame, labelled: pd.DataFrame) -> di
     out["champion_precision"] = float(labelled["label"].astype(bool).mean())
     if rows.empty:
         return out
-    scores = bundle.score(rows.drop(columns=["id"]).reset_index(drop=True))
-    flagged_ids = set(rows.loc[scores["flagged"].to_numpy(dtype=bool), "id"])
+    # each alert's span is scored on its own: scores are smoothed over neighbouring rows
+    flagged_ids = {
+        alert_id
+        for alert_id, span in rows.groupby("id", sort=False)
+        if bundle.score(span.drop(columns=["id"]).reset_index(drop=True))["flagged"].any()
+    }
     would = labelled[labelled["id"].isin(flagged_ids)]
     out["challenger_alerts"] = float(len(would))
     if len(would):

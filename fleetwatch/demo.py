@@ -71,7 +71,7 @@ def run_demo(settings: Settings, *, dataset: str, entities: int, days: int, cons
     console.rule("Result")
     console.print(f"partitions processed: {ok} of {len(states)} nights succeeded; quarantined: {len(quarantined)} {[str(d) for d in quarantined]}")
     for row in versions.itertuples(index=False):
-        console.print(f"registered model: {row.model} version {row.version} aliases [{row.aliases}] window {row.window}")
+        console.print(f"registered model: {row.model} version {row.version} aliases [{row.aliases}] window {row.window}", markup=False)
     console.print(f"alerts written: {len(alerts)} over {len(scored)} scored nights")
     console.print(
         f"precision {quality['precision']:.2f} ({quality['true_alerts']}/{quality['alerts']} alerts on injected anomalies; "

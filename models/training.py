@@ -112,14 +112,17 @@ def _fit_fleet_udf(view, spec: DatasetSpec, params, seed: int):
     return fit
 
 
-def fit_bundle(spark, settings: Settings, spec: DatasetSpec, view, days: list[dt.date], features_df):
-    """Fit all entities' models and the fleet model; returns the assembled ModelBundle."""
+def fit_bundle(spark, settings: Settings, spec: DatasetSpec, view, days: list[dt.date], features_df, params=None):
+    """Fit all entities' models and the fleet model; returns the assembled ModelBundle.
+
+    ``params`` (a ``ModelParams``) defaults to :func:`model_params` of the settings and spec.
+    """
     from pyspark.sql import functions as F
 
     from models.bundle import ModelBundle
     from models.fitting import EntityModel
 
-    params = model_params(settings, spec)
+    params = params or model_params(settings, spec)
     df = canonical(features_df, spec).drop("dt")
     n_entities = df.select(ENTITY).distinct().count()
     if n_entities == 0:
@@ -149,7 +152,7 @@ def fit_bundle(spark, settings: Settings, spec: DatasetSpec, view, days: list[dt
     )
 
 
-def train_models(spark, settings: Settings, dataset: str, day: dt.date) -> str:
+def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, params=None) -> str:
     """Train on the window ending at ``day``, register a version, gate it; returns a summary.
 
     False alerts of the window raise their entities' thresholds (:func:`raise_thresholds`);
@@ -175,7 +178,7 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date) -> str:
         )
     features_df = store.read_features(dataset, view, days)
     features_df = exclude_confirmed_anomalies(settings, spec, features_df)
-    bundle = fit_bundle(spark, settings, spec, view, days, features_df)
+    bundle = fit_bundle(spark, settings, spec, view, days, features_df, params)
     false_alerts = _labelled(settings, dataset, False, days)
     raised = raise_thresholds(bundle, alert_rows(store, spec, view, false_alerts), false_alerts)
     shadow_alerts = _labelled(settings, dataset, None, days[-1:])

@@ -57,6 +57,9 @@ class DatasetSpec(BaseModel):
     partition_frequency: Literal["daily"] = "daily"
     alarm_budget: float = Field(1.0, gt=0, description="Expected incidents per entity per day.")
     min_rows: int = Field(1, ge=1, description="Fewest rows a valid partition may hold.")
+    score_smoothing_minutes: int = Field(
+        5, ge=1, description="Minutes each detector score is averaged over: about the shortest anomaly worth an alert."
+    )
     metrics: list[MetricSpec] = Field(min_length=1)
 
     @field_validator("name", "entity_column", "timestamp_column")
@@ -96,6 +99,7 @@ class DatasetSpec(BaseModel):
             f'partition_frequency = "{self.partition_frequency}"',
             f"alarm_budget = {self.alarm_budget}",
             f"min_rows = {self.min_rows}",
+            f"score_smoothing_minutes = {self.score_smoothing_minutes}",
         ]
         for m in self.metrics:
             lines += ["", "[[metrics]]", f'name = "{m.name}"', f'dtype = "{m.dtype}"']

@@ -78,6 +78,12 @@ class ModelBundle:
         model = self._model_for(entity)
         return (model if model is not None else self.fleet).baselines
 
+    def spreads_of(self, entity: str) -> dict[str, float]:
+        """Training spread of each metric (``models.explain.spreads``), like :meth:`baselines_of`;
+        empty for models saved before spreads were kept."""
+        model = self._model_for(entity)
+        return (model if model is not None else self.fleet).spreads
+
     def params_dict(self) -> dict:
         return self.params.model_dump()
 

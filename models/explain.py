@@ -1,4 +1,12 @@
-"""Explanations: which metrics drove an incident, from the autoencoder's per-feature errors."""
+"""Explanations: which metrics drove an incident.
+
+Incidents rank their metrics by how far each metric's own value moved from its training baseline
+(:func:`deviations`, in units of the metric's training spread), taking each metric's largest
+move inside the incident; the autoencoder's per-metric errors (:func:`metric_errors`) rank them
+when a model has no spreads (bundles trained before spreads were kept). Measured on SMD's
+interpretation labels (7 machines), the deviation ranking put more of the labelled metrics in the
+top ranks than the reconstruction errors on 5 of 7 machines (figures in the README).
+"""
 
 from __future__ import annotations
 
@@ -48,35 +56,70 @@ def metric_errors(
     return pd.DataFrame(sums)
 
 
+def spreads(rows: pd.DataFrame, metrics: list[str], *, min_scale: float = 1e-3) -> dict[str, float]:
+    """Each metric's robust training spread, for :func:`deviations`.
+
+    The IQR, else the standard deviation (a metric constant most of the time), floored at
+    ``min_scale`` and at the median spread over the metrics, so a metric that barely moved in
+    training cannot outrank every other one with a tiny absolute change.
+    """
+    if len(rows) == 0:
+        return {}
+    X = rows[metrics].to_numpy(dtype=float)
+    q25, q75 = np.nanpercentile(X, [25, 75], axis=0)
+    iqr = q75 - q25
+    scale = np.where(iqr > 0, iqr, np.nanstd(X, axis=0))
+    scale = np.maximum(np.nan_to_num(scale, nan=min_scale), min_scale)
+    scale = np.maximum(scale, float(np.median(scale)))
+    return {m: float(v) for m, v in zip(metrics, scale)}
+
+
+def deviations(values: pd.DataFrame, baselines: Mapping[str, float], spread: Mapping[str, float]) -> pd.DataFrame:
+    """``|value - baseline| / spread`` of each metric (columns of ``values``) on each row."""
+    metrics = list(values.columns)
+    base = np.array([baselines[m] for m in metrics], dtype=float)
+    scale = np.array([spread[m] for m in metrics], dtype=float)
+    out = np.abs(values.to_numpy(dtype=float) - base) / scale
+    return pd.DataFrame(np.nan_to_num(out, nan=0.0), columns=metrics, index=values.index)
+
+
 def top_contributors(
     errors_rows: pd.DataFrame,
     values: pd.DataFrame | pd.Series | Mapping[str, float],
     baselines: Mapping[str, float],
     k: int = 3,
+    how: str = "mean",
 ) -> list[dict]:
     """The ``k`` metrics that contributed most to one incident.
 
     Parameters
     ----------
     errors_rows : DataFrame
-        Normalised per-metric errors of the incident's rows (columns = metrics).
+        Per-metric evidence on the incident's rows (columns = metrics): normalised
+        reconstruction errors or :func:`deviations`.
     values : one-row DataFrame, Series or mapping
         Each metric's value at the incident's peak.
     baselines : mapping metric -> float
         The entity's training median of each metric.
     k : int
         How many metrics to return.
+    how : {"mean", "max"}
+        How a metric's evidence is summarised over the incident's rows.
 
     Returns
     -------
     list of dict
-        ``{"metric", "value", "baseline", "error"}`` (plain floats), highest mean error first.
+        ``{"metric", "value", "baseline", "error"}`` (plain floats; ``error`` the summarised
+        evidence), highest first.
     """
+    if how not in ("mean", "max"):
+        raise ValueError(f"how must be 'mean' or 'max', got {how!r}")
     if isinstance(values, pd.DataFrame):
         if len(values) != 1:
             raise ValueError(f"values must hold the peak row only, got {len(values)} rows")
         values = values.iloc[0]
-    ranked = errors_rows.mean(axis=0).sort_values(ascending=False, kind="mergesort").head(k)
+    summary = errors_rows.mean(axis=0) if how == "mean" else errors_rows.max(axis=0)
+    ranked = summary.sort_values(ascending=False, kind="mergesort").head(k)
     return [
         {
             "metric": str(metric),

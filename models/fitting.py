@@ -25,7 +25,7 @@ from fleetwatch.specs import DatasetSpec
 from models.autoencoder import AutoencoderDetector, entity_seed, fit_batched
 from models.calibration import TailCalibrator, combine
 from models.drift import DriftReference
-from models.explain import metric_errors
+from models.explain import metric_errors, spreads
 from models.iforest import IForestDetector
 from models.scaling import RobustClipScaler
 from models.thresholds import threshold_for_budget
@@ -93,6 +93,7 @@ class EntityModel:
     fingerprint: str = ""
     error_center: dict[str, float] = field(default_factory=dict)
     smooth_points: int = 1
+    spreads: dict[str, float] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         """One zip archive: ``manifest.json``, ``arrays.npz``, ``iforest.skops``, ``autoencoder.pt``.
@@ -107,6 +108,7 @@ class EntityModel:
             "scope": self.scope,
             "threshold": None if np.isnan(self.threshold) else float(self.threshold),
             "baselines": self.baselines,
+            "spreads": self.spreads,
             "error_norm": self.error_norm,
             "error_center": self.error_center,
             "smooth_points": int(self.smooth_points),
@@ -168,6 +170,7 @@ class EntityModel:
             calibrators=calibrators,
             threshold=float("nan") if manifest["threshold"] is None else manifest["threshold"],
             baselines=manifest["baselines"],
+            spreads=manifest.get("spreads", {}),
             error_norm=manifest["error_norm"],
             error_center=manifest.get("error_center", {}),
             smooth_points=int(manifest.get("smooth_points", 1)),
@@ -327,6 +330,7 @@ def fit_fleet(
         calibrators=calibrators,
         threshold=threshold,
         baselines=_medians(pd.concat(raw_train, ignore_index=True), metrics),
+        spreads=spreads(pd.concat(raw_train, ignore_index=True), metrics),
         error_norm=scale,
         error_center=center,
         smooth_points=params.smooth_points,
@@ -435,6 +439,7 @@ def _finish(
         calibrators=calibrators,
         threshold=threshold,
         baselines=_medians(split.rows.iloc[: split.cut], metrics),
+        spreads=spreads(split.rows.iloc[: split.cut], metrics),
         error_norm=scale,
         error_center=center,
         smooth_points=params.smooth_points,
@@ -460,6 +465,7 @@ def _fleet_scope(
         calibrators={},
         threshold=float("nan"),
         baselines=_medians(rows, metrics),
+        spreads=spreads(rows, metrics),
         error_norm={},
         drift=DriftReference().fit(rows, feature_cols) if has_rows else None,
         n_train_rows=len(rows),
@@ -483,9 +489,11 @@ def detector_scores(
 
     Both raw scores are averaged over ``smooth_points`` neighbouring rows (anomalies last minutes,
     single-row noise does not). The per-metric errors are robust z-scores against the metric's
-    training errors, on one scale across metrics, for the explanations. (The maximum of those
-    z-scores as the autoencoder's score was measured on SMD and ranked rows worse than the mean
-    squared error.)
+    training errors, on one scale across metrics: the ``err__`` score columns (incidents rank
+    their metrics by ``models.explain.deviations``, and by these only for bundles saved without
+    spreads). (The maximum of those z-scores as the autoencoder's score was measured on SMD and
+    ranked rows worse than the mean squared error; so did PCA, IsolationForest or autoencoder
+    on the raw metrics alone, KMeans over 30-minute windows, and combining with ``max``.)
     """
     errors = metric_errors(autoencoder.feature_errors(Z), feature_metric, scale, center)
     raw = {

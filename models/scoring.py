@@ -59,41 +59,74 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str):
     return df.groupBy(ENTITY).applyInPandas(score, score_schema(spec))
 
 
+def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *, gap_minutes: int,
+                     sampling_seconds: int) -> list[dict]:
+    """Incidents of one entity's scored rows (time order), each with every metric ranked.
+
+    ``baselines`` and ``spread`` are the entity's per-metric training medians and spreads, or
+    callables returning them (looked up only when there is an incident). A metric's evidence is
+    its largest deviation from the baseline inside the incident in units of its spread
+    (``models.explain.deviations``); without spreads (a bundle saved before they were kept), the
+    mean of its normalised reconstruction errors (``err__<metric>``).
+    """
+    from models.explain import deviations, top_contributors
+    from models.incidents import group_incidents
+
+    found = group_incidents(pdf, score_col="score", flag_col="flagged", ts_col=TS, entity_col=ENTITY,
+                            gap_minutes=gap_minutes, sampling_seconds=sampling_seconds)
+    if found.empty:
+        return []
+    baselines = baselines() if callable(baselines) else baselines
+    spread = spread() if callable(spread) else spread
+    out = []
+    for inc in found.itertuples(index=False):
+        rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
+        peak = rows.loc[[rows["score"].idxmax()], metrics]
+        if spread:
+            ranked = top_contributors(deviations(rows[metrics], baselines, spread), peak, baselines, k=len(metrics), how="max")
+        else:
+            errs = rows[[f"err__{m}" for m in metrics]].set_axis(metrics, axis=1)
+            ranked = top_contributors(errs, peak, baselines, k=len(metrics))
+        out.append({
+            "entity_id": inc.entity_id, "start_ts": inc.start_ts, "end_ts": inc.end_ts, "n_points": int(inc.n_points),
+            "peak_score": float(inc.peak_score), "threshold": float(rows["threshold"].iloc[0]),
+            "scope": str(rows["scope"].iloc[0]), "ranked": ranked,
+        })
+    return out
+
+
 def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date, lineage: dict, gap_minutes: int):
     """Group each entity's flagged rows into incidents with severity and contributors.
 
-    ``contributions`` ranks every metric (what explanation quality is measured on);
-    ``top_metrics`` names the first ``TOP_METRICS`` of them.
+    ``contributions`` ranks every metric (what explanation quality is measured on) by its
+    largest deviation from the entity's baseline inside the incident, in units of its training
+    spread (``models.explain.deviations``); ``top_metrics`` names the first ``TOP_METRICS``.
     """
     metrics = spec.metric_names
     sampling = spec.sampling_seconds
 
     def group(pdf: pd.DataFrame) -> pd.DataFrame:
         from models.bundle import load_cached
-        from models.explain import top_contributors
-        from models.incidents import group_incidents, severity
+        from models.incidents import severity
 
         pdf = pdf.sort_values(TS).reset_index(drop=True)
-        found = group_incidents(pdf, score_col="score", flag_col="flagged", ts_col=TS, entity_col=ENTITY,
-                                gap_minutes=gap_minutes, sampling_seconds=sampling)
-        if found.empty:
+        entity = str(pdf[ENTITY].iloc[0])
+        found = entity_incidents(pdf, metrics, lambda: load_cached(bundle_dir).baselines_of(entity),
+                                 lambda: load_cached(bundle_dir).spreads_of(entity),
+                                 gap_minutes=gap_minutes, sampling_seconds=sampling)
+        if not found:
             return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])
-        bundle = load_cached(bundle_dir)
-        baselines = bundle.baselines_of(str(pdf[ENTITY].iloc[0]))
         records = []
-        for inc in found.itertuples(index=False):
-            rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
-            errs = rows[[f"err__{m}" for m in metrics]].set_axis(metrics, axis=1)
-            peak = rows.loc[[rows["score"].idxmax()], metrics]
-            ranked = top_contributors(errs, peak, baselines, k=len(metrics))
-            threshold = float(rows["threshold"].iloc[0])
+        for inc in found:
+            ranked = inc["ranked"]
+            threshold = inc["threshold"]
             records.append(
                 {
-                    "dataset": spec.name, "entity_id": inc.entity_id, "dt": day,
-                    "start_ts": inc.start_ts, "end_ts": inc.end_ts, "n_points": int(inc.n_points),
-                    "peak_score": float(inc.peak_score), "severity": severity(float(inc.peak_score), threshold),
+                    "dataset": spec.name, "entity_id": inc["entity_id"], "dt": day,
+                    "start_ts": inc["start_ts"], "end_ts": inc["end_ts"], "n_points": inc["n_points"],
+                    "peak_score": inc["peak_score"], "severity": severity(inc["peak_score"], threshold),
                     "threshold": threshold, "top_metrics": ",".join(t["metric"] for t in ranked[:TOP_METRICS]),
-                    "contributions": json.dumps(ranked), "model_scope": str(rows["scope"].iloc[0]), **lineage,
+                    "contributions": json.dumps(ranked), "model_scope": inc["scope"], **lineage,
                 }
             )
         return pd.DataFrame.from_records(records)

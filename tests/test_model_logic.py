@@ -11,7 +11,7 @@ import pytest
 
 from models.calibration import TailCalibrator, combine
 from models.drift import DriftReference, psi
-from models.explain import metric_errors, top_contributors
+from models.explain import deviations, metric_errors, spreads, top_contributors
 from models.incidents import group_incidents, severity
 from models.thresholds import threshold_for_budget
 
@@ -182,6 +182,25 @@ def test_top_contributors_ranks_the_injected_metric_first():
         top_contributors(errors, pd.concat([peak, peak]), {"cpu": 0, "mem": 0, "disk": 0})
 
 
+def test_deviation_ranking_floors_spreads_and_takes_each_metrics_largest_move():
+    rng = np.random.default_rng(5)
+    train = pd.DataFrame({"cpu": rng.normal(50, 10, 500), "mem": rng.normal(30, 1, 500), "flat": np.zeros(500)})
+    spread = spreads(train, ["cpu", "mem", "flat"])
+    # a metric constant in training gets the median spread, not a tiny one
+    assert spread["flat"] == pytest.approx(float(np.median(list(spread.values()))))
+    assert spread["cpu"] > spread["mem"] == pytest.approx(spread["flat"])
+    baselines = {"cpu": 50.0, "mem": 30.0, "flat": 0.0}
+    incident = pd.DataFrame({"cpu": [70.0, 72.0, 71.0], "mem": [30.0, 35.0, 30.0], "flat": [0.1, 0.1, 0.1]})
+    devs = deviations(incident, baselines, spread)
+    np.testing.assert_allclose(devs["cpu"], np.abs(incident["cpu"] - 50.0) / spread["cpu"])
+    top = top_contributors(devs, incident.iloc[[1]], baselines, k=3, how="max")
+    assert [t["metric"] for t in top][0] == "mem"  # one row far out beats a steady moderate move
+    assert top[0]["error"] == pytest.approx(5.0 / spread["mem"])
+    assert [t["metric"] for t in top_contributors(devs, incident.iloc[[1]], baselines, k=3)][0] == "cpu"  # mean
+    with pytest.raises(ValueError, match="how"):
+        top_contributors(devs, incident.iloc[[1]], baselines, how="median")
+
+
 def test_psi_is_near_zero_on_the_same_distribution_and_large_on_a_shift():
     rng = np.random.default_rng(5)
     train = pd.DataFrame({"x": rng.normal(size=5000), "y": rng.exponential(size=5000)})
@@ -204,3 +223,15 @@ def test_drift_reference_arrays_round_trip_and_nan_columns():
     assert np.isnan(got["y"])
     with pytest.raises(ValueError, match="'z'"):
         DriftReference().fit(train, ["z"])
+
+
+def test_model_params_smooth_scores_over_the_specs_minutes(tmp_path):
+    from fleetwatch.datasets.smd import smd_spec
+    from fleetwatch.settings import Settings
+    from fleetwatch.specs import DatasetSpec, MetricSpec
+    from models.training import model_params
+
+    settings = Settings(home=tmp_path)
+    assert model_params(settings, smd_spec()).smooth_points == 15  # SMD: 15 minutes of 1-minute rows
+    coarse = DatasetSpec(name="meters", sampling_seconds=300, metrics=[MetricSpec(name="kwh")])
+    assert coarse.score_smoothing_minutes == 5 and model_params(settings, coarse).smooth_points == 1

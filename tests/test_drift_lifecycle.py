@@ -302,8 +302,8 @@ def test_drift_fires_on_the_drifted_entity_only_and_the_retrained_champion_accep
     n_before, n_after = int((before_incidents["entity_id"] == DRIFTED).sum()), int((incidents["entity_id"] == DRIFTED).sum())
     # an ordinary day again: a few incidents at most (budget 1 a day), a fifth of v1's or fewer
     assert n_after <= 3 and n_after * 5 <= n_before
-    hit = incidents[(incidents["entity_id"] == caught["entity_id"]) & (incidents["start_ts"] <= caught["end_ts"])
-                    & (incidents["end_ts"] >= caught["start_ts"])]
+    start, end = pd.to_datetime(incidents["start_ts"], utc=True), pd.to_datetime(incidents["end_ts"], utc=True)
+    hit = incidents[(incidents["entity_id"] == caught["entity_id"]) & (start <= caught["end_ts"]) & (end >= caught["start_ts"])]
     assert len(hit) >= 1, f"{caught['anomaly_id']} after the drift was not alerted"
 
     # graduation: the new entity, fleet-scoped in v2 (one day), has two days on day 4

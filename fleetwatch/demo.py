@@ -25,6 +25,7 @@ def run_demo(settings: Settings, *, dataset: str, entities: int, days: int, cons
     from fleetwatch.alert_quality import match_alerts
     from fleetwatch.alerts_store import AlertsStore
     from fleetwatch.orchestration import prepare_airflow, run_nightly, run_retrain
+    from fleetwatch.specs import load_spec
     from fleetwatch.synthetic import generate_fleet, load_labels
     from models import registry
 
@@ -62,7 +63,8 @@ def run_demo(settings: Settings, *, dataset: str, entities: int, days: int, cons
     labels = load_labels(settings, dataset)
     period_start = pd.Timestamp(scored[0], tz="UTC")
     in_period = labels[labels["end_ts"] >= period_start]
-    quality = match_alerts(alerts, in_period, tolerance_minutes=settings.incident_gap_minutes)
+    gap = load_spec(settings.specs_dir, dataset).incident_gap(settings.incident_gap_minutes)
+    quality = match_alerts(alerts, in_period, tolerance_minutes=gap)
     versions = registry.list_versions(settings)
     versions = versions[versions["model"] == registry.model_name(dataset)]
     elapsed = time.time() - t0

@@ -153,7 +153,7 @@ def run_platform(settings, dataset: str, days, train_days, test_days, say) -> di
         "settings": {
             "training_window_days": settings.training_window_days,
             "min_history_days": settings.min_history_days,
-            "incident_gap_minutes": settings.incident_gap_minutes,
+            "incident_gap_minutes": spec.incident_gap(settings.incident_gap_minutes),
             "seed": settings.seed,
             "spark_master": settings.spark_master,
             "alarm_budget": spec.alarm_budget,

@@ -60,7 +60,14 @@ class DatasetSpec(BaseModel):
     score_smoothing_minutes: int = Field(
         5, ge=1, description="Minutes each detector score is averaged over: about the shortest anomaly worth an alert."
     )
+    incident_gap_minutes: int | None = Field(
+        None, ge=0, description="Gap tolerated inside one incident; unset: the FLEETWATCH_INCIDENT_GAP_MINUTES setting."
+    )
     metrics: list[MetricSpec] = Field(min_length=1)
+
+    def incident_gap(self, default: int) -> int:
+        """Minutes between flagged rows that still make one incident: the spec's own, else ``default``."""
+        return default if self.incident_gap_minutes is None else self.incident_gap_minutes
 
     @field_validator("name", "entity_column", "timestamp_column")
     @classmethod
@@ -101,6 +108,8 @@ class DatasetSpec(BaseModel):
             f"min_rows = {self.min_rows}",
             f"score_smoothing_minutes = {self.score_smoothing_minutes}",
         ]
+        if self.incident_gap_minutes is not None:
+            lines.append(f"incident_gap_minutes = {self.incident_gap_minutes}")
         for m in self.metrics:
             lines += ["", "[[metrics]]", f'name = "{m.name}"', f'dtype = "{m.dtype}"']
             if math.isfinite(m.min):

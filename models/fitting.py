@@ -42,7 +42,9 @@ class ModelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     iforest_n_estimators: int = Field(100, ge=1)
-    iforest_max_samples: int = Field(256, ge=2)
+    # 2048 rows a tree instead of the usual 256: on SMD's 7 machines mean AUPRC rose by 0.025 with each
+    # of two run seeds (up on 6 and on 5 machines, down by at most 0.01 on any); trees stay <= 11 deep.
+    iforest_max_samples: int = Field(2048, ge=2)
     ae_hidden: int = Field(32, ge=1)
     ae_bottleneck: int = Field(8, ge=1)
     ae_epochs: int = Field(30, ge=1)

@@ -150,7 +150,7 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     scores_path = write_spark_partition(lake, score_frame(features, spec, champ.bundle_dir), lake.partition("scores", dataset, day), spark)
     scores = spark.read.parquet(scores_path)
     lineage = {"model_name": champ.name, "model_version": champ.version, "feature_view": view.ref, "run_id": champ.run_id}
-    incidents = incidents_frame(scores, spec, champ.bundle_dir, day, lineage, settings.incident_gap_minutes)
+    incidents = incidents_frame(scores, spec, champ.bundle_dir, day, lineage, spec.incident_gap(settings.incident_gap_minutes))
     inc_path = write_spark_partition(lake, incidents.coalesce(1), lake.partition("incidents", dataset, day), spark)
     n_rows = scores.count()
     n_flagged = scores.filter("flagged").count()
@@ -177,7 +177,7 @@ def shadow_score(spark, spec: DatasetSpec, features_df, bundle_dir: str, setting
     day = features_df.select(F.min(TS)).first()[0].date()
     scores = score_frame(features_df, spec, bundle_dir).cache()
     lineage = {"model_name": "", "model_version": "", "feature_view": "", "run_id": ""}
-    incidents = incidents_frame(scores, spec, bundle_dir, day, lineage, settings.incident_gap_minutes)
+    incidents = incidents_frame(scores, spec, bundle_dir, day, lineage, spec.incident_gap(settings.incident_gap_minutes))
     inc_counts = incidents.groupBy(ENTITY).agg(F.count("*").alias("incidents"))
     per_entity = (
         scores.groupBy(ENTITY, "scope")

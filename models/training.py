@@ -34,7 +34,7 @@ def model_params(settings: Settings, spec: DatasetSpec):
     from models.fitting import ModelParams
 
     return ModelParams(
-        gap_minutes=settings.incident_gap_minutes,
+        gap_minutes=spec.incident_gap(settings.incident_gap_minutes),
         min_history_rows=max(10, int(HISTORY_COVERAGE * settings.min_history_days * spec.rows_per_day)),
         smooth_points=max(1, round(spec.score_smoothing_minutes * 60 / spec.sampling_seconds)),
     )

@@ -235,3 +235,15 @@ def test_model_params_smooth_scores_over_the_specs_minutes(tmp_path):
     assert model_params(settings, smd_spec()).smooth_points == 15  # SMD: 15 minutes of 1-minute rows
     coarse = DatasetSpec(name="meters", sampling_seconds=300, metrics=[MetricSpec(name="kwh")])
     assert coarse.score_smoothing_minutes == 5 and model_params(settings, coarse).smooth_points == 1
+
+
+def test_model_params_group_incidents_with_the_specs_gap_else_the_setting(tmp_path):
+    from fleetwatch.datasets.smd import INCIDENT_GAP_MINUTES, smd_spec
+    from fleetwatch.settings import Settings
+    from fleetwatch.specs import DatasetSpec, MetricSpec
+    from models.training import model_params
+
+    settings = Settings(home=tmp_path, incident_gap_minutes=7)
+    assert model_params(settings, smd_spec()).gap_minutes == INCIDENT_GAP_MINUTES != 7
+    plain = DatasetSpec(name="meters", metrics=[MetricSpec(name="kwh")])
+    assert model_params(settings, plain).gap_minutes == 7

@@ -18,6 +18,18 @@ def test_round_trip_through_toml(tmp_path):
     assert load_spec(tmp_path, "fleet") == spec
 
 
+def test_incident_gap_is_the_specs_own_else_the_settings_and_survives_toml(tmp_path):
+    assert _spec().incident_gap(5) == 5
+    spec = _spec(incident_gap_minutes=60)
+    assert spec.incident_gap(5) == 60
+    write_spec(tmp_path, spec)
+    assert load_spec(tmp_path, "fleet").incident_gap(5) == 60
+    path = tmp_path / "fleet.toml"
+    path.write_text(path.read_text().replace("incident_gap_minutes = 60", "incident_gap_minutes = -1"))
+    with pytest.raises(SpecError, match=r"fleet\.toml.*incident_gap_minutes"):
+        load_spec_file(path)
+
+
 def test_misspelt_field_names_file_and_field(tmp_path):
     path = tmp_path / "fleet.toml"
     path.write_text('name = "fleet"\nalarm_budjet = 2\n[[metrics]]\nname = "cpu"\n')

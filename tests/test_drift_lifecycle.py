@@ -229,6 +229,17 @@ def drift_settings(settings, monkeypatch) -> Settings:
     os.environ.update(saved)
 
 
+def _new_normal_flagged(scores: pd.DataFrame, labels: pd.DataFrame) -> float:
+    """Share of the drifted entity's rows flagged outside its injected anomalies (and 30 minutes around them)."""
+    rows = scores[scores["entity_id"] == DRIFTED]
+    ts = pd.to_datetime(rows["ts"], utc=True)
+    near = np.zeros(len(rows), dtype=bool)
+    margin = pd.Timedelta(minutes=30)
+    for a in labels[(labels["entity_id"] == DRIFTED) & (labels["kind"] != "drift")].itertuples():
+        near |= ((ts >= a.start_ts - margin) & (ts <= a.end_ts + margin)).to_numpy()
+    return float(rows.loc[~near, "flagged"].mean())
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_drift_fires_on_the_drifted_entity_only_and_the_retrained_champion_accepts_the_new_normal(spark, drift_settings):
@@ -294,11 +305,11 @@ def test_drift_fires_on_the_drifted_entity_only_and_the_retrained_champion_accep
     score_partition(spark, s, DS, DAYS[4])
     after = pd.read_parquet(lake.partition("scores", DS, DAYS[4]))
     incidents = pd.read_parquet(lake.partition("incidents", DS, DAYS[4]))
-    flagged_before = before.loc[before["entity_id"] == DRIFTED, "flagged"].mean()
-    flagged_after = after.loc[after["entity_id"] == DRIFTED, "flagged"].mean()
-    print(f"{DRIFTED} flagged share on day 4: v1 {flagged_before:.3f}, v2 {flagged_after:.3f}; incidents "
-          f"v1 {int((before_incidents['entity_id'] == DRIFTED).sum())}, v2 {int((incidents['entity_id'] == DRIFTED).sum())}")
-    assert flagged_before > 0.2 and flagged_after < flagged_before / 5
+    flagged_before, flagged_after = _new_normal_flagged(before, labels), _new_normal_flagged(after, labels)
+    print(f"{DRIFTED} flagged share of its new-normal rows on day 4: v1 {flagged_before:.3f}, v2 {flagged_after:.3f}; "
+          f"incidents v1 {int((before_incidents['entity_id'] == DRIFTED).sum())}, v2 {int((incidents['entity_id'] == DRIFTED).sum())}")
+    # v1 flags over an hour of the new normal (measured: 0.11 of the day); v2 a fifth of that at most (measured: 0.004)
+    assert flagged_before > 0.05 and flagged_after < flagged_before / 5
     n_before, n_after = int((before_incidents["entity_id"] == DRIFTED).sum()), int((incidents["entity_id"] == DRIFTED).sum())
     # an ordinary day again: a few incidents at most (budget 1 a day), a fifth of v1's or fewer
     assert n_after <= 3 and n_after * 5 <= n_before

@@ -152,7 +152,7 @@ def night(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 @app.command()
 def demo(
     entities: int = typer.Option(20, min=2, help="Entities in the synthetic fleet."),
-    days: int = typer.Option(7, min=4, help="Days in the synthetic fleet (the default run takes 12 to 20 minutes on 2 cores)."),
+    days: int = typer.Option(7, min=4, help="Days in the synthetic fleet (the default run takes 9 to 20 minutes on 2 cores)."),
     dataset: str = typer.Option("demo", help="Dataset name."),
 ) -> None:
     """Generate a fleet and run it night by night through the real Airflow DAGs."""

@@ -323,6 +323,7 @@ def fit_fleet(
         entities=np.concatenate(held_entity),
     )
     all_rows = pd.concat(raw_all, ignore_index=True)
+    trained_on = pd.concat(raw_train, ignore_index=True)
     return EntityModel(
         entity=FLEET,
         scope="fleet",
@@ -331,8 +332,8 @@ def fit_fleet(
         autoencoder=ae,
         calibrators=calibrators,
         threshold=threshold,
-        baselines=_medians(pd.concat(raw_train, ignore_index=True), metrics),
-        spreads=spreads(pd.concat(raw_train, ignore_index=True), metrics),
+        baselines=_medians(trained_on, metrics),
+        spreads=spreads(trained_on, metrics),
         error_norm=scale,
         error_center=center,
         smooth_points=params.smooth_points,

@@ -84,6 +84,12 @@ class ModelBundle:
         model = self._model_for(entity)
         return (model if model is not None else self.fleet).spreads
 
+    def normal_ranges_of(self, entity: str) -> dict[str, list[float]]:
+        """Normal training range of each metric (``models.explain.normal_ranges``), like
+        :meth:`spreads_of`; empty for models saved before ranges were kept."""
+        model = self._model_for(entity)
+        return (model if model is not None else self.fleet).normal_ranges
+
     def params_dict(self) -> dict:
         return self.params.model_dump()
 

@@ -1,19 +1,25 @@
 """Explanations: which metrics drove an incident.
 
-Incidents rank their metrics by how far each metric's own value moved from its training baseline
-(:func:`deviations`, in units of the metric's training spread), taking each metric's largest
-move inside the incident; the autoencoder's per-metric errors (:func:`metric_errors`) rank them
-when a model has no spreads (bundles trained before spreads were kept). Measured on SMD's
-interpretation labels (7 machines), the deviation ranking put more of the labelled metrics in the
-top ranks than the reconstruction errors on 5 of 7 machines (figures in the README).
+Incidents rank their metrics by how far each metric's own value went outside its normal training
+range (:func:`normal_ranges`, :func:`deviations`, in units of the metric's training spread), taking
+each metric's largest move inside the incident; metrics that stayed inside their range keep the
+order of their distance from the training median. The autoencoder's per-metric errors
+(:func:`metric_errors`) rank them when a model has no spreads (bundles trained before spreads were
+kept). Measured on SMD's interpretation labels (7 machines): distance from the median put more of
+the labelled metrics in the top ranks than the reconstruction errors on 5 of 7 machines, and
+distance outside the normal range more than distance from the median on 5 of 7 (figures in the
+README): a metric that swings widely every day is not a cause when it swings again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+NORMAL_RANGE_QUANTILES = (0.005, 0.995)  # a metric's normal range: the middle 99% of its training values
+INSIDE_RANGE_WEIGHT = 1e-3  # orders metrics that stayed inside their range, below any that left it
 
 
 def metric_errors(
@@ -74,12 +80,39 @@ def spreads(rows: pd.DataFrame, metrics: list[str], *, min_scale: float = 1e-3) 
     return {m: float(v) for m, v in zip(metrics, scale)}
 
 
-def deviations(values: pd.DataFrame, baselines: Mapping[str, float], spread: Mapping[str, float]) -> pd.DataFrame:
-    """``|value - baseline| / spread`` of each metric (columns of ``values``) on each row."""
+def normal_ranges(
+    rows: pd.DataFrame, metrics: list[str], quantiles: tuple[float, float] = NORMAL_RANGE_QUANTILES
+) -> dict[str, list[float]]:
+    """Each metric's normal training range ``[low, high]`` (the ``quantiles`` of its values),
+    for :func:`deviations`."""
+    if len(rows) == 0:
+        return {}
+    bounds = np.nanquantile(rows[metrics].to_numpy(dtype=float), list(quantiles), axis=0)
+    return {m: [float(lo), float(hi)] for m, lo, hi in zip(metrics, bounds[0], bounds[1])}
+
+
+def deviations(
+    values: pd.DataFrame,
+    baselines: Mapping[str, float],
+    spread: Mapping[str, float],
+    ranges: Mapping[str, Sequence[float]] | None = None,
+) -> pd.DataFrame:
+    """How far each metric (columns of ``values``) moved on each row, in units of its spread.
+
+    Without ``ranges``: ``|value - baseline| / spread``. With them: the distance outside the
+    metric's normal range ``[low, high]`` over its spread, plus ``INSIDE_RANGE_WEIGHT`` times
+    ``|value - baseline| / spread``, so any metric that left its range outranks one that did not.
+    """
     metrics = list(values.columns)
+    X = values.to_numpy(dtype=float)
     base = np.array([baselines[m] for m in metrics], dtype=float)
     scale = np.array([spread[m] for m in metrics], dtype=float)
-    out = np.abs(values.to_numpy(dtype=float) - base) / scale
+    out = np.abs(X - base) / scale
+    if ranges:
+        low = np.array([ranges[m][0] for m in metrics], dtype=float)
+        high = np.array([ranges[m][1] for m in metrics], dtype=float)
+        outside = np.maximum(X - high, 0.0) + np.maximum(low - X, 0.0)
+        out = outside / scale + INSIDE_RANGE_WEIGHT * out
     return pd.DataFrame(np.nan_to_num(out, nan=0.0), columns=metrics, index=values.index)
 
 

@@ -25,7 +25,7 @@ from fleetwatch.specs import DatasetSpec
 from models.autoencoder import AutoencoderDetector, entity_seed, fit_batched
 from models.calibration import TailCalibrator, combine
 from models.drift import DriftReference
-from models.explain import metric_errors, spreads
+from models.explain import metric_errors, normal_ranges, spreads
 from models.iforest import IForestDetector
 from models.scaling import RobustClipScaler
 from models.thresholds import threshold_for_budget
@@ -96,6 +96,7 @@ class EntityModel:
     error_center: dict[str, float] = field(default_factory=dict)
     smooth_points: int = 1
     spreads: dict[str, float] = field(default_factory=dict)
+    normal_ranges: dict[str, list[float]] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         """One zip archive: ``manifest.json``, ``arrays.npz``, ``iforest.skops``, ``autoencoder.pt``.
@@ -111,6 +112,7 @@ class EntityModel:
             "threshold": None if np.isnan(self.threshold) else float(self.threshold),
             "baselines": self.baselines,
             "spreads": self.spreads,
+            "normal_ranges": self.normal_ranges,
             "error_norm": self.error_norm,
             "error_center": self.error_center,
             "smooth_points": int(self.smooth_points),
@@ -173,6 +175,7 @@ class EntityModel:
             threshold=float("nan") if manifest["threshold"] is None else manifest["threshold"],
             baselines=manifest["baselines"],
             spreads=manifest.get("spreads", {}),
+            normal_ranges=manifest.get("normal_ranges", {}),
             error_norm=manifest["error_norm"],
             error_center=manifest.get("error_center", {}),
             smooth_points=int(manifest.get("smooth_points", 1)),
@@ -334,6 +337,7 @@ def fit_fleet(
         threshold=threshold,
         baselines=_medians(trained_on, metrics),
         spreads=spreads(trained_on, metrics),
+        normal_ranges=normal_ranges(all_rows, metrics),
         error_norm=scale,
         error_center=center,
         smooth_points=params.smooth_points,
@@ -443,6 +447,7 @@ def _finish(
         threshold=threshold,
         baselines=_medians(split.rows.iloc[: split.cut], metrics),
         spreads=spreads(split.rows.iloc[: split.cut], metrics),
+        normal_ranges=normal_ranges(split.rows, metrics),
         error_norm=scale,
         error_center=center,
         smooth_points=params.smooth_points,
@@ -469,6 +474,7 @@ def _fleet_scope(
         threshold=float("nan"),
         baselines=_medians(rows, metrics),
         spreads=spreads(rows, metrics),
+        normal_ranges=normal_ranges(rows, metrics),
         error_norm={},
         drift=DriftReference().fit(rows, feature_cols) if has_rows else None,
         n_train_rows=len(rows),

@@ -60,14 +60,15 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str):
 
 
 def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *, gap_minutes: int,
-                     sampling_seconds: int) -> list[dict]:
+                     sampling_seconds: int, ranges=None) -> list[dict]:
     """Incidents of one entity's scored rows (time order), each with every metric ranked.
 
-    ``baselines`` and ``spread`` are the entity's per-metric training medians and spreads, or
-    callables returning them (looked up only when there is an incident). A metric's evidence is
-    its largest deviation from the baseline inside the incident in units of its spread
-    (``models.explain.deviations``); without spreads (a bundle saved before they were kept), the
-    mean of its normalised reconstruction errors (``err__<metric>``).
+    ``baselines``, ``spread`` and ``ranges`` are the entity's per-metric training medians, spreads
+    and normal ranges, or callables returning them (looked up only when there is an incident). A
+    metric's evidence is its largest move outside its normal range inside the incident, in units
+    of its spread (``models.explain.deviations``; without ranges, its largest deviation from the
+    median); without spreads (a bundle saved before they were kept), the mean of its normalised
+    reconstruction errors (``err__<metric>``).
     """
     from models.explain import deviations, top_contributors
     from models.incidents import group_incidents
@@ -78,12 +79,13 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
         return []
     baselines = baselines() if callable(baselines) else baselines
     spread = spread() if callable(spread) else spread
+    ranges = ranges() if callable(ranges) else ranges
     out = []
     for inc in found.itertuples(index=False):
         rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
         peak = rows.loc[[rows["score"].idxmax()], metrics]
         if spread:
-            ranked = top_contributors(deviations(rows[metrics], baselines, spread), peak, baselines, k=len(metrics), how="max")
+            ranked = top_contributors(deviations(rows[metrics], baselines, spread, ranges), peak, baselines, k=len(metrics), how="max")
         else:
             errs = rows[[f"err__{m}" for m in metrics]].set_axis(metrics, axis=1)
             ranked = top_contributors(errs, peak, baselines, k=len(metrics))
@@ -113,7 +115,8 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
         entity = str(pdf[ENTITY].iloc[0])
         found = entity_incidents(pdf, metrics, lambda: load_cached(bundle_dir).baselines_of(entity),
                                  lambda: load_cached(bundle_dir).spreads_of(entity),
-                                 gap_minutes=gap_minutes, sampling_seconds=sampling)
+                                 gap_minutes=gap_minutes, sampling_seconds=sampling,
+                                 ranges=lambda: load_cached(bundle_dir).normal_ranges_of(entity))
         if not found:
             return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])
         records = []

@@ -177,6 +177,8 @@ def test_entity_model_bytes_round_trip_keeps_every_part(bundle):
     assert (back.entity, back.scope, back.threshold, back.window) == (model.entity, model.scope, model.threshold, model.window)
     assert back.baselines == model.baselines and back.error_norm == model.error_norm
     assert back.spreads == model.spreads and set(back.spreads) == set(METRICS)
+    assert back.normal_ranges == model.normal_ranges and set(back.normal_ranges) == set(METRICS)
+    assert all(lo <= model.baselines[m] <= hi for m, (lo, hi) in model.normal_ranges.items())
     np.testing.assert_array_equal(back.scaler.scale_, model.scaler.scale_)
     np.testing.assert_array_equal(back.calibrators["iforest"].quantiles_, model.calibrators["iforest"].quantiles_)
     np.testing.assert_array_equal(back.drift.proportions_, model.drift.proportions_)

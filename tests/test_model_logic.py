@@ -11,7 +11,7 @@ import pytest
 
 from models.calibration import TailCalibrator, combine
 from models.drift import DriftReference, psi
-from models.explain import deviations, metric_errors, spreads, top_contributors
+from models.explain import deviations, metric_errors, normal_ranges, spreads, top_contributors
 from models.incidents import group_incidents, severity
 from models.thresholds import threshold_for_budget
 
@@ -199,6 +199,29 @@ def test_deviation_ranking_floors_spreads_and_takes_each_metrics_largest_move():
     assert [t["metric"] for t in top_contributors(devs, incident.iloc[[1]], baselines, k=3)][0] == "cpu"  # mean
     with pytest.raises(ValueError, match="how"):
         top_contributors(devs, incident.iloc[[1]], baselines, how="median")
+
+
+def test_a_metric_that_leaves_its_normal_range_outranks_one_that_swings_as_it_always_does():
+    rng = np.random.default_rng(6)
+    n = 2000
+    # "batch" jumps to 100 for a tenth of every day in training; "disk" sits near 10
+    batch = np.where(rng.random(n) < 0.1, 100.0, 20.0) + rng.normal(0, 1, n)
+    train = pd.DataFrame({"batch": batch, "disk": rng.normal(10, 1, n)})
+    metrics = ["batch", "disk"]
+    baselines = {m: float(train[m].median()) for m in metrics}
+    spread, ranges = spreads(train, metrics), normal_ranges(train, metrics)
+    assert ranges["batch"][0] < 20 and ranges["batch"][1] > 99  # the jumps are part of normal
+    incident = pd.DataFrame({"batch": [100.0, 101.0], "disk": [15.0, 16.0]})
+    by_median = top_contributors(deviations(incident, baselines, spread), incident.iloc[[1]], baselines, k=2, how="max")
+    assert by_median[0]["metric"] == "batch"  # far from its median, as every day
+    devs = deviations(incident, baselines, spread, ranges)
+    ranked = top_contributors(devs, incident.iloc[[1]], baselines, k=2, how="max")
+    assert [t["metric"] for t in ranked] == ["disk", "batch"]
+    assert ranked[0]["error"] > 1.0 > ranked[1]["error"] > 0.0  # inside its range: only the tie-break weight
+    np.testing.assert_allclose(
+        devs["disk"], (incident["disk"] - ranges["disk"][1]) / spread["disk"] + 1e-3 * (incident["disk"] - baselines["disk"]) / spread["disk"]
+    )
+    assert normal_ranges(train.iloc[:0], metrics) == {}
 
 
 def test_psi_is_near_zero_on_the_same_distribution_and_large_on_a_shift():

@@ -16,6 +16,7 @@ DEFAULT_VIEW_VERSION = 1
 DEFAULT_WINDOWS_MINUTES = (5, 15, 60)
 RESERVED_COLUMNS = ("dt",)  # added by the offline store when it reads several partitions
 _SEP = "__"
+STATISTICS = ("value", "mean", "std", "z", "roc")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,15 @@ class FeatureView:
                 pairs += [(f"{m}{_SEP}{stat}_{w}m", m) for stat in ("mean", "std", "z")]
             pairs.append((f"{m}{_SEP}roc", m))
         return pairs
+
+
+def statistic_of(column: str) -> str:
+    """The statistic a feature column of a view holds: ``value`` (the metric itself), ``mean``,
+    ``std``, ``z`` (of a window) or ``roc``."""
+    if _SEP not in column:
+        return "value"
+    stat = column.rsplit(_SEP, 1)[1].split("_", 1)[0]
+    return stat if stat in STATISTICS else "value"
 
 
 def view_for(spec: DatasetSpec) -> FeatureView:

@@ -88,7 +88,10 @@ def test_fit_bucket_gives_short_entities_fleet_scope(bundle):
     for model in (a, b):
         assert model.scope == "entity"
         assert model.iforest is not None and model.autoencoder is not None
-        assert set(model.calibrators) == {"iforest", "autoencoder"}
+        # the view here has values and means only: one extra member (without the means), none without std
+        assert set(model.calibrators) == {"iforest", "autoencoder", "iforest-no-mean", "autoencoder-no-mean"}
+        [member] = model.subspaces
+        assert member.leaves_out == "mean" and [FEATURES[i] for i in member.columns] == METRICS
         assert 0 < model.threshold < 10
         assert model.n_train_rows == 3 * DAY
         assert model.window == (pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-03 23:55", tz="UTC"))
@@ -150,7 +153,8 @@ def test_bundle_round_trip_scores_identically_without_pickle(bundle, new_day, tm
     for archive_path in [*folder.glob("entities/*.zip"), folder / "fleet.zip"]:
         with zipfile.ZipFile(archive_path) as archive:
             names = set(archive.namelist())
-            assert names <= {"manifest.json", "arrays.npz", "iforest.skops", "autoencoder.pt"}
+            member_files = {f"subspace-mean/{f}" for f in ("iforest.skops", "autoencoder.pt")}
+            assert names <= {"manifest.json", "arrays.npz", "iforest.skops", "autoencoder.pt", *member_files}
             with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
                 assert all(npz[k].dtype != object for k in npz.files)
     assert "iforest.skops" not in zipfile.ZipFile(folder / "entities" / "c.zip").namelist()

@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feature_store.views import FeatureView, statistic_of
 from models.calibration import TailCalibrator, combine
 from models.drift import DriftReference, psi
 from models.explain import deviations, metric_errors, normal_ranges, spreads, top_contributors
+from models.fitting import ModelParams, subspace_columns
 from models.incidents import group_incidents, severity
 from models.thresholds import threshold_for_budget
 
@@ -270,3 +272,19 @@ def test_model_params_group_incidents_with_the_specs_gap_else_the_setting(tmp_pa
     assert model_params(settings, smd_spec()).gap_minutes == INCIDENT_GAP_MINUTES != 7
     plain = DatasetSpec(name="meters", metrics=[MetricSpec(name="kwh")])
     assert model_params(settings, plain).gap_minutes == 7
+
+
+def test_ensemble_members_leave_out_one_statistic_of_the_view_each():
+    view = FeatureView(name="t", version=1, entity_column="entity_id", timestamp_column="ts", metrics=("cpu", "disk__io"))
+    cols = view.feature_columns
+    assert [statistic_of(c) for c in cols[:5]] == ["value", "mean", "std", "z", "mean"]
+    assert statistic_of("disk__io") == "value" and statistic_of("disk__io__roc") == "roc"
+    members = subspace_columns(cols, ("mean", "std", "mean"))
+    assert list(members) == ["mean", "std"]
+    kept = [cols[i] for i in members["mean"]]
+    assert "cpu" in kept and "cpu__z_5m" in kept and "disk__io__roc" in kept
+    assert not any("__mean_" in c for c in kept) and len(kept) == len(cols) - 2 * 3
+    # a statistic the columns do not have, or the only one they have, makes no member
+    assert subspace_columns(["cpu", "mem"], ("mean", "value")) == {}
+    with pytest.raises(ValueError):
+        ModelParams(subspaces=("median",))

@@ -35,6 +35,7 @@ from models.thresholds import threshold_for_budget
 
 FLEET = "__fleet__"
 DETECTORS = ("iforest", "autoencoder")
+MEMBER_MARK = "-no-"  # an ensemble member's calibrator is named <detector>-no-<statistic>
 ERROR_FLOOR = 1e-6  # floor on a metric's median training error, so a perfectly fitted metric cannot divide by 0
 ARCHIVE_FORMAT = 1
 
@@ -96,7 +97,7 @@ class Subspace:
     @property
     def suffix(self) -> str:
         """What the member's calibrator names end with: ``-no-<statistic>``."""
-        return f"-no-{self.leaves_out}"
+        return f"{MEMBER_MARK}{self.leaves_out}"
 
 
 def subspace_columns(feature_cols: list[str], leave_out: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -108,6 +109,24 @@ def subspace_columns(feature_cols: list[str], leave_out: tuple[str, ...]) -> dic
         keep = np.flatnonzero(stats != stat)
         if 0 < keep.size < len(feature_cols):
             members[stat] = keep
+    return members
+
+
+def fit_subspaces(
+    train: np.ndarray,
+    feature_cols: list[str],
+    params: "ModelParams",
+    seed: int,
+    autoencoders: dict[str, AutoencoderDetector] | None = None,
+) -> list[Subspace]:
+    """The ensemble members of ``params.subspaces`` fitted on scaled training rows: a forest each,
+    and an autoencoder each unless ``autoencoders`` (by statistic left out) are already trained."""
+    autoencoders = autoencoders or {}
+    members = []
+    for stat, cols in subspace_columns(feature_cols, params.subspaces).items():
+        part = train[:, cols]
+        ae = autoencoders.get(stat) or AutoencoderDetector(**params.autoencoder_params(), random_state=seed).fit(part)
+        members.append(Subspace(stat, cols, IForestDetector(**params.iforest_params(), random_state=seed).fit(part), ae))
     return members
 
 
@@ -284,14 +303,10 @@ def fit_entity(
             f"entity {entity!r} has {len(rows)} usable rows, fewer than min_history_rows={params.min_history_rows}"
         )
     split = _split(entity, rows, feature_cols, params)
-    seed = entity_seed(random_state, entity)
     if autoencoder is None:
+        seed = entity_seed(random_state, entity)
         autoencoder = AutoencoderDetector(**params.autoencoder_params(), random_state=seed).fit(split.train)
-    members = {
-        stat: AutoencoderDetector(**params.autoencoder_params(), random_state=seed).fit(split.train[:, cols])
-        for stat, cols in subspace_columns(feature_cols, params.subspaces).items()
-    }
-    return _finish(split, autoencoder, members, feature_cols, feature_metric, metrics, spec, params, random_state, ts_col)
+    return _finish(split, autoencoder, {}, feature_cols, feature_metric, metrics, spec, params, random_state, ts_col)
 
 
 def fit_bucket(
@@ -379,14 +394,7 @@ def fit_fleet(
     seed = entity_seed(random_state, FLEET)
     iforest = IForestDetector(**params.iforest_params(), random_state=seed).fit(train)
     ae = AutoencoderDetector(**params.autoencoder_params(), random_state=seed).fit(train)
-    subspaces = [
-        Subspace(
-            stat, cols,
-            IForestDetector(**params.iforest_params(), random_state=seed).fit(train[:, cols]),
-            AutoencoderDetector(**params.autoencoder_params(), random_state=seed).fit(train[:, cols]),
-        )
-        for stat, cols in subspace_columns(feature_cols, params.subspaces).items()
-    ]
+    subspaces = fit_subspaces(train, feature_cols, params, seed)
     center, scale = _error_stats(ae, train, feature_metric)
     calibrators, combined = _calibrate(iforest, ae, subspaces, held_parts, feature_metric, center, scale, params)
     threshold = threshold_for_budget(
@@ -468,7 +476,7 @@ def score_entity(
     back[order] = np.arange(order.size)
     calibrated = {name: scorer.calibrators[name].transform(values[back]) for name, values in raw.items()}
     score = combine(list(calibrated.values()), scorer.combine)
-    by_kind = {kind: np.mean([v for n, v in calibrated.items() if n.split("-no-")[0] == kind], axis=0) for kind in DETECTORS}
+    by_kind = {kind: np.mean([v for n, v in calibrated.items() if n.split(MEMBER_MARK)[0] == kind], axis=0) for kind in DETECTORS}
     errors = sorted_errors.iloc[back].reset_index(drop=True)
     out = pd.DataFrame(
         {
@@ -501,13 +509,11 @@ def _finish(
     ts_col: str,
 ) -> EntityModel:
     """Forests, calibration, threshold, baselines and drift reference of a split entity whose
-    autoencoders (``member_aes`` by the statistic each member leaves out) are trained."""
+    autoencoder is trained (and its members' in ``member_aes``, by statistic left out; the
+    missing ones are trained here)."""
     seed = entity_seed(random_state, split.entity)
     iforest = IForestDetector(**params.iforest_params(), random_state=seed).fit(split.train)
-    subspaces = [
-        Subspace(stat, cols, IForestDetector(**params.iforest_params(), random_state=seed).fit(split.train[:, cols]), member_aes[stat])
-        for stat, cols in subspace_columns(feature_cols, params.subspaces).items()
-    ]
+    subspaces = fit_subspaces(split.train, feature_cols, params, seed, member_aes)
     center, scale = _error_stats(autoencoder, split.train, feature_metric)
     calibrators, combined = _calibrate(iforest, autoencoder, subspaces, [split.held], feature_metric, center, scale, params)
     threshold = threshold_for_budget(

@@ -154,6 +154,7 @@ def run_platform(settings, dataset: str, days, train_days, test_days, say) -> di
             "training_window_days": settings.training_window_days,
             "min_history_days": settings.min_history_days,
             "incident_gap_minutes": spec.incident_gap(settings.incident_gap_minutes),
+            "min_incident_minutes": spec.min_incident_minutes,
             "seed": settings.seed,
             "spark_master": settings.spark_master,
             "alarm_budget": spec.alarm_budget,

@@ -63,11 +63,19 @@ class DatasetSpec(BaseModel):
     incident_gap_minutes: int | None = Field(
         None, ge=0, description="Gap tolerated inside one incident; unset: the FLEETWATCH_INCIDENT_GAP_MINUTES setting."
     )
+    min_incident_minutes: int = Field(
+        1, ge=1, description="Fewest flagged minutes an incident needs to be raised: shorter blips raise no alert."
+    )
     metrics: list[MetricSpec] = Field(min_length=1)
 
     def incident_gap(self, default: int) -> int:
         """Minutes between flagged rows that still make one incident: the spec's own, else ``default``."""
         return default if self.incident_gap_minutes is None else self.incident_gap_minutes
+
+    @property
+    def min_incident_points(self) -> int:
+        """Fewest flagged rows an incident needs: ``min_incident_minutes`` in samples, at least 1."""
+        return max(1, math.ceil(self.min_incident_minutes * 60 / self.sampling_seconds))
 
     @field_validator("name", "entity_column", "timestamp_column")
     @classmethod
@@ -110,6 +118,8 @@ class DatasetSpec(BaseModel):
         ]
         if self.incident_gap_minutes is not None:
             lines.append(f"incident_gap_minutes = {self.incident_gap_minutes}")
+        if self.min_incident_minutes != 1:
+            lines.append(f"min_incident_minutes = {self.min_incident_minutes}")
         for m in self.metrics:
             lines += ["", "[[metrics]]", f'name = "{m.name}"', f'dtype = "{m.dtype}"']
             if math.isfinite(m.min):

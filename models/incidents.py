@@ -1,8 +1,9 @@
 """Incidents: flagged points of one entity grouped into episodes, and their severity.
 
 One rule decides whether two flagged points belong to the same incident (``max_step``); the
-threshold search in ``thresholds.py`` counts incidents with the same rule, so the alarm budget it
-honours is the one users see in the alerts table.
+threshold search in ``thresholds.py`` counts incidents with the same rule. An incident with fewer
+flagged points than the dataset's minimum (``DatasetSpec.min_incident_points``) raises no alert;
+the threshold search counts those too, so the alerts users see stay within the alarm budget.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def group_incidents(
     entity_col: str = "entity_id",
     gap_minutes: int,
     sampling_seconds: int,
+    min_points: int = 1,
 ) -> pd.DataFrame:
     """Group the flagged rows of each entity into incidents.
 
@@ -45,6 +47,9 @@ def group_incidents(
     gap_minutes, sampling_seconds : int
         The join rule of ``max_step``: flagged rows of one entity closer than that in time
         belong to one incident, whatever lies between them.
+    min_points : int
+        Fewest flagged points an incident needs; smaller groups are dropped (a blip of a minute
+        or two that the score smoothing carried over the threshold is not worth an alert).
 
     Returns
     -------
@@ -53,6 +58,8 @@ def group_incidents(
         ``end_ts`` (first and last flagged point), ``n_points`` (flagged points in it),
         ``peak_score`` and ``peak_ts`` (the highest score and when it happened).
     """
+    if min_points < 1:
+        raise ValueError(f"min_points must be >= 1, got {min_points}")
     step = max_step(gap_minutes, sampling_seconds)
     flagged = frame.loc[frame[flag_col].astype(bool), [entity_col, ts_col, score_col]]
     flagged = flagged.sort_values([entity_col, ts_col], kind="mergesort").reset_index(drop=True)
@@ -73,7 +80,7 @@ def group_incidents(
     )
     for col in ("start_ts", "end_ts", "peak_ts"):
         out[col] = out[col].astype(frame[ts_col].dtype)
-    return out
+    return out[out["n_points"] >= min_points].reset_index(drop=True)
 
 
 def severity(peak_score: float, threshold: float) -> str:

@@ -60,9 +60,10 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str):
 
 
 def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *, gap_minutes: int,
-                     sampling_seconds: int, ranges=None) -> list[dict]:
+                     sampling_seconds: int, ranges=None, min_points: int = 1) -> list[dict]:
     """Incidents of one entity's scored rows (time order), each with every metric ranked.
 
+    Incidents with fewer than ``min_points`` flagged rows are left out (``group_incidents``).
     ``baselines``, ``spread`` and ``ranges`` are the entity's per-metric training medians, spreads
     and normal ranges, or callables returning them (looked up only when there is an incident). A
     metric's evidence is its largest move outside its normal range inside the incident, in units
@@ -74,7 +75,7 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
     from models.incidents import group_incidents
 
     found = group_incidents(pdf, score_col="score", flag_col="flagged", ts_col=TS, entity_col=ENTITY,
-                            gap_minutes=gap_minutes, sampling_seconds=sampling_seconds)
+                            gap_minutes=gap_minutes, sampling_seconds=sampling_seconds, min_points=min_points)
     if found.empty:
         return []
     baselines = baselines() if callable(baselines) else baselines
@@ -103,9 +104,11 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
     ``contributions`` ranks every metric (what explanation quality is measured on) by its
     largest deviation from the entity's baseline inside the incident, in units of its training
     spread (``models.explain.deviations``); ``top_metrics`` names the first ``TOP_METRICS``.
+    Incidents shorter than the spec's ``min_incident_minutes`` raise no alert.
     """
     metrics = spec.metric_names
     sampling = spec.sampling_seconds
+    min_points = spec.min_incident_points
 
     def group(pdf: pd.DataFrame) -> pd.DataFrame:
         from models.bundle import load_cached
@@ -115,7 +118,7 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
         entity = str(pdf[ENTITY].iloc[0])
         found = entity_incidents(pdf, metrics, lambda: load_cached(bundle_dir).baselines_of(entity),
                                  lambda: load_cached(bundle_dir).spreads_of(entity),
-                                 gap_minutes=gap_minutes, sampling_seconds=sampling,
+                                 gap_minutes=gap_minutes, sampling_seconds=sampling, min_points=min_points,
                                  ranges=lambda: load_cached(bundle_dir).normal_ranges_of(entity))
         if not found:
             return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])

@@ -26,7 +26,10 @@ def threshold_for_budget(
     incidents by the rule of ``incidents.max_step``. The incident count is not monotone in the
     threshold (lowering it can merge two incidents into one), so the search walks the candidates
     (the unique scores at or above ``floor_quantile``) from the top down and stops at the first
-    one that breaks the budget: every threshold at or above the returned one honours it.
+    one that breaks the budget: every threshold at or above the returned one honours it. Every
+    incident counts here, however short, so a dataset's ``min_incident_minutes`` only ever lowers
+    the alert rate below the budget (counting only the long ones let the search run down to the
+    floor on SMD, where lower thresholds merge flagged rows into a few long incidents).
 
     Parameters
     ----------

@@ -135,6 +135,26 @@ def test_group_incidents_tolerates_short_gaps_and_keeps_entities_apart():
     assert len(group_incidents(frame, gap_minutes=0, sampling_seconds=60)) == 4
 
 
+def test_group_incidents_drops_incidents_with_fewer_flagged_points_than_the_minimum():
+    # minutes 0-5 flagged (6 points), then a 2-point blip at 20-21, then 4 points at 40-43
+    flagged = [0, 1, 2, 3, 4, 5, 20, 21, 40, 41, 42, 43]
+    frame = pd.DataFrame(
+        {
+            "entity_id": "a",
+            "ts": minutes(*range(50)),
+            "score": [float(m in flagged) * (1 + m / 100) for m in range(50)],
+            "flagged": [m in flagged for m in range(50)],
+        }
+    )
+    assert group_incidents(frame, gap_minutes=5, sampling_seconds=60)["n_points"].tolist() == [6, 2, 4]
+    kept = group_incidents(frame, gap_minutes=5, sampling_seconds=60, min_points=4)
+    assert kept["n_points"].tolist() == [6, 4]
+    assert kept["start_ts"].tolist() == list(minutes(0, 40))
+    assert group_incidents(frame, gap_minutes=5, sampling_seconds=60, min_points=7).empty
+    with pytest.raises(ValueError, match="min_points"):
+        group_incidents(frame, gap_minutes=5, sampling_seconds=60, min_points=0)
+
+
 def test_group_incidents_with_nothing_flagged_is_empty_with_columns():
     frame = pd.DataFrame({"entity_id": ["a"], "ts": minutes(0), "score": [1.0], "flagged": [False]})
     got = group_incidents(frame, gap_minutes=5, sampling_seconds=60)

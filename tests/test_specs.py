@@ -30,6 +30,18 @@ def test_incident_gap_is_the_specs_own_else_the_settings_and_survives_toml(tmp_p
         load_spec_file(path)
 
 
+def test_min_incident_minutes_counts_samples_and_survives_toml(tmp_path):
+    assert _spec().min_incident_points == 1
+    assert _spec(min_incident_minutes=8).min_incident_points == 8
+    assert _spec(min_incident_minutes=8, sampling_seconds=300).min_incident_points == 2  # 8 min = 1.6 samples
+    write_spec(tmp_path, _spec(min_incident_minutes=8))
+    assert load_spec(tmp_path, "fleet").min_incident_minutes == 8
+    path = tmp_path / "fleet.toml"
+    path.write_text(path.read_text().replace("min_incident_minutes = 8", "min_incident_minutes = 0"))
+    with pytest.raises(SpecError, match=r"fleet\.toml.*min_incident_minutes"):
+        load_spec_file(path)
+
+
 def test_misspelt_field_names_file_and_field(tmp_path):
     path = tmp_path / "fleet.toml"
     path.write_text('name = "fleet"\nalarm_budjet = 2\n[[metrics]]\nname = "cpu"\n')

@@ -47,6 +47,12 @@ SCORE_SMOOTHING_MINUTES = 15
 # more rows), false incidents per day 1.76 -> 1.03, the worst machine 5.0 -> 2.4; 15 and 30 minutes
 # lay between. Point-wise AUPRC does not depend on it.
 INCIDENT_GAP_MINUTES = 60
+# Scores are averaged over 15 minutes, so a one-minute blip can carry a few smoothed rows over the
+# threshold: an incident needs 8 flagged minutes (about half the smoothing window) to raise an alert.
+# On the 7 machines (seed 42, thresholds unchanged): false incidents per day 1.12 -> 0.80 on the
+# mean and 2.49 -> 1.82 on the worst machine; event recall 0.942 -> 0.935. 5 minutes kept the worst
+# at 2.07; 10 and 12 cost event recall (0.924, 0.913) for no fewer false incidents on the worst.
+MIN_INCIDENT_MINUTES = 8
 _MINUTES_PER_DAY = 1440
 _SUFFIXES = (".txt", ".txt.gz")
 _EVENT = re.compile(r"(\d+)-(\d+):(\d+(?:,\d+)*)")
@@ -85,6 +91,7 @@ def smd_spec(dataset: str = "smd") -> DatasetSpec:
             min_rows=1,
             score_smoothing_minutes=SCORE_SMOOTHING_MINUTES,
             incident_gap_minutes=INCIDENT_GAP_MINUTES,
+            min_incident_minutes=MIN_INCIDENT_MINUTES,
             metrics=[MetricSpec(name=n, dtype="double", min=0.0) for n in SMD_METRICS],
         )
     except ValidationError as exc:

@@ -24,6 +24,10 @@ class TailCalibrator(TransformerMixin, BaseEstimator):
     ----------
     n_quantiles : int
         Reference points kept (quantiles of the fitted scores when there are more).
+    min_tail_scale : float
+        Floor on the exponential tail's scale, in raw-score units. A score that is nearly always
+        0 on reference data (the normal-range detector's) has a tiny top 5%, and without a floor
+        any small excess beyond it would be called astronomically rare.
 
     Attributes
     ----------
@@ -33,8 +37,9 @@ class TailCalibrator(TransformerMixin, BaseEstimator):
         Mean excess of the top 5% over their lower bound: the exponential tail's scale.
     """
 
-    def __init__(self, *, n_quantiles: int = 1000):
+    def __init__(self, *, n_quantiles: int = 1000, min_tail_scale: float = 0.0):
         self.n_quantiles = n_quantiles
+        self.min_tail_scale = min_tail_scale
 
     def fit(self, scores: np.ndarray) -> "TailCalibrator":
         """Learn the reference distribution from held-out scores (higher = more anomalous)."""
@@ -43,6 +48,8 @@ class TailCalibrator(TransformerMixin, BaseEstimator):
             raise ValueError("TailCalibrator.fit needs a 1-D array of at least 2 finite scores")
         if self.n_quantiles < 2:
             raise ValueError(f"n_quantiles must be >= 2, got {self.n_quantiles}")
+        if not self.min_tail_scale >= 0:
+            raise ValueError(f"min_tail_scale must be >= 0, got {self.min_tail_scale}")
         ordered = np.sort(scores)
         if ordered.size > self.n_quantiles:
             self.quantiles_ = np.quantile(ordered, np.linspace(0.0, 1.0, self.n_quantiles))
@@ -51,7 +58,7 @@ class TailCalibrator(TransformerMixin, BaseEstimator):
         top = ordered[min(int(np.floor(ordered.size * (1 - TAIL_FRACTION))), ordered.size - 2):]
         spread = ordered[-1] - ordered[0]
         floor = max(spread / ordered.size, 1e-12 * max(1.0, abs(ordered[-1])))
-        self.tail_scale_ = float(max(np.mean(top - top[0]), floor))
+        self.tail_scale_ = float(max(np.mean(top - top[0]), floor, self.min_tail_scale))
         return self
 
     def transform(self, scores: np.ndarray) -> np.ndarray:
@@ -79,11 +86,22 @@ class TailCalibrator(TransformerMixin, BaseEstimator):
         return cal
 
 
-def combine(calibrated: list[np.ndarray], how: str = "mean") -> np.ndarray:
-    """One score per point from several calibrated scores: their mean (default) or max."""
+def combine(calibrated: list[np.ndarray], how: str = "mean", weights: list[float] | None = None) -> np.ndarray:
+    """One score per point from several calibrated scores: their (weighted) mean, or their max.
+
+    ``weights`` (one per array, default all 1) count some detectors more than others in the mean;
+    ``max`` ignores them.
+    """
     if how not in ("mean", "max"):
         raise ValueError(f"how must be 'mean' or 'max', got {how!r}")
     if not calibrated:
         raise ValueError("combine needs at least one array of calibrated scores")
     stacked = np.vstack([np.asarray(c, dtype=float) for c in calibrated])
-    return stacked.mean(axis=0) if how == "mean" else stacked.max(axis=0)
+    if how == "max":
+        return stacked.max(axis=0)
+    if weights is None:
+        return stacked.mean(axis=0)
+    w = np.asarray(weights, dtype=float)
+    if w.shape != (len(calibrated),) or (w < 0).any() or not w.sum() > 0:
+        raise ValueError(f"weights must be {len(calibrated)} non-negative numbers, not all 0, got {weights}")
+    return (w[:, None] * stacked).sum(axis=0) / w.sum()

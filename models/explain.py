@@ -116,6 +116,21 @@ def deviations(
     return pd.DataFrame(np.nan_to_num(out, nan=0.0), columns=metrics, index=values.index)
 
 
+def range_scores(
+    values: pd.DataFrame,
+    baselines: Mapping[str, float],
+    spread: Mapping[str, float],
+    ranges: Mapping[str, Sequence[float]],
+) -> np.ndarray:
+    """The normal-range detector's raw score of each row: the sum over metrics of
+    :func:`deviations` (how far each metric is outside its normal training range, in spreads).
+
+    The same evidence the explanations rank metrics by, as a detector: a large exit of one or a
+    few metrics scores high even where the multivariate models dilute it among many columns.
+    """
+    return deviations(values, baselines, spread, ranges).to_numpy().sum(axis=1)
+
+
 def top_contributors(
     errors_rows: pd.DataFrame,
     values: pd.DataFrame | pd.Series | Mapping[str, float],

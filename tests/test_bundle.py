@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import zipfile
 
@@ -11,7 +12,8 @@ import pytest
 
 from fleetwatch.specs import DatasetSpec, MetricSpec
 from models.bundle import ModelBundle, load_cached
-from models.fitting import EntityModel, ModelParams, fit_bucket, fit_entity, fit_fleet
+from models.explain import range_scores
+from models.fitting import EntityModel, ModelParams, fit_bucket, fit_entity, fit_fleet, score_entity
 from models.incidents import group_incidents
 
 METRICS = ["cpu", "mem", "disk"]
@@ -88,8 +90,9 @@ def test_fit_bucket_gives_short_entities_fleet_scope(bundle):
     for model in (a, b):
         assert model.scope == "entity"
         assert model.iforest is not None and model.autoencoder is not None
-        # the view here has values and means only: one extra member (without the means), none without std
-        assert set(model.calibrators) == {"iforest", "autoencoder", "iforest-no-mean", "autoencoder-no-mean"}
+        # the view here has values and means only: one extra member (without the means), none without
+        # std or without both (it would keep no column); and the normal-range detector
+        assert set(model.calibrators) == {"iforest", "autoencoder", "iforest-no-mean", "autoencoder-no-mean", "range"}
         [member] = model.subspaces
         assert member.leaves_out == "mean" and [FEATURES[i] for i in member.columns] == METRICS
         assert 0 < model.threshold < 10
@@ -175,9 +178,26 @@ def test_bundle_round_trip_scores_identically_without_pickle(bundle, new_day, tm
         bundle.save(folder)
 
 
+def test_normal_range_detector_flags_the_anomaly_and_old_bundles_score_without_it(bundle, new_day):
+    a = bundle.entities["a"]
+    assert a.range_weight == PARAMS.range_weight == 2.0 and bundle.fleet.range_weight == 2.0
+    rows = new_day[new_day["entity_id"] == "a"].sort_values("ts").reset_index(drop=True)
+    raw = range_scores(rows[METRICS], a.baselines, a.spreads, a.normal_ranges)
+    calibrated = a.calibrators["range"].transform(raw)
+    assert calibrated[100:121].min() > 2 > 1 > np.median(calibrated[:90])  # mem +8 sigma left its range: rarer than 1 in 100
+    args = dict(feature_cols=FEATURES, feature_metric=FEATURE_METRIC, fleet=bundle.fleet)
+    full = score_entity(a, rows, **args)["score"]
+    unweighted = score_entity(dataclasses.replace(a, range_weight=0.0), rows, **args)["score"]
+    old = dataclasses.replace(a, range_weight=0.0, calibrators={k: v for k, v in a.calibrators.items() if k != "range"})
+    old = EntityModel.from_bytes(old.to_bytes())  # as saved before the detector existed
+    np.testing.assert_allclose(score_entity(old, rows, **args)["score"], unweighted)
+    assert not np.allclose(full, unweighted)
+
+
 def test_entity_model_bytes_round_trip_keeps_every_part(bundle):
     model = bundle.entities["b"]
     back = EntityModel.from_bytes(model.to_bytes())
+    assert back.range_weight == model.range_weight == 2.0
     assert (back.entity, back.scope, back.threshold, back.window) == (model.entity, model.scope, model.threshold, model.window)
     assert back.baselines == model.baselines and back.error_norm == model.error_norm
     assert back.spreads == model.spreads and set(back.spreads) == set(METRICS)

@@ -12,7 +12,7 @@ import pytest
 from feature_store.views import FeatureView, statistic_of
 from models.calibration import TailCalibrator, combine
 from models.drift import DriftReference, psi
-from models.explain import deviations, metric_errors, normal_ranges, spreads, top_contributors
+from models.explain import deviations, metric_errors, normal_ranges, range_scores, spreads, top_contributors
 from models.fitting import ModelParams, subspace_columns
 from models.incidents import group_incidents, severity
 from models.thresholds import threshold_for_budget
@@ -45,6 +45,17 @@ def test_calibration_is_monotone_and_keeps_rising_beyond_the_reference():
     assert cal.transform(np.quantile(scores, [0.99]))[0] == pytest.approx(2.0, abs=0.1)
 
 
+def test_calibration_tail_scale_floor_keeps_a_mostly_zero_score_from_exploding():
+    scores = np.concatenate([np.zeros(990), np.full(10, 1e-3)])  # reference rows almost never move
+    bare, floored = TailCalibrator().fit(scores), TailCalibrator(min_tail_scale=1.0).fit(scores)
+    assert bare.transform(np.array([0.5]))[0] > 100  # half a unit beyond: "1e-100 rare"
+    top = np.log10(len(scores) + 1.0)
+    assert floored.transform(np.array([0.5]))[0] == pytest.approx(top + 0.5 / np.log(10), rel=1e-3)
+    np.testing.assert_allclose(floored.transform(scores[:5]), bare.transform(scores[:5]))  # inside: unchanged
+    with pytest.raises(ValueError, match="min_tail_scale"):
+        TailCalibrator(min_tail_scale=-1.0).fit(scores)
+
+
 def test_calibration_rejects_bad_input_and_keeps_nan():
     with pytest.raises(ValueError, match="finite"):
         TailCalibrator().fit(np.array([1.0, np.nan, 2.0]))
@@ -58,6 +69,16 @@ def test_combine_mean_and_max():
     np.testing.assert_allclose(combine([a, b], how="max"), [3.0, 4.0])
     with pytest.raises(ValueError, match="how"):
         combine([a, b], how="median")
+
+
+def test_combine_weights_count_a_detector_as_several():
+    a, b, r = np.array([1.0, 4.0]), np.array([3.0, 0.0]), np.array([6.0, 6.0])
+    np.testing.assert_allclose(combine([a, b, r], weights=[1, 1, 2]), [(1 + 3 + 12) / 4, (4 + 0 + 12) / 4])
+    np.testing.assert_allclose(combine([a, b, r], weights=[1, 1, 0]), combine([a, b]))
+    np.testing.assert_allclose(combine([a, b, r], how="max", weights=[1, 1, 0]), [6.0, 6.0])  # max ignores weights
+    for bad in ([1, 1], [1, -1, 1], [0, 0, 0]):
+        with pytest.raises(ValueError, match="weights"):
+            combine([a, b, r], weights=bad)
 
 
 def count_incidents(scores, ts, threshold, gap_minutes, sampling_seconds, entities=None):
@@ -246,6 +267,16 @@ def test_a_metric_that_leaves_its_normal_range_outranks_one_that_swings_as_it_al
     assert normal_ranges(train.iloc[:0], metrics) == {}
 
 
+def test_range_scores_sum_each_metrics_distance_outside_its_normal_range():
+    baselines, spread = {"cpu": 50.0, "mem": 30.0}, {"cpu": 10.0, "mem": 2.0}
+    ranges = {"cpu": [20.0, 80.0], "mem": [25.0, 35.0]}
+    rows = pd.DataFrame({"cpu": [50.0, 100.0, 100.0, np.nan], "mem": [30.0, 30.0, 41.0, 30.0]})
+    got = range_scores(rows, baselines, spread, ranges)
+    inside = 1e-3 * np.array([0.0 + 0.0, 5.0 + 0.0, 5.0 + 5.5, 0.0 + 0.0])  # the tie-break weight of |x - median|
+    outside = np.array([0.0, 20 / 10, 20 / 10 + 6 / 2, 0.0])  # a missing value adds nothing
+    np.testing.assert_allclose(got, outside + inside)
+
+
 def test_psi_is_near_zero_on_the_same_distribution_and_large_on_a_shift():
     rng = np.random.default_rng(5)
     train = pd.DataFrame({"x": rng.normal(size=5000), "y": rng.exponential(size=5000)})
@@ -308,3 +339,14 @@ def test_ensemble_members_leave_out_one_statistic_of_the_view_each():
     assert subspace_columns(["cpu", "mem"], ("mean", "value")) == {}
     with pytest.raises(ValueError):
         ModelParams(subspaces=("median",))
+
+
+def test_a_member_can_leave_out_the_level_values_and_means_together():
+    view = FeatureView(name="t", version=1, entity_column="entity_id", timestamp_column="ts", metrics=("cpu", "mem"))
+    cols = view.feature_columns
+    kept = [cols[i] for i in subspace_columns(cols, ("value+mean",))["value+mean"]]
+    assert kept and all(statistic_of(c) in ("std", "z", "roc") for c in kept)
+    assert len(kept) == len(cols) - 2 * (1 + len(view.windows_minutes))
+    assert "value+mean" in ModelParams().subspaces and ModelParams().range_weight == 2.0
+    with pytest.raises(ValueError, match="median"):
+        ModelParams(subspaces=("value+median",))

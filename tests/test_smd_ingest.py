@@ -96,7 +96,7 @@ def test_spec_has_the_38_readme_metrics_with_no_upper_bound(ingested):
     assert len(spec.metrics) == 38
     assert (spec.entity_column, spec.timestamp_column, spec.sampling_seconds) == ("entity_id", "ts", 60)
     assert all(mt.dtype == "double" and mt.min == 0.0 and mt.max == float("inf") for mt in spec.metrics)
-    assert (spec.incident_gap(5), spec.min_incident_points) == (60, 8)
+    assert (spec.incident_gap(5), spec.min_incident_points) == (60, 15)
 
 
 def test_interpretation_events_match_point_labels(ingested):

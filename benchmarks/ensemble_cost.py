@@ -1,9 +1,10 @@
-"""What the detector ensemble costs: one pair of detectors per entity against three pairs.
+"""What the detector ensemble costs: one pair of detectors per entity against the ensembles.
 
 ``models.fitting.fit_bucket`` fits a bucket of entities (what one Spark training task runs) with
-``ModelParams.subspaces`` empty (one forest and one autoencoder on every feature column) and with
-the default (two more pairs, each without one window statistic); ``score_entity`` then scores one
-day of each entity. Rows have the default feature view's columns for ``--metrics`` metrics and a
+``ModelParams.subspaces`` empty and no normal-range detector (one forest and one autoencoder on
+every feature column), with three pairs (two more, each without one window statistic) and with the
+default (four pairs, the fourth without the level, and the normal-range detector);
+``score_entity`` then scores one day of each entity. Rows have the default feature view's columns for ``--metrics`` metrics and a
 daily cycle, so the shapes are those of a real fleet. The variants run in this process, interleaved
 repeat by repeat, and the table gives medians, their ratio and the size of one entity's model.
 
@@ -49,7 +50,11 @@ def run(args) -> None:
     spec = DatasetSpec(name="bench", metrics=[MetricSpec(name=m) for m in view.metrics])
     cols = view.feature_columns
     common = dict(feature_cols=cols, feature_metric=[view.metric_of(c) for c in cols], metrics=list(view.metrics), spec=spec, random_state=42)
-    variants = {"one pair": ModelParams(subspaces=()), "three pairs (default)": ModelParams()}
+    variants = {
+        "one pair": ModelParams(subspaces=(), range_weight=0.0),
+        "three pairs": ModelParams(subspaces=("mean", "std"), range_weight=0.0),
+        "four pairs and the normal-range detector (default)": ModelParams(),
+    }
     timing = {name: {"fit": [], "score": []} for name in variants}
     size = {}
     for _ in range(args.repeats):

@@ -4,7 +4,10 @@ An entity's rows are split in time: the first part trains the scaler and the det
 held-out tail calibrates their scores and sets the threshold from the alarm budget, so both see
 data the detectors never trained on. Besides the pair of detectors on every feature column, each
 entity has one pair per :class:`Subspace`: the same detectors on the columns without one
-statistic (``ModelParams.subspaces``); the combined score averages all calibrated scores. ``fit_bucket`` is what one Spark task runs for its bucket of
+statistic, or several (``ModelParams.subspaces``), and the normal-range detector, which sums how
+far each metric is outside its training range (``models.explain.range_scores``, the evidence the
+explanations rank by); the combined score is the weighted mean of all calibrated scores, the
+normal-range detector counting ``ModelParams.range_weight`` times. ``fit_bucket`` is what one Spark task runs for its bucket of
 entities: scalers and forests one by one, the autoencoders of all entities as one batched tensor
 program. Entities with too little history keep only their own scaler and borrow the fleet
 model's detectors, calibration and threshold.

@@ -1,5 +1,8 @@
 # FleetWatch: `make demo` runs the main job, `make test` runs the tests; both install on first use.
 PYTHON ?= python3.11
+# Test processes (pytest-xdist): the slow tests are mostly separate spark-submit JVMs, so two
+# processes overlap them even on 2 cores.
+TEST_WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -22,10 +25,10 @@ demo: install check-java
 	$(BIN)/fleetwatch demo
 
 test: install check-java
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: install check-java
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 clean:
 	rm -rf .fleetwatch .pytest_cache

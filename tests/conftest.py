@@ -12,6 +12,11 @@ from fleetwatch.settings import Settings
 POSTGRES_ADMIN_URL = os.environ.get("FLEETWATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+def pytest_collection_modifyitems(items):
+    """Slow tests first, so parallel workers (``make test``) start the longest ones early."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     """A real local Spark session shared by the whole run (starting one costs ~5 s)."""

@@ -274,7 +274,11 @@ def test_publish_alerts_through_spark(settings, spark):
     pd.testing.assert_frame_equal(content(stored), content(incidents()), check_dtype=False)
 
 
-def test_cli_list_label_and_sql(settings):
+def test_cli_list_label_and_sql(settings, monkeypatch):
+    from fleetwatch import cli
+
+    # the CLI's console fixes its width when COLUMNS is set at import (pytest-xdist workers set 80)
+    monkeypatch.setattr(cli.console, "_width", 250)
     store = AlertsStore(settings.alerts_db_url)
     store.publish_partition("fleet", DAY, incidents())
     target = int(store.frame().set_index("entity_id").loc["e2", "id"])

@@ -5,6 +5,7 @@ PYTHON ?= python3.11
 TEST_WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast check-java clean
@@ -25,10 +26,10 @@ demo: install check-java
 	$(BIN)/fleetwatch demo
 
 test: install check-java
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PYTEST)
 
 test-fast: install check-java
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf .fleetwatch .pytest_cache

@@ -283,22 +283,21 @@ def test_cli_list_label_and_sql(settings, monkeypatch):
     store.publish_partition("fleet", DAY, incidents())
     target = int(store.frame().set_index("entity_id").loc["e2", "id"])
     runner = CliRunner()
-    wide = {"COLUMNS": "250"}
 
-    listed = runner.invoke(app, ["alerts", "list", "--dataset", "fleet"], env=wide)
+    listed = runner.invoke(app, ["alerts", "list", "--dataset", "fleet"])
     assert listed.exit_code == 0, listed.output
     assert all(e in listed.output for e in ("e1", "e2", "e3")) and "critical" in listed.output
 
-    labelled = runner.invoke(app, ["alerts", "label", str(target), "true"], env=wide)
+    labelled = runner.invoke(app, ["alerts", "label", str(target), "true"])
     assert labelled.exit_code == 0, labelled.output
     assert store.frame()["label"].tolist() == [None, True, None]
 
-    missing = runner.invoke(app, ["alerts", "label", "4242", "false"], env=wide)
+    missing = runner.invoke(app, ["alerts", "label", "4242", "false"])
     assert missing.exit_code == 2 and "no alert with id 4242" in missing.output
 
-    counted = runner.invoke(app, ["sql", "select count(*) as n from alerts where label"], env=wide)
+    counted = runner.invoke(app, ["sql", "select count(*) as n from alerts where label"])
     assert counted.exit_code == 0, counted.output
     assert counted.output.split() == ["┏━━━┓", "┃", "n", "┃", "┡━━━┩", "│", "1", "│", "└───┘"]
 
-    total = runner.invoke(app, ["sql", "select count(*) from alerts"], env=wide)
+    total = runner.invoke(app, ["sql", "select count(*) from alerts"])
     assert total.exit_code == 0 and " 3 " in total.output

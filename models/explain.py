@@ -8,7 +8,12 @@ order of their distance from the training median. The autoencoder's per-metric e
 kept). Measured on SMD's interpretation labels (7 machines): distance from the median put more of
 the labelled metrics in the top ranks than the reconstruction errors on 5 of 7 machines, and
 distance outside the normal range more than distance from the median on 5 of 7 (figures in the
-README): a metric that swings widely every day is not a cause when it swings again.
+README): a metric that swings widely every day is not a cause when it swings again. Each
+metric's move against the hour before the incident (:func:`changes`, capped) is added at a tenth
+of the weight, so a metric that changed sharply but stayed inside its range is not left at the
+bottom: HitRate@150% on the labelled events' own rows 0.873 -> 0.906 (better on all 7 machines);
+through the platform's alerts 0.756 -> 0.782 and 0.753 -> 0.772 with run seeds 42 and 7 (better
+on 5 of 7 machines with either).
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ import pandas as pd
 
 NORMAL_RANGE_QUANTILES = (0.005, 0.995)  # a metric's normal range: the middle 99% of its training values
 INSIDE_RANGE_WEIGHT = 1e-3  # orders metrics that stayed inside their range, below any that left it
+CHANGE_WEIGHT = 0.1  # weight of a metric's move against the hour before the incident (:func:`changes`)
+CHANGE_CAP = 10.0  # a move counts at most this many context deviations: at most one spread outside the range
+CONTEXT_MINUTES = 60  # how long an incident's context is
+CONTEXT_MIN_ROWS = 10  # fewer context rows than this (the day's first minutes): no change evidence
+CONTEXT_SPREAD_FLOOR = 0.1  # a context's standard deviation is floored at this share of the training spread
 
 
 def metric_errors(
@@ -114,6 +124,50 @@ def deviations(
         outside = np.maximum(X - high, 0.0) + np.maximum(low - X, 0.0)
         out = outside / scale + INSIDE_RANGE_WEIGHT * out
     return pd.DataFrame(np.nan_to_num(out, nan=0.0), columns=metrics, index=values.index)
+
+
+def changes(
+    values: pd.DataFrame,
+    context: pd.DataFrame,
+    spread: Mapping[str, float],
+    floor: float = CONTEXT_SPREAD_FLOOR,
+) -> pd.DataFrame:
+    """How far each metric moved on each row from its level just before (``context``), as a
+    z-score: ``|value - mean(context)| / max(std(context), floor * spread)``.
+
+    The floor keeps a metric that was flat in the context (a constant counter) from turning a
+    tiny step into a huge score. Missing values give 0.
+    """
+    metrics = list(values.columns)
+    if len(context) < 2:
+        raise ValueError(f"changes needs at least 2 context rows, got {len(context)}")
+    ctx = context[metrics].to_numpy(dtype=float)
+    scale = np.array([spread[m] for m in metrics], dtype=float)
+    sd = np.maximum(np.nan_to_num(np.nanstd(ctx, axis=0), nan=0.0), floor * scale)
+    sd = np.maximum(sd, 1e-12)
+    out = np.abs(values.to_numpy(dtype=float) - np.nanmean(ctx, axis=0)) / sd
+    return pd.DataFrame(np.nan_to_num(out, nan=0.0), columns=metrics, index=values.index)
+
+
+def incident_evidence(
+    rows: pd.DataFrame,
+    context: pd.DataFrame,
+    baselines: Mapping[str, float],
+    spread: Mapping[str, float],
+    ranges: Mapping[str, Sequence[float]] | None = None,
+) -> pd.DataFrame:
+    """Per-row evidence that each metric drove an incident, what alerts rank metrics by.
+
+    :func:`deviations` plus ``CHANGE_WEIGHT`` times :func:`changes` against ``context`` (the
+    entity's rows in the ``CONTEXT_MINUTES`` before the incident), each move capped at
+    ``CHANGE_CAP``: it reorders the metrics that stayed near their ranges, and cannot outweigh a
+    clear exit from one, however quiet the context was. With fewer than ``CONTEXT_MIN_ROWS``
+    context rows, the deviations alone.
+    """
+    evidence = deviations(rows, baselines, spread, ranges)
+    if len(context) >= CONTEXT_MIN_ROWS:
+        evidence = evidence + CHANGE_WEIGHT * changes(rows, context, spread).clip(upper=CHANGE_CAP)
+    return evidence
 
 
 def range_scores(

@@ -60,7 +60,7 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str):
 
 
 def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *, gap_minutes: int,
-                     sampling_seconds: int, ranges=None, min_points: int = 1) -> list[dict]:
+                     sampling_seconds: int, ranges=None, min_points: int = 1, context_skip_minutes: int = 0) -> list[dict]:
     """Incidents of one entity's scored rows (time order), each with every metric ranked.
 
     Incidents with fewer than ``min_points`` flagged rows are left out (``group_incidents``).
@@ -68,10 +68,13 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
     and normal ranges, or callables returning them (looked up only when there is an incident). A
     metric's evidence is its largest move outside its normal range inside the incident, in units
     of its spread (``models.explain.deviations``; without ranges, its largest deviation from the
-    median); without spreads (a bundle saved before they were kept), the mean of its normalised
-    reconstruction errors (``err__<metric>``).
+    median), plus a tenth of its move against the hour before the incident
+    (``models.explain.incident_evidence``), the hour ending ``context_skip_minutes`` before the
+    first flagged row (the score smoothing window: rows that close may already be anomalous, the
+    first flag can lag the onset by that much); without spreads (a bundle saved before they were
+    kept), the mean of its normalised reconstruction errors (``err__<metric>``).
     """
-    from models.explain import deviations, top_contributors
+    from models.explain import CONTEXT_MINUTES, incident_evidence, top_contributors
     from models.incidents import group_incidents
 
     found = group_incidents(pdf, score_col="score", flag_col="flagged", ts_col=TS, entity_col=ENTITY,
@@ -86,7 +89,10 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
         rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
         peak = rows.loc[[rows["score"].idxmax()], metrics]
         if spread:
-            ranked = top_contributors(deviations(rows[metrics], baselines, spread, ranges), peak, baselines, k=len(metrics), how="max")
+            context_end = inc.start_ts - pd.Timedelta(minutes=context_skip_minutes)
+            before = pdf[(pdf[TS] >= context_end - pd.Timedelta(minutes=CONTEXT_MINUTES)) & (pdf[TS] < context_end)]
+            evidence = incident_evidence(rows[metrics], before[metrics], baselines, spread, ranges)
+            ranked = top_contributors(evidence, peak, baselines, k=len(metrics), how="max")
         else:
             errs = rows[[f"err__{m}" for m in metrics]].set_axis(metrics, axis=1)
             ranked = top_contributors(errs, peak, baselines, k=len(metrics))
@@ -119,7 +125,8 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
         found = entity_incidents(pdf, metrics, lambda: load_cached(bundle_dir).baselines_of(entity),
                                  lambda: load_cached(bundle_dir).spreads_of(entity),
                                  gap_minutes=gap_minutes, sampling_seconds=sampling, min_points=min_points,
-                                 ranges=lambda: load_cached(bundle_dir).normal_ranges_of(entity))
+                                 ranges=lambda: load_cached(bundle_dir).normal_ranges_of(entity),
+                                 context_skip_minutes=spec.score_smoothing_minutes)
         if not found:
             return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])
         records = []

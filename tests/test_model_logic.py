@@ -12,7 +12,19 @@ import pytest
 from feature_store.views import FeatureView, statistic_of
 from models.calibration import TailCalibrator, combine
 from models.drift import DriftReference, psi
-from models.explain import deviations, metric_errors, normal_ranges, range_scores, spreads, top_contributors
+from models.explain import (
+    CHANGE_CAP,
+    CHANGE_WEIGHT,
+    CONTEXT_MIN_ROWS,
+    changes,
+    deviations,
+    incident_evidence,
+    metric_errors,
+    normal_ranges,
+    range_scores,
+    spreads,
+    top_contributors,
+)
 from models.fitting import ModelParams, subspace_columns
 from models.incidents import group_incidents, severity
 from models.thresholds import threshold_for_budget
@@ -265,6 +277,66 @@ def test_a_metric_that_leaves_its_normal_range_outranks_one_that_swings_as_it_al
         devs["disk"], (incident["disk"] - ranges["disk"][1]) / spread["disk"] + 1e-3 * (incident["disk"] - baselines["disk"]) / spread["disk"]
     )
     assert normal_ranges(train.iloc[:0], metrics) == {}
+
+
+def test_changes_are_z_scores_against_the_context_with_a_floored_deviation():
+    spread = {"cpu": 10.0, "flat": 2.0}
+    context = pd.DataFrame({"cpu": [40.0, 60.0] * 10, "flat": [5.0] * 20})  # cpu: mean 50, std 10
+    rows = pd.DataFrame({"cpu": [70.0, 50.0], "flat": [6.0, np.nan]})
+    got = changes(rows, context, spread)
+    np.testing.assert_allclose(got["cpu"], [2.0, 0.0])
+    np.testing.assert_allclose(got["flat"], [1.0 / (0.1 * 2.0), 0.0])  # flat context: floor 0.1 x spread; NaN -> 0
+    with pytest.raises(ValueError, match="2 context rows"):
+        changes(rows, context.iloc[:1], spread)
+
+
+def test_a_metric_that_stepped_inside_its_range_outranks_one_that_was_already_high():
+    rng = np.random.default_rng(7)
+    train = pd.DataFrame({"conn": rng.normal(50, 5, 2000), "load": rng.normal(50, 5, 2000)})
+    metrics = ["conn", "load"]
+    baselines = {m: float(train[m].median()) for m in metrics}
+    spread, ranges = spreads(train, metrics), normal_ranges(train, metrics)
+    # in the hour before, conn sat at its median and load was already high; neither leaves its range
+    context = pd.DataFrame({"conn": rng.normal(50, 0.5, 60), "load": rng.normal(62, 0.5, 60)})
+    incident = pd.DataFrame({"conn": [58.0, 60.0], "load": [62.0, 62.5]})
+    assert all(ranges[m][0] < incident[m].min() and incident[m].max() < ranges[m][1] for m in metrics)
+    peak = incident.iloc[[1]]
+    by_range = top_contributors(deviations(incident, baselines, spread, ranges), peak, baselines, k=2, how="max")
+    assert [t["metric"] for t in by_range] == ["load", "conn"]  # farther from its median
+    evidence = incident_evidence(incident, context, baselines, spread, ranges)
+    assert [t["metric"] for t in top_contributors(evidence, peak, baselines, k=2, how="max")] == ["conn", "load"]
+    # a move adds at most CHANGE_WEIGHT x CHANGE_CAP: one spread outside a range still outranks it
+    added = evidence - deviations(incident, baselines, spread, ranges)
+    assert added["conn"].max() == pytest.approx(CHANGE_WEIGHT * CHANGE_CAP) and (added >= 0).all().all()
+    # too little context (an incident in the day's first minutes): the range evidence alone
+    short = incident_evidence(incident, context.iloc[: CONTEXT_MIN_ROWS - 1], baselines, spread, ranges)
+    pd.testing.assert_frame_equal(short, deviations(incident, baselines, spread, ranges))
+
+
+def test_entity_incidents_rank_metrics_against_the_hour_before_each_incident():
+    from models.scoring import entity_incidents
+
+    ts = minutes(*range(180))
+    conn = np.r_[np.full(120, 50.0), np.full(60, 60.0)]  # steps up at minute 120
+    load = np.r_[np.full(60, 50.0), np.full(120, 62.0)]  # already high from minute 60
+    flagged = np.arange(180) >= 120
+    pdf = pd.DataFrame({
+        "entity_id": "m1", "ts": ts, "score": np.where(flagged, 5.0, 0.5), "flagged": flagged,
+        "threshold": 3.0, "scope": "entity", "conn": conn, "load": load,
+    })
+    baselines, spread = {"conn": 50.0, "load": 50.0}, {"conn": 5.0, "load": 5.0}
+    ranges = {"conn": [35.0, 65.0], "load": [35.0, 65.0]}
+    found = entity_incidents(pdf, ["conn", "load"], baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60)
+    assert len(found) == 1 and found[0]["start_ts"] == ts[120] and found[0]["n_points"] == 60
+    assert [r["metric"] for r in found[0]["ranked"]] == ["conn", "load"]
+    # skipping 70 minutes, the context (minutes 0-49) predates load's step too: both moved, both
+    # capped, and the range evidence decides
+    skipped = entity_incidents(pdf, ["conn", "load"], baselines, spread, ranges=ranges, gap_minutes=5,
+                               sampling_seconds=60, context_skip_minutes=70)
+    assert [r["metric"] for r in skipped[0]["ranked"]] == ["load", "conn"]
+    # the same incident with no rows before it (the day's first minutes): ranked by the range evidence alone
+    alone = entity_incidents(pdf.iloc[120:], ["conn", "load"], baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60)
+    assert [r["metric"] for r in alone[0]["ranked"]] == ["load", "conn"]
 
 
 def test_range_scores_sum_each_metrics_distance_outside_its_normal_range():

@@ -1,0 +1,122 @@
+"""HitRate@150% of the alerts' metric rankings with and without the move against the hour before.
+
+Reads a FleetWatch home that ``fleetwatch evaluate smd`` has filled (scores partitions, alerts
+table, champion bundle, SMD labels) and ranks each alert's metrics again, two ways, on the alert's
+own rows and the same context rows the scoring job uses:
+
+- ``range``: ``models.explain.deviations`` alone (distance outside the normal training range);
+- ``range+change``: ``models.explain.incident_evidence`` (what alerts are ranked by).
+
+It prints HitRate@150% per machine and the mean over machines, counted as the evaluation report
+counts it (``fleetwatch.metrics.hitrate_at``: an event no alert overlaps scores 0), and the same two
+rankings on each labelled event's own rows (the event's span and the hour before it), where
+detection plays no part.
+
+    FLEETWATCH_HOME=/tmp/ev/home .venv/bin/fleetwatch evaluate smd --data ../shared/datasets/smd --out /tmp/ev/report.json
+    FLEETWATCH_HOME=/tmp/ev/home .venv/bin/python -m benchmarks.explanation_ranking --data ../shared/datasets/smd
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fleetwatch import metrics as M
+from fleetwatch.alerts_store import AlertsStore
+from fleetwatch.datasets.smd import SMD_METRICS, available_machines, read_smd_machine, smd_labels
+from fleetwatch.evaluation import read_scores
+from fleetwatch.lake import Lake, local_path
+from fleetwatch.settings import get_settings
+from fleetwatch.specs import load_spec
+from models import registry
+from models.bundle import ModelBundle
+from models.explain import CONTEXT_MINUTES, deviations, incident_evidence, normal_ranges, spreads, top_contributors
+
+RULES = ("range", "range+change")
+
+
+def _ranked(rule: str, rows: pd.DataFrame, context: pd.DataFrame, baselines, spread, ranges) -> list[dict]:
+    if rule == "range":
+        evidence = deviations(rows, baselines, spread, ranges)
+    else:
+        evidence = incident_evidence(rows, context, baselines, spread, ranges)
+    return top_contributors(evidence, rows.iloc[[0]], baselines, k=rows.shape[1], how="max")
+
+
+def through_alerts(dataset: str) -> dict[str, dict[str, float]]:
+    """HitRate per rule and machine, on the alerts of an evaluated home."""
+    settings = get_settings()
+    spec = load_spec(settings.specs_dir, dataset)
+    metrics = spec.metric_names
+    bundle = ModelBundle.load(registry.champion(settings, dataset).bundle_dir)
+    days = sorted(p.name.split("=", 1)[1] for p in local_path(Lake(settings.lake_root).root).glob(f"scores/{dataset}/dt=*"))
+    scores = read_scores(settings, dataset, [pd.Timestamp(d).date() for d in days])
+    store = AlertsStore(settings.alerts_db_url)
+    alerts = store.frame(dataset)
+    store.dispose()
+    for col in ("start_ts", "end_ts"):
+        alerts[col] = pd.to_datetime(alerts[col], utc=True)
+    _, events = smd_labels(settings, dataset)
+    for col in ("start_ts", "end_ts"):
+        events[col] = pd.to_datetime(events[col], utc=True)
+    skip = pd.Timedelta(minutes=spec.score_smoothing_minutes)
+    out: dict[str, dict[str, float]] = {rule: {} for rule in RULES}
+    for machine, pdf in scores.groupby("entity_id"):
+        pdf = pdf.sort_values("ts")
+        mine = alerts[alerts["entity_id"] == machine].reset_index(drop=True)
+        base, spread, ranges = bundle.baselines_of(machine), bundle.spreads_of(machine), bundle.normal_ranges_of(machine)
+        for rule in RULES:
+            ranked = []
+            for inc in mine.itertuples(index=False):
+                rows = pdf[(pdf["ts"] >= inc.start_ts) & (pdf["ts"] <= inc.end_ts)][metrics]
+                end = inc.start_ts - skip
+                context = pdf[(pdf["ts"] >= end - pd.Timedelta(minutes=CONTEXT_MINUTES)) & (pdf["ts"] < end)
+                              & (pdf["ts"].dt.date == inc.start_ts.date())][metrics]  # the scored day only
+                ranked.append(_ranked(rule, rows, context, base, spread, ranges))
+            mine_events = events[events["entity_id"] == machine].reset_index(drop=True)
+            out[rule][machine] = M.hitrate_at(mine_events, mine, ranked, 1.5)[0]
+    return out
+
+
+def on_event_rows(data_dir: Path) -> dict[str, dict[str, float]]:
+    """HitRate per rule and machine, each event ranked on its own rows; statistics from the train file."""
+    names = list(SMD_METRICS)
+    out: dict[str, dict[str, float]] = {rule: {} for rule in RULES}
+    for machine in available_machines(data_dir):
+        m = read_smd_machine(data_dir, machine)
+        train = pd.DataFrame(m.train, columns=names)
+        base, spread, ranges = train.median().to_dict(), spreads(train, names), normal_ranges(train, names)
+        full = pd.DataFrame(np.vstack([m.train, m.test]), columns=names)
+        first = len(m.train)
+        for rule in RULES:
+            rates = []
+            for start, end, dims in m.events:
+                rows = full.iloc[first + start:first + end]
+                context = full.iloc[first + start - CONTEXT_MINUTES:first + start]
+                ranked = [t["metric"] for t in _ranked(rule, rows, context, base, spread, ranges)]
+                rates.append(M.hitrate([names[d] for d in dims], ranked, 1.5))
+            out[rule][machine] = float(np.mean(rates))
+    return out
+
+
+def _print(title: str, table: dict[str, dict[str, float]]) -> None:
+    machines = list(next(iter(table.values())))
+    print(f"\n{title}\n{'rule':14s} {'mean':>6s} " + " ".join(f"{m[-3:]:>5s}" for m in machines))
+    for rule, per in table.items():
+        print(f"{rule:14s} {np.mean(list(per.values())):6.3f} " + " ".join(f"{per[m]:5.2f}" for m in machines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="SMD folder (for the event-rows comparison)")
+    parser.add_argument("--dataset", default="smd")
+    args = parser.parse_args()
+    _print("HitRate@150% through the platform's alerts (undetected events count 0)", through_alerts(args.dataset))
+    _print("HitRate@150% on the labelled events' own rows", on_event_rows(args.data))
+
+
+if __name__ == "__main__":
+    main()

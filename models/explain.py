@@ -18,6 +18,7 @@ on 5 of 7 machines with either).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -136,16 +137,17 @@ def changes(
     z-score: ``|value - mean(context)| / max(std(context), floor * spread)``.
 
     The floor keeps a metric that was flat in the context (a constant counter) from turning a
-    tiny step into a huge score. Missing values give 0.
+    tiny step into a huge score. Missing values, and metrics missing from the whole context, give 0.
     """
     metrics = list(values.columns)
     if len(context) < 2:
         raise ValueError(f"changes needs at least 2 context rows, got {len(context)}")
     ctx = context[metrics].to_numpy(dtype=float)
     scale = np.array([spread[m] for m in metrics], dtype=float)
-    sd = np.maximum(np.nan_to_num(np.nanstd(ctx, axis=0), nan=0.0), floor * scale)
-    sd = np.maximum(sd, 1e-12)
-    out = np.abs(values.to_numpy(dtype=float) - np.nanmean(ctx, axis=0)) / sd
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a metric missing all hour
+        level, sd = np.nanmean(ctx, axis=0), np.nanstd(ctx, axis=0)
+    sd = np.maximum(np.maximum(np.nan_to_num(sd, nan=0.0), floor * scale), 1e-12)
+    out = np.abs(values.to_numpy(dtype=float) - level) / sd
     return pd.DataFrame(np.nan_to_num(out, nan=0.0), columns=metrics, index=values.index)
 
 

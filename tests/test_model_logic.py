@@ -286,6 +286,9 @@ def test_changes_are_z_scores_against_the_context_with_a_floored_deviation():
     got = changes(rows, context, spread)
     np.testing.assert_allclose(got["cpu"], [2.0, 0.0])
     np.testing.assert_allclose(got["flat"], [1.0 / (0.1 * 2.0), 0.0])  # flat context: floor 0.1 x spread; NaN -> 0
+    gone = changes(rows, context.assign(flat=np.nan), spread)  # flat missing all hour: no evidence
+    np.testing.assert_allclose(gone["flat"], [0.0, 0.0])
+    np.testing.assert_allclose(gone["cpu"], got["cpu"])
     with pytest.raises(ValueError, match="2 context rows"):
         changes(rows, context.iloc[:1], spread)
 

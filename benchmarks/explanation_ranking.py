@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 
 from fleetwatch import metrics as M
-from fleetwatch.alerts_store import AlertsStore
 from fleetwatch.datasets.smd import SMD_METRICS, available_machines, read_smd_machine, smd_labels
-from fleetwatch.evaluation import read_scores
-from fleetwatch.lake import Lake, local_path
+from fleetwatch.evaluation import read_alerts, read_scores
+from fleetwatch.lake import Lake
 from fleetwatch.settings import get_settings
 from fleetwatch.specs import load_spec
 from models import registry
 from models.bundle import ModelBundle
+from models.scoring import incident_context
 from models.explain import CONTEXT_MINUTES, deviations, incident_evidence, normal_ranges, spreads, top_contributors
 
 RULES = ("range", "range+change")
@@ -52,31 +52,22 @@ def through_alerts(dataset: str) -> dict[str, dict[str, float]]:
     spec = load_spec(settings.specs_dir, dataset)
     metrics = spec.metric_names
     bundle = ModelBundle.load(registry.champion(settings, dataset).bundle_dir)
-    days = sorted(p.name.split("=", 1)[1] for p in local_path(Lake(settings.lake_root).root).glob(f"scores/{dataset}/dt=*"))
-    scores = read_scores(settings, dataset, [pd.Timestamp(d).date() for d in days])
-    store = AlertsStore(settings.alerts_db_url)
-    alerts = store.frame(dataset)
-    store.dispose()
-    for col in ("start_ts", "end_ts"):
-        alerts[col] = pd.to_datetime(alerts[col], utc=True)
+    lake = Lake(settings.lake_root)
+    days = lake.days(lake.zone("scores", dataset))
+    scores, alerts = read_scores(settings, dataset, days), read_alerts(settings, dataset, days)
     _, events = smd_labels(settings, dataset)
-    for col in ("start_ts", "end_ts"):
-        events[col] = pd.to_datetime(events[col], utc=True)
-    skip = pd.Timedelta(minutes=spec.score_smoothing_minutes)
     out: dict[str, dict[str, float]] = {rule: {} for rule in RULES}
     for machine, pdf in scores.groupby("entity_id"):
-        pdf = pdf.sort_values("ts")
         mine = alerts[alerts["entity_id"] == machine].reset_index(drop=True)
         base, spread, ranges = bundle.baselines_of(machine), bundle.spreads_of(machine), bundle.normal_ranges_of(machine)
+        pieces = []  # each alert's rows and context, the context from its own night as in scoring
+        for inc in mine.itertuples(index=False):
+            night = pdf[pdf["ts"].dt.date == inc.start_ts.date()]
+            rows = night[(night["ts"] >= inc.start_ts) & (night["ts"] <= inc.end_ts)][metrics]
+            pieces.append((rows, incident_context(night, inc.start_ts, spec.score_smoothing_minutes)[metrics]))
+        mine_events = events[events["entity_id"] == machine].reset_index(drop=True)
         for rule in RULES:
-            ranked = []
-            for inc in mine.itertuples(index=False):
-                rows = pdf[(pdf["ts"] >= inc.start_ts) & (pdf["ts"] <= inc.end_ts)][metrics]
-                end = inc.start_ts - skip
-                context = pdf[(pdf["ts"] >= end - pd.Timedelta(minutes=CONTEXT_MINUTES)) & (pdf["ts"] < end)
-                              & (pdf["ts"].dt.date == inc.start_ts.date())][metrics]  # the scored day only
-                ranked.append(_ranked(rule, rows, context, base, spread, ranges))
-            mine_events = events[events["entity_id"] == machine].reset_index(drop=True)
+            ranked = [_ranked(rule, rows, context, base, spread, ranges) for rows, context in pieces]
             out[rule][machine] = M.hitrate_at(mine_events, mine, ranked, 1.5)[0]
     return out
 

@@ -58,7 +58,7 @@ def evaluate_smd(
     run = run_platform(settings, dataset, days, train_days, test_days, say)
     points, events = smd_labels(settings, dataset)
     scores = read_scores(settings, dataset, test_days)
-    alerts = _alerts(settings, dataset, test_days)
+    alerts = read_alerts(settings, dataset, test_days)
     raw = read_raw(settings, dataset, days)
 
     say("computing metrics and reference detectors")
@@ -194,7 +194,8 @@ def read_raw(settings, dataset: str, days) -> pd.DataFrame:
     return raw.sort_values(["entity_id", "ts"], kind="mergesort").reset_index(drop=True)
 
 
-def _alerts(settings, dataset: str, days) -> pd.DataFrame:
+def read_alerts(settings, dataset: str, days) -> pd.DataFrame:
+    """The alerts of ``days`` from the alerts table, timestamps as UTC."""
     from fleetwatch.alerts_store import AlertsStore
 
     store = AlertsStore(settings.alerts_db_url)

@@ -59,6 +59,15 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str):
     return df.groupBy(ENTITY).applyInPandas(score, score_schema(spec))
 
 
+def incident_context(pdf: pd.DataFrame, start_ts, skip_minutes: int = 0) -> pd.DataFrame:
+    """An entity's rows in the ``CONTEXT_MINUTES`` ending ``skip_minutes`` before ``start_ts``: the
+    level an incident's metrics are compared with (``models.explain.incident_evidence``)."""
+    from models.explain import CONTEXT_MINUTES
+
+    end = start_ts - pd.Timedelta(minutes=skip_minutes)
+    return pdf[(pdf[TS] >= end - pd.Timedelta(minutes=CONTEXT_MINUTES)) & (pdf[TS] < end)]
+
+
 def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *, gap_minutes: int,
                      sampling_seconds: int, ranges=None, min_points: int = 1, context_skip_minutes: int = 0) -> list[dict]:
     """Incidents of one entity's scored rows (time order), each with every metric ranked.
@@ -74,7 +83,7 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
     first flag can lag the onset by that much); without spreads (a bundle saved before they were
     kept), the mean of its normalised reconstruction errors (``err__<metric>``).
     """
-    from models.explain import CONTEXT_MINUTES, incident_evidence, top_contributors
+    from models.explain import incident_evidence, top_contributors
     from models.incidents import group_incidents
 
     found = group_incidents(pdf, score_col="score", flag_col="flagged", ts_col=TS, entity_col=ENTITY,
@@ -89,8 +98,7 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
         rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
         peak = rows.loc[[rows["score"].idxmax()], metrics]
         if spread:
-            context_end = inc.start_ts - pd.Timedelta(minutes=context_skip_minutes)
-            before = pdf[(pdf[TS] >= context_end - pd.Timedelta(minutes=CONTEXT_MINUTES)) & (pdf[TS] < context_end)]
+            before = incident_context(pdf, inc.start_ts, context_skip_minutes)
             evidence = incident_evidence(rows[metrics], before[metrics], baselines, spread, ranges)
             ranked = top_contributors(evidence, peak, baselines, k=len(metrics), how="max")
         else:

@@ -116,8 +116,8 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
     """Group each entity's flagged rows into incidents with severity and contributors.
 
     ``contributions`` ranks every metric (what explanation quality is measured on) by its
-    largest deviation from the entity's baseline inside the incident, in units of its training
-    spread (``models.explain.deviations``); ``top_metrics`` names the first ``TOP_METRICS``.
+    evidence inside the incident (``entity_incidents``: outside its normal range, and its move
+    against the hour before); ``top_metrics`` names the first ``TOP_METRICS``.
     Incidents shorter than the spec's ``min_incident_minutes`` raise no alert.
     """
     metrics = spec.metric_names

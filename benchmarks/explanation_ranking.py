@@ -1,11 +1,15 @@
-"""HitRate@150% of the alerts' metric rankings with and without the move against the hour before.
+"""HitRate@150% of the alerts' metric rankings: with and without the move against the hour before,
+and over the whole alert or hour by hour.
 
 Reads a FleetWatch home that ``fleetwatch evaluate smd`` has filled (scores partitions, alerts
-table, champion bundle, SMD labels) and ranks each alert's metrics again, two ways, on the alert's
-own rows and the same context rows the scoring job uses:
+table, champion bundle, SMD labels) and ranks each alert's metrics again, three ways, on the
+alert's own rows and the same context rows the scoring job uses:
 
 - ``range``: ``models.explain.deviations`` alone (distance outside the normal training range);
-- ``range+change``: ``models.explain.incident_evidence`` (what alerts are ranked by).
+- ``range+change``: ``models.explain.incident_evidence`` over the whole alert (its
+  ``contributions``);
+- ``hourly``: the same on each ``models.explain.PHASE_MINUTES`` of the alert, each against the
+  hour before it (its ``phases``, what the evaluation report's ``hitrate_150`` reads).
 
 It prints HitRate@150% per machine and the mean over machines, counted as the evaluation report
 counts it (``fleetwatch.metrics.hitrate_at``: an event no alert overlaps scores 0), and the same two
@@ -32,10 +36,13 @@ from fleetwatch.settings import get_settings
 from fleetwatch.specs import load_spec
 from models import registry
 from models.bundle import ModelBundle
-from models.scoring import incident_context
-from models.explain import CONTEXT_MINUTES, deviations, incident_evidence, normal_ranges, spreads, top_contributors
+from models.scoring import incident_context, incident_phases
+from models.explain import (
+    CONTEXT_MINUTES, PHASE_MINUTES, deviations, incident_evidence, normal_ranges, spreads, top_contributors,
+)
 
-RULES = ("range", "range+change")
+RULES = ("range", "range+change", "hourly")
+ON_EVENT_ROWS = ("range", "range+change")  # an event's own rows are one span: no hours to cut
 
 
 def _ranked(rule: str, rows: pd.DataFrame, context: pd.DataFrame, baselines, spread, ranges) -> list[dict]:
@@ -60,29 +67,38 @@ def through_alerts(dataset: str) -> dict[str, dict[str, float]]:
     for machine, pdf in scores.groupby("entity_id"):
         mine = alerts[alerts["entity_id"] == machine].reset_index(drop=True)
         base, spread, ranges = bundle.baselines_of(machine), bundle.spreads_of(machine), bundle.normal_ranges_of(machine)
-        pieces = []  # each alert's rows and context, the context from its own night as in scoring
+        skip = spec.score_smoothing_minutes
+        pieces, phases = [], []  # alerts and their hours: rows and context, from their own night as in scoring
         for inc in mine.itertuples(index=False):
             night = pdf[pdf["ts"].dt.date == inc.start_ts.date()]
-            rows = night[(night["ts"] >= inc.start_ts) & (night["ts"] <= inc.end_ts)][metrics]
-            pieces.append((rows, incident_context(night, inc.start_ts, spec.score_smoothing_minutes)[metrics]))
+            rows = night[(night["ts"] >= inc.start_ts) & (night["ts"] <= inc.end_ts)]
+            pieces.append((rows[metrics], incident_context(night, inc.start_ts, skip)[metrics]))
+            for part in incident_phases(rows, PHASE_MINUTES):
+                span = {"start_ts": part["ts"].iloc[0], "end_ts": part["ts"].iloc[-1], "n_points": int(part["flagged"].sum())}
+                phases.append((span, part[metrics], incident_context(night, part["ts"].iloc[0], skip)[metrics]))
+        spans = pd.DataFrame([span for span, _, _ in phases], columns=["start_ts", "end_ts", "n_points"])
         mine_events = events[events["entity_id"] == machine].reset_index(drop=True)
         for rule in RULES:
-            ranked = [_ranked(rule, rows, context, base, spread, ranges) for rows, context in pieces]
-            out[rule][machine] = M.hitrate_at(mine_events, mine, ranked, 1.5)[0]
+            if rule == "hourly":
+                ranked = [_ranked(rule, rows, context, base, spread, ranges) for _, rows, context in phases]
+                out[rule][machine] = M.hitrate_at(mine_events, spans, ranked, 1.5)[0]
+            else:
+                ranked = [_ranked(rule, rows, context, base, spread, ranges) for rows, context in pieces]
+                out[rule][machine] = M.hitrate_at(mine_events, mine, ranked, 1.5)[0]
     return out
 
 
 def on_event_rows(data_dir: Path) -> dict[str, dict[str, float]]:
     """HitRate per rule and machine, each event ranked on its own rows; statistics from the train file."""
     names = list(SMD_METRICS)
-    out: dict[str, dict[str, float]] = {rule: {} for rule in RULES}
+    out: dict[str, dict[str, float]] = {rule: {} for rule in ON_EVENT_ROWS}
     for machine in available_machines(data_dir):
         m = read_smd_machine(data_dir, machine)
         train = pd.DataFrame(m.train, columns=names)
         base, spread, ranges = train.median().to_dict(), spreads(train, names), normal_ranges(train, names)
         full = pd.DataFrame(np.vstack([m.train, m.test]), columns=names)
         first = len(m.train)
-        for rule in RULES:
+        for rule in ON_EVENT_ROWS:
             rates = []
             for start, end, dims in m.events:
                 rows = full.iloc[first + start:first + end]

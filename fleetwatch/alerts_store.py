@@ -2,7 +2,9 @@
 
 SQLAlchemy Core with types that work the same on the embedded SQLite file and on PostgreSQL.
 Users read and label alerts with plain SQL, so the tables are simple: comma-separated
-``top_metrics`` for ``LIKE`` filters, ``contributions`` as JSON text, timestamps in UTC.
+``top_metrics`` for ``LIKE`` filters, ``contributions`` and ``phases`` (the same ranking for each
+hour of the incident) as JSON text, timestamps in UTC. Columns added since a table was made are
+added to it on first use, empty for the rows already there.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ alerts = sa.Table(
     sa.Column("threshold", sa.Float, nullable=False),
     sa.Column("top_metrics", sa.String, nullable=False),
     sa.Column("contributions", sa.Text, nullable=False),
+    sa.Column("phases", sa.Text, nullable=True),
     sa.Column("model_scope", sa.String, nullable=False),
     sa.Column("model_name", sa.String, nullable=False),
     sa.Column("model_version", sa.String, nullable=False),
@@ -110,6 +113,9 @@ _GENERATED = {"id", "created_at", "label", "labelled_at"}
 ALERT_COLUMNS = [c.name for c in alerts.columns if c.name not in _GENERATED]
 DRIFT_COLUMNS = [c.name for c in drift.columns if c.name not in _GENERATED]
 _INCIDENT_KEY = ("entity_id", "start_ts", "end_ts")
+# columns added after the first release: nullable, added to an older table by ``create``, and
+# optional in what is published (incident partitions written before them lack them)
+_ADDED_COLUMNS = {"alerts": ("phases",)}
 
 
 class AlertsStore:
@@ -172,6 +178,13 @@ class AlertsStore:
         """Create the tables and indexes that are missing; safe to call any number of times."""
         with self._transaction() as conn:
             metadata.create_all(conn, checkfirst=True)
+            for table, names in _ADDED_COLUMNS.items():
+                have = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+                for name in names:
+                    if name not in have:
+                        column = metadata.tables[table].c[name]
+                        kind = column.type.compile(dialect=conn.dialect)
+                        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
         self._created = True
 
     def _ensure(self) -> None:
@@ -248,6 +261,13 @@ class AlertsStore:
             stmt = stmt.where(alerts.c.dt == day)
         return self._read(stmt)
 
+    def get(self, alert_id: int) -> dict:
+        """Alert ``alert_id`` as a dict of its columns."""
+        frame = self._read(sa.select(alerts).where(alerts.c.id == alert_id))
+        if frame.empty:
+            raise AlertsStoreError(f"no alert with id {alert_id} in {redact_url(self.url)}")
+        return frame.iloc[0].to_dict()
+
     def labelled(self, dataset: str, value: bool) -> pd.DataFrame:
         """Alerts of ``dataset`` that users labelled ``value`` (true: a confirmed anomaly)."""
         stmt = sa.select(alerts).where(alerts.c.dataset == dataset, alerts.c.label == value).order_by(alerts.c.id)
@@ -293,10 +313,11 @@ def _lock(conn: sa.Connection, table: str, dataset: str, day: dt.date) -> None:
 def _records(frame: pd.DataFrame, columns: list[str], dataset: str, day: dt.date, table: str) -> list[dict]:
     """Checked rows of ``frame`` for ``table``: columns present, partition and categories right."""
     where = f"{table} for {dataset} {day}"
-    missing = [c for c in columns if c not in frame.columns]
+    optional = _ADDED_COLUMNS.get(table, ())
+    missing = [c for c in columns if c not in frame.columns and c not in optional]
     if missing:
         raise AlertsStoreError(f"{where}: missing columns {', '.join(missing)}; nothing was written")
-    out = frame[columns].copy()
+    out = frame.reindex(columns=columns)
     for name in ("start_ts", "end_ts"):
         if name in out:
             out[name] = pd.to_datetime(out[name], utc=True)

@@ -198,6 +198,35 @@ def alerts_list(
     console.print(table)
 
 
+@alerts_app.command("show")
+def alerts_show(alert_id: int = typer.Argument(..., help="Alert id (column id).")) -> None:
+    """One alert: its metrics ranked, then hour by hour (its phases)."""
+    import json
+
+    from fleetwatch.alerts_store import AlertsStore
+
+    try:
+        alert = AlertsStore(get_settings().alerts_db_url).get(alert_id)
+    except FleetWatchError as exc:
+        _fail(exc)
+    label = {True: "true", False: "false"}.get(alert["label"], "unlabelled")
+    console.print(
+        f"alert {alert_id}: {alert['dataset']} {alert['entity_id']} {alert['start_ts']} .. {alert['end_ts']}, "
+        f"{alert['n_points']} flagged rows, {alert['severity']} (peak {alert['peak_score']:.3g}, threshold "
+        f"{alert['threshold']:.3g}), {alert['model_scope']} model {alert['model_name']} v{alert['model_version']}, {label}"
+    )
+    table = Table("metric", "value", "baseline", "evidence")
+    for item in json.loads(alert["contributions"])[:10]:
+        table.add_row(item["metric"], f"{item['value']:.4g}", f"{item['baseline']:.4g}", f"{item['error']:.3g}")
+    console.print(table)
+    phases = json.loads(alert["phases"]) if isinstance(alert["phases"], str) else []
+    if phases:
+        hours = Table("from", "to", "flagged", "top metrics")
+        for ph in phases:
+            hours.add_row(ph["start_ts"], ph["end_ts"], str(ph["n_points"]), ph["top_metrics"])
+        console.print(hours)
+
+
 @alerts_app.command("label")
 def alerts_label(
     alert_id: int = typer.Argument(..., help="Alert id (column id)."),

@@ -27,7 +27,7 @@ from fleetwatch.lake import Lake, local_path
 POINT_METRICS = ("auprc", "roc_auc", "best_f1")
 PLATFORM_METRICS = (
     "auprc", "roc_auc", "best_f1", "f1_at_threshold", "event_recall", "false_incidents_per_day",
-    "hitrate_150", "hitrate_150_detected",
+    "hitrate_150", "hitrate_150_detected", "hitrate_150_whole_alert",
 )  # fmt: skip
 PCA_COMPONENTS = 10
 MINUTES_PER_DAY = 1440
@@ -225,10 +225,11 @@ def evaluate_machine(machine, meta, points, events, scores, alerts, raw, *, data
     y = rows["label"].to_numpy(dtype=int)
     segs = M.segments(rows["ts"], y)
     mine_alerts = alerts[(alerts["entity_id"] == machine) & (alerts["end_ts"] >= first_test)].reset_index(drop=True)
-    contributions = [json.loads(c) for c in mine_alerts["contributions"]]
     machine_events = events[events["entity_id"] == machine].reset_index(drop=True)
     test_days = len(rows) / MINUTES_PER_DAY
-    hr_all, hr_detected, n_events, n_detected = M.hitrate_at(machine_events, mine_alerts, contributions, 1.5)
+    spans, span_ranked = M.phase_spans(mine_alerts)
+    hr_all, hr_detected, n_events, n_detected = M.hitrate_at(machine_events, spans, span_ranked, 1.5)
+    whole = M.hitrate_at(machine_events, mine_alerts, [json.loads(c) for c in mine_alerts["contributions"]], 1.5)[0]
 
     result = _point_metrics(y, rows["score"].to_numpy())
     result.update(
@@ -238,6 +239,7 @@ def evaluate_machine(machine, meta, points, events, scores, alerts, raw, *, data
             "false_incidents_per_day": M.false_incidents_per_day(mine_alerts, segs, test_days),
             "hitrate_150": hr_all,
             "hitrate_150_detected": hr_detected,
+            "hitrate_150_whole_alert": whole,
             "test_rows": len(rows),
             "test_days": round(test_days, 3),
             "labelled_rows": int(y.sum()),
@@ -305,7 +307,9 @@ def build_report(per_machine: dict, alerts: pd.DataFrame) -> dict:
     report["labelled_alerts"] = len(labelled)
     report["hitrate_note"] = (
         "hitrate_150: mean over all interpretation events, an event no alert overlaps counts 0; "
-        "hitrate_150_detected: mean over the events at least one alert overlaps"
+        "hitrate_150_detected: mean over the events at least one alert overlaps; an event is ranked by "
+        "the phases (hours) of the alerts it overlaps, weighted by their flagged rows; "
+        "hitrate_150_whole_alert: the same with each alert's one ranking over all its rows"
     )
     report["goals"] = goals(report)
     report["machines"] = per_machine

@@ -8,6 +8,7 @@ Scores use scikit-learn's metrics; the rest are small functions over spans.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -135,6 +136,27 @@ def rank_metrics(contributions: Sequence[Sequence[dict]], weights: Sequence[floa
         for item in items:
             total[item["metric"]] = total.get(item["metric"], 0.0) + w * float(item["error"])
     return [m for m, _ in sorted(total.items(), key=lambda kv: -kv[1])]
+
+
+def phase_spans(alerts: pd.DataFrame) -> tuple[pd.DataFrame, list[list[dict]]]:
+    """The alerts' phases as spans of their own: ``(frame of start_ts, end_ts, n_points, alert,
+    their parsed contributions)``, in alert order. An alert without phases (published before
+    alerts had them) is one span with its own contributions."""
+    spans, ranked = [], []
+    for i, alert in enumerate(alerts.itertuples(index=False)):
+        text = getattr(alert, "phases", None)
+        phases = json.loads(text) if isinstance(text, str) and text else None
+        if not phases:
+            phases = [{"start_ts": alert.start_ts, "end_ts": alert.end_ts, "n_points": alert.n_points,
+                       "contributions": json.loads(alert.contributions)}]
+        for ph in phases:
+            spans.append({"start_ts": pd.Timestamp(ph["start_ts"]), "end_ts": pd.Timestamp(ph["end_ts"]),
+                          "n_points": int(ph["n_points"]), "alert": i})
+            ranked.append(ph["contributions"])
+    frame = pd.DataFrame(spans, columns=["start_ts", "end_ts", "n_points", "alert"])
+    for col in ("start_ts", "end_ts"):
+        frame[col] = pd.to_datetime(frame[col], utc=True)
+    return frame, ranked
 
 
 def hitrate_at(

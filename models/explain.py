@@ -29,6 +29,7 @@ INSIDE_RANGE_WEIGHT = 1e-3  # orders metrics that stayed inside their range, bel
 CHANGE_WEIGHT = 0.1  # weight of a metric's move against the hour before the incident (:func:`changes`)
 CHANGE_CAP = 10.0  # a move counts at most this many context deviations: at most one spread outside the range
 CONTEXT_MINUTES = 60  # how long an incident's context is
+PHASE_MINUTES = 60  # an incident's explanation is also given hour by hour (its phases), each against the hour before
 CONTEXT_MIN_ROWS = 10  # fewer context rows than this (the day's first minutes): no change evidence
 CONTEXT_SPREAD_FLOOR = 0.1  # a context's standard deviation is floored at this share of the training spread
 

@@ -24,7 +24,7 @@ TOP_METRICS = 3  # metrics named in an alert's top_metrics; ``contributions`` ra
 INCIDENT_SCHEMA = (
     "dataset string, entity_id string, dt date, start_ts timestamp, end_ts timestamp, n_points int, "
     "peak_score double, severity string, threshold double, top_metrics string, contributions string, "
-    "model_scope string, model_name string, model_version string, feature_view string, run_id string"
+    "phases string, model_scope string, model_name string, model_version string, feature_view string, run_id string"
 )
 
 
@@ -68,8 +68,15 @@ def incident_context(pdf: pd.DataFrame, start_ts, skip_minutes: int = 0) -> pd.D
     return pdf[(pdf[TS] >= end - pd.Timedelta(minutes=CONTEXT_MINUTES)) & (pdf[TS] < end)]
 
 
+def incident_phases(rows: pd.DataFrame, phase_minutes: int) -> list[pd.DataFrame]:
+    """An incident's rows (time order) cut into consecutive ``phase_minutes`` from its first row."""
+    step = ((rows[TS] - rows[TS].iloc[0]) // pd.Timedelta(minutes=phase_minutes)).to_numpy()
+    return [part for _, part in rows.groupby(step, sort=True)]
+
+
 def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *, gap_minutes: int,
-                     sampling_seconds: int, ranges=None, min_points: int = 1, context_skip_minutes: int = 0) -> list[dict]:
+                     sampling_seconds: int, ranges=None, min_points: int = 1, context_skip_minutes: int = 0,
+                     phase_minutes: int | None = None) -> list[dict]:
     """Incidents of one entity's scored rows (time order), each with every metric ranked.
 
     Incidents with fewer than ``min_points`` flagged rows are left out (``group_incidents``).
@@ -82,9 +89,18 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
     first flagged row (the score smoothing window: rows that close may already be anomalous, the
     first flag can lag the onset by that much); without spreads (a bundle saved before they were
     kept), the mean of its normalised reconstruction errors (``err__<metric>``).
+
+    Each incident's ``phases`` rank the metrics again on each ``phase_minutes`` (default
+    ``models.explain.PHASE_MINUTES``) of the incident from its start, each against the hour before
+    that phase: a long incident often moves from one cause to another (disk, then CPU), and one
+    ranking over all its hours names whichever was largest.
     """
-    from models.explain import incident_evidence, top_contributors
+    from models.explain import PHASE_MINUTES, incident_evidence, top_contributors
     from models.incidents import group_incidents
+
+    phase_minutes = PHASE_MINUTES if phase_minutes is None else phase_minutes
+    if phase_minutes <= 0:
+        raise ValueError(f"phase_minutes must be > 0, got {phase_minutes}")
 
     found = group_incidents(pdf, score_col="score", flag_col="flagged", ts_col=TS, entity_col=ENTITY,
                             gap_minutes=gap_minutes, sampling_seconds=sampling_seconds, min_points=min_points)
@@ -93,23 +109,46 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
     baselines = baselines() if callable(baselines) else baselines
     spread = spread() if callable(spread) else spread
     ranges = ranges() if callable(ranges) else ranges
+
+    def ranking(rows: pd.DataFrame) -> list[dict]:
+        peak = rows.loc[[rows["score"].idxmax()], metrics]
+        if spread:
+            before = incident_context(pdf, rows[TS].iloc[0], context_skip_minutes)
+            evidence = incident_evidence(rows[metrics], before[metrics], baselines, spread, ranges)
+            return top_contributors(evidence, peak, baselines, k=len(metrics), how="max")
+        errs = rows[[f"err__{m}" for m in metrics]].set_axis(metrics, axis=1)
+        return top_contributors(errs, peak, baselines, k=len(metrics))
+
     out = []
     for inc in found.itertuples(index=False):
         rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
-        peak = rows.loc[[rows["score"].idxmax()], metrics]
-        if spread:
-            before = incident_context(pdf, inc.start_ts, context_skip_minutes)
-            evidence = incident_evidence(rows[metrics], before[metrics], baselines, spread, ranges)
-            ranked = top_contributors(evidence, peak, baselines, k=len(metrics), how="max")
-        else:
-            errs = rows[[f"err__{m}" for m in metrics]].set_axis(metrics, axis=1)
-            ranked = top_contributors(errs, peak, baselines, k=len(metrics))
+        phases = [
+            {"start_ts": part[TS].iloc[0], "end_ts": part[TS].iloc[-1], "n_points": int(part["flagged"].sum()),
+             "ranked": ranking(part)}
+            for part in incident_phases(rows, phase_minutes)
+        ]
         out.append({
             "entity_id": inc.entity_id, "start_ts": inc.start_ts, "end_ts": inc.end_ts, "n_points": int(inc.n_points),
             "peak_score": float(inc.peak_score), "threshold": float(rows["threshold"].iloc[0]),
-            "scope": str(rows["scope"].iloc[0]), "ranked": ranked,
+            "scope": str(rows["scope"].iloc[0]), "ranked": ranking(rows), "phases": phases,
         })
     return out
+
+
+def phases_json(phases: list[dict]) -> str:
+    """An incident's phases as the alerts table holds them: a JSON list, in time order, of
+    ``{"start_ts", "end_ts"`` (ISO 8601, UTC), ``"n_points"`` (flagged rows), ``"top_metrics"``,
+    ``"contributions"}`` (every metric ranked, as the alert's own ``contributions``)."""
+    def utc(ts) -> str:
+        ts = pd.Timestamp(ts)
+        return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).isoformat()
+
+    return json.dumps([
+        {"start_ts": utc(p["start_ts"]), "end_ts": utc(p["end_ts"]),
+         "n_points": p["n_points"], "top_metrics": ",".join(t["metric"] for t in p["ranked"][:TOP_METRICS]),
+         "contributions": p["ranked"]}
+        for p in phases
+    ])
 
 
 def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date, lineage: dict, gap_minutes: int):
@@ -147,7 +186,8 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
                     "start_ts": inc["start_ts"], "end_ts": inc["end_ts"], "n_points": inc["n_points"],
                     "peak_score": inc["peak_score"], "severity": severity(inc["peak_score"], threshold),
                     "threshold": threshold, "top_metrics": ",".join(t["metric"] for t in ranked[:TOP_METRICS]),
-                    "contributions": json.dumps(ranked), "model_scope": inc["scope"], **lineage,
+                    "contributions": json.dumps(ranked), "phases": phases_json(inc["phases"]),
+                    "model_scope": inc["scope"], **lineage,
                 }
             )
         return pd.DataFrame.from_records(records)

@@ -42,6 +42,11 @@ def incidents(dataset="fleet", day=DAY, entities=("e1", "e2", "e3"), minutes=10)
                 "contributions": json.dumps(
                     [{"metric": "cpu", "value": 97.5, "baseline": 40.0, "error": 3.1}]
                 ),
+                "phases": json.dumps([
+                    {"start_ts": start.isoformat(), "end_ts": (start + pd.Timedelta(minutes=minutes)).isoformat(),
+                     "n_points": minutes + 1, "top_metrics": "cpu",
+                     "contributions": [{"metric": "cpu", "value": 97.5, "baseline": 40.0, "error": 3.1}]}
+                ]),
                 "model_scope": "entity" if i else "fleet",
                 "model_name": f"{dataset}-bundle",
                 "model_version": "3",
@@ -209,6 +214,47 @@ def test_create_is_idempotent_and_indexes_exist(store):
     assert {("dataset", "dt"), ("dataset", "entity_id", "start_ts")} <= indexed
 
 
+def test_an_incident_reads_hour_by_hour_with_sql(store):
+    frame = incidents(minutes=150)
+    start = frame["start_ts"].iloc[1]
+    frame.loc[1, "phases"] = json.dumps([
+        {"start_ts": (start + pd.Timedelta(hours=h)).isoformat(), "end_ts": (start + pd.Timedelta(minutes=60 * h + 59)).isoformat(),
+         "n_points": 60, "top_metrics": top, "contributions": []}
+        for h, top in enumerate(["disk_w,io", "disk_w,cpu", "cpu,load_1"])
+    ])
+    store.publish_partition("fleet", DAY, frame)
+    if store.engine.dialect.name == "postgresql":  # the README's queries, one per backend
+        sql = ("select p->>'top_metrics' from alerts a, jsonb_array_elements(a.phases::jsonb) p "
+               "where a.entity_id = 'e2' order by p->>'start_ts'")
+    else:
+        sql = ("select json_extract(p.value, '$.top_metrics') from alerts a, json_each(a.phases) p "
+               "where a.entity_id = 'e2' order by json_extract(p.value, '$.start_ts')")
+    _, rows = store.query(sql)
+    assert [r[0] for r in rows] == ["disk_w,io", "disk_w,cpu", "cpu,load_1"]
+
+
+def test_a_table_made_before_phases_gains_the_column_and_keeps_its_rows(store):
+    store.publish_partition("fleet", DAY, incidents())
+    labelled = int(store.frame()["id"].iloc[0])
+    store.label(labelled, True)
+    with store.engine.begin() as conn:  # the alerts table as it was before phases were kept
+        conn.execute(sa.text("ALTER TABLE alerts DROP COLUMN phases"))
+    assert "phases" not in {c["name"] for c in sa.inspect(store.engine).get_columns("alerts")}
+
+    reopened = AlertsStore(store.url)
+    old = reopened.frame()  # first use adds the column, empty for the rows already there
+    assert len(old) == 3 and old["phases"].isna().all()
+    assert old.set_index("id").loc[labelled, "label"] == True  # noqa: E712
+    # incident partitions written before phases (no such column) still publish
+    reopened.publish_partition("fleet", NEXT, incidents(day=NEXT).drop(columns="phases"))
+    new = reopened.frame("fleet", NEXT)
+    assert len(new) == 3 and new["phases"].isna().all()
+    reopened.publish_partition("fleet", NEXT, incidents(day=NEXT))
+    assert json.loads(reopened.frame("fleet", NEXT)["phases"][0])[0]["top_metrics"] == "cpu"
+    assert len(reopened.frame("fleet", DAY)) == 3
+    reopened.dispose()
+
+
 @pytest.mark.integration
 def test_publishers_of_one_partition_wait_for_each_other_on_postgresql(pg_url):
     store, other = AlertsStore(pg_url), sa.create_engine(pg_url)
@@ -294,6 +340,13 @@ def test_cli_list_label_and_sql(settings, monkeypatch):
 
     missing = runner.invoke(app, ["alerts", "label", "4242", "false"])
     assert missing.exit_code == 2 and "no alert with id 4242" in missing.output
+
+    shown = runner.invoke(app, ["alerts", "show", str(target)])
+    assert shown.exit_code == 0, shown.output
+    assert f"alert {target}: fleet e2" in shown.output and "critical" in shown.output and ", true" in shown.output
+    assert "97.5" in shown.output and "2026-01-02T02:00:00.000123+00:00" in shown.output  # ranking, then its hour
+    unknown = runner.invoke(app, ["alerts", "show", "4242"])
+    assert unknown.exit_code == 2 and "no alert with id 4242" in unknown.output
 
     counted = runner.invoke(app, ["sql", "select count(*) as n from alerts where label"])
     assert counted.exit_code == 0, counted.output

@@ -86,6 +86,32 @@ def test_hitrate_at_merges_overlapping_alerts_and_counts_missed_events():
     assert (all_events, detected, n, n_detected) == (pytest.approx(0.5), pytest.approx(1.0), 2, 1)
 
 
+def test_events_are_ranked_by_the_phases_they_overlap():
+    start, end = _ts(0, 179)
+    def ranking(*metrics):
+        return [{"metric": m, "error": float(len(metrics) - i)} for i, m in enumerate(metrics)]
+    phases = [  # a three-hour alert: disk first, cpu in its last hour
+        {"start_ts": a.isoformat(), "end_ts": b.isoformat(), "n_points": 60, "contributions": ranking(*order)}
+        for (a, b), order in zip(
+            [_ts(0, 59), _ts(60, 119), _ts(120, 179)], [("disk", "io", "cpu"), ("disk", "io", "cpu"), ("cpu", "net", "disk")]
+        )
+    ]
+    alerts = pd.DataFrame({
+        "start_ts": [start, _ts(300)[0]], "end_ts": [end, _ts(310)[0]], "n_points": [180, 11],
+        "contributions": [json.dumps(ranking("disk", "io", "cpu")), json.dumps(ranking("mem"))],
+        "phases": [json.dumps(phases), None],  # the second published before alerts had phases
+    })
+    spans, ranked = M.phase_spans(alerts)
+    assert spans["alert"].tolist() == [0, 0, 0, 1] and spans["n_points"].tolist() == [60, 60, 60, 11]
+    assert spans["start_ts"].iloc[2] == _ts(120)[0] and ranked[3] == [{"metric": "mem", "error": 1.0}]
+    events = _spans((130, 140), (20, 30), (305, 306)).assign(metrics=["cpu", "io", "mem"])
+    # the cpu event in the last hour: its phase ranks cpu first; the whole alert ranks it third
+    per_event = [M.hitrate_at(events.iloc[[i]], spans, ranked, 1.5)[0] for i in range(3)]
+    assert per_event == [1.0, 1.0, 1.0]
+    whole = [json.loads(c) for c in alerts["contributions"]]
+    assert M.hitrate_at(events.iloc[[0]], alerts, whole, 1.5)[0] == 0.0
+
+
 def _write_mini_smd(root, machine="machine-9-1", train_rows=3 * 1440 + 300, test_rows=1440 + 200, seed=0):
     """A small SMD-format folder: 38 smooth daily-cycle metrics, one injected spike event."""
     rng = np.random.default_rng(seed)

@@ -342,6 +342,37 @@ def test_entity_incidents_rank_metrics_against_the_hour_before_each_incident():
     assert [r["metric"] for r in alone[0]["ranked"]] == ["load", "conn"]
 
 
+def test_a_long_incident_is_also_explained_hour_by_hour():
+    from models.scoring import entity_incidents, phases_json
+
+    ts = minutes(*range(240))
+    disk = np.r_[np.full(60, 50.0), np.full(180, 80.0)]  # leaves its range at minute 60 (3 spreads out)
+    cpu = np.r_[np.full(180, 50.0), np.full(60, 100.0)]  # leaves it farther (7 spreads) at minute 180
+    flagged = np.arange(240) >= 60
+    pdf = pd.DataFrame({
+        "entity_id": "m1", "ts": ts, "score": np.where(flagged, 5.0, 0.5), "flagged": flagged,
+        "threshold": 3.0, "scope": "entity", "disk": disk, "cpu": cpu,
+    })
+    baselines, spread = {"disk": 50.0, "cpu": 50.0}, {"disk": 5.0, "cpu": 5.0}
+    ranges = {"disk": [35.0, 65.0], "cpu": [35.0, 65.0]}
+    (inc,) = entity_incidents(pdf, ["disk", "cpu"], baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60)
+    # over all four hours cpu went farther, though for the first two only disk was out of range
+    assert [r["metric"] for r in inc["ranked"]] == ["cpu", "disk"]
+    phases = inc["phases"]
+    assert [(p["start_ts"], p["end_ts"], p["n_points"]) for p in phases] == [
+        (ts[60], ts[119], 60), (ts[120], ts[179], 60), (ts[180], ts[239], 60)
+    ]
+    assert [[r["metric"] for r in p["ranked"]] for p in phases] == [["disk", "cpu"], ["disk", "cpu"], ["cpu", "disk"]]
+    stored = json.loads(phases_json(phases))
+    assert stored[2]["start_ts"] == "2026-01-01T03:00:00+00:00" and stored[2]["top_metrics"] == "cpu,disk"
+    halves = entity_incidents(pdf, ["disk", "cpu"], baselines, spread, ranges=ranges, gap_minutes=5,
+                              sampling_seconds=60, phase_minutes=120)
+    assert [p["n_points"] for p in halves[0]["phases"]] == [120, 60]
+    with pytest.raises(ValueError, match="phase_minutes must be > 0, got 0"):
+        entity_incidents(pdf, ["disk", "cpu"], baselines, spread, ranges=ranges, gap_minutes=5,
+                         sampling_seconds=60, phase_minutes=0)
+
+
 def test_range_scores_sum_each_metrics_distance_outside_its_normal_range():
     baselines, spread = {"cpu": 50.0, "mem": 30.0}, {"cpu": 10.0, "mem": 2.0}
     ranges = {"cpu": [20.0, 80.0], "mem": [25.0, 35.0]}

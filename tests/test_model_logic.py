@@ -316,19 +316,27 @@ def test_a_metric_that_stepped_inside_its_range_outranks_one_that_was_already_hi
     pd.testing.assert_frame_equal(short, deviations(incident, baselines, spread, ranges))
 
 
+def scored_entity(flagged: np.ndarray, **metrics: np.ndarray) -> pd.DataFrame:
+    """One entity's scored rows a minute apart: score 5 where ``flagged`` (threshold 3), else 0.5."""
+    return pd.DataFrame({
+        "entity_id": "m1", "ts": minutes(*range(len(flagged))), "score": np.where(flagged, 5.0, 0.5),
+        "flagged": flagged, "threshold": 3.0, "scope": "entity", **metrics,
+    })
+
+
+def entity_stats(*names: str):
+    """Training median 50, spread 5 and normal range 35-65 for each metric: (baselines, spreads, ranges)."""
+    return {m: 50.0 for m in names}, {m: 5.0 for m in names}, {m: [35.0, 65.0] for m in names}
+
+
 def test_entity_incidents_rank_metrics_against_the_hour_before_each_incident():
     from models.scoring import entity_incidents
 
-    ts = minutes(*range(180))
     conn = np.r_[np.full(120, 50.0), np.full(60, 60.0)]  # steps up at minute 120
     load = np.r_[np.full(60, 50.0), np.full(120, 62.0)]  # already high from minute 60
-    flagged = np.arange(180) >= 120
-    pdf = pd.DataFrame({
-        "entity_id": "m1", "ts": ts, "score": np.where(flagged, 5.0, 0.5), "flagged": flagged,
-        "threshold": 3.0, "scope": "entity", "conn": conn, "load": load,
-    })
-    baselines, spread = {"conn": 50.0, "load": 50.0}, {"conn": 5.0, "load": 5.0}
-    ranges = {"conn": [35.0, 65.0], "load": [35.0, 65.0]}
+    pdf = scored_entity(np.arange(180) >= 120, conn=conn, load=load)
+    ts = pdf["ts"]
+    baselines, spread, ranges = entity_stats("conn", "load")
     found = entity_incidents(pdf, ["conn", "load"], baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60)
     assert len(found) == 1 and found[0]["start_ts"] == ts[120] and found[0]["n_points"] == 60
     assert [r["metric"] for r in found[0]["ranked"]] == ["conn", "load"]
@@ -345,16 +353,11 @@ def test_entity_incidents_rank_metrics_against_the_hour_before_each_incident():
 def test_a_long_incident_is_also_explained_hour_by_hour():
     from models.scoring import entity_incidents, phases_json
 
-    ts = minutes(*range(240))
     disk = np.r_[np.full(60, 50.0), np.full(180, 80.0)]  # leaves its range at minute 60 (3 spreads out)
     cpu = np.r_[np.full(180, 50.0), np.full(60, 100.0)]  # leaves it farther (7 spreads) at minute 180
-    flagged = np.arange(240) >= 60
-    pdf = pd.DataFrame({
-        "entity_id": "m1", "ts": ts, "score": np.where(flagged, 5.0, 0.5), "flagged": flagged,
-        "threshold": 3.0, "scope": "entity", "disk": disk, "cpu": cpu,
-    })
-    baselines, spread = {"disk": 50.0, "cpu": 50.0}, {"disk": 5.0, "cpu": 5.0}
-    ranges = {"disk": [35.0, 65.0], "cpu": [35.0, 65.0]}
+    pdf = scored_entity(np.arange(240) >= 60, disk=disk, cpu=cpu)
+    ts = pdf["ts"]
+    baselines, spread, ranges = entity_stats("disk", "cpu")
     (inc,) = entity_incidents(pdf, ["disk", "cpu"], baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60)
     # over all four hours cpu went farther, though for the first two only disk was out of range
     assert [r["metric"] for r in inc["ranked"]] == ["cpu", "disk"]

@@ -122,15 +122,16 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
     out = []
     for inc in found.itertuples(index=False):
         rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
-        phases = [
+        ranked, parts = ranking(rows), incident_phases(rows, phase_minutes)
+        phases = [  # an incident within one phase is that phase: its ranking is the incident's
             {"start_ts": part[TS].iloc[0], "end_ts": part[TS].iloc[-1], "n_points": int(part["flagged"].sum()),
-             "ranked": ranking(part)}
-            for part in incident_phases(rows, phase_minutes)
+             "ranked": ranked if len(parts) == 1 else ranking(part)}
+            for part in parts
         ]
         out.append({
             "entity_id": inc.entity_id, "start_ts": inc.start_ts, "end_ts": inc.end_ts, "n_points": int(inc.n_points),
             "peak_score": float(inc.peak_score), "threshold": float(rows["threshold"].iloc[0]),
-            "scope": str(rows["scope"].iloc[0]), "ranked": ranking(rows), "phases": phases,
+            "scope": str(rows["scope"].iloc[0]), "ranked": ranked, "phases": phases,
         })
     return out
 

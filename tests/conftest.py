@@ -12,9 +12,29 @@ from fleetwatch.settings import Settings
 POSTGRES_ADMIN_URL = os.environ.get("FLEETWATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
-def pytest_collection_modifyitems(items):
-    """Slow tests first, so parallel workers (``make test``) start the longest ones early."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+def pytest_collection_modifyitems(config, items):
+    """Order the tests so parallel workers (``make test``) share the slow ones from the start.
+
+    xdist's ``worksteal`` first hands each of its ``n`` workers one contiguous share of this
+    list (``remaining // workers left`` items each) and only later steals from a share's tail.
+    So each share starts with its round-robin turn of the slow tests and is filled up with fast
+    ones. With all slow tests in the first share one worker began them all in a row; measured
+    on this 2-core machine, one run each: 974 s with that order, 940 s with this one on 2 workers
+    and 912 s on 3 (within the machine's run-to-run noise: the suite is bound by its Spark jobs'
+    CPU, not by the schedule).
+    """
+    workers = max(int(getattr(config, "workerinput", {}).get("workercount", 1)), 1)
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    fast = [item for item in items if item.get_closest_marker("slow") is None]
+    ordered, remaining = [], len(items)
+    for k in range(workers):
+        size = remaining // (workers - k)
+        share = slow[k::workers]
+        take = max(size - len(share), 0)
+        share, fast = share + fast[:take], fast[take:]
+        ordered += share
+        remaining -= len(share)
+    items[:] = ordered + fast
 
 
 @pytest.fixture(scope="session")

@@ -217,38 +217,6 @@ def _task_states(dag_id: str, logical_date: dt.datetime) -> dict[str, str]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_nightly_dag_validates_and_builds_features_and_skips_scoring_without_champion(settings):
-    from feature_store.views import view_for
-    from fleetwatch.lake import Lake
-    from fleetwatch.orchestration import last_failures, run_nightly
-    from fleetwatch.specs import load_spec
-    from fleetwatch.synthetic import generate_fleet
-
-    settings = Settings(home=settings.home, spark_master="local[2]", spark_shuffle_partitions=2)
-    generate_fleet(settings, "tiny", entities=2, days=1, start=DAY)
-
-    state = run_nightly(settings, "tiny", DAY)
-
-    assert state == "success", last_failures()
-    assert _task_states(nightly_dag_id("tiny"), nightly_logical_date(settings, DAY)) == {
-        "validate": "success",
-        "features": "success",
-        "has_champion": "success",
-        "drift_check": "skipped",
-        "request_retrain": "skipped",
-        "score": "skipped",
-        "publish": "skipped",
-    }
-    lake = Lake(settings.lake_root)
-    view = view_for(load_spec(settings.specs_dir, "tiny"))
-    features = pd.read_parquet(lake.features("tiny", view.ref, DAY))
-    assert sorted(features["entity_id"].unique()) == sorted(pd.read_parquet(lake.raw("tiny", DAY))["entity_id"].unique())
-    assert lake.days(lake.partition("validation", "tiny", DAY).rsplit("/", 1)[0]) == [DAY]
-    assert not Path(lake.partition("scores", "tiny", DAY)).exists()
-
-
-@pytest.mark.integration
-@pytest.mark.slow
 def test_nightly_dag_fails_on_duplicate_rows_and_writes_no_features(settings):
     from fleetwatch.lake import Lake, write_pandas_partition
     from fleetwatch.orchestration import last_failures, run_nightly

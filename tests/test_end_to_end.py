@@ -1,12 +1,18 @@
-"""Three small nights through the real DAGs: Spark jobs, MLflow (SQLite), alerts on PostgreSQL."""
+"""Three small nights through the real DAGs: Spark jobs, MLflow (SQLite), alerts on PostgreSQL.
+
+The first night also stands for the nightly DAG before any training: it validates and builds
+features, then skips the drift check, score and publish.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from fleetwatch.orchestration import nightly_dag_id, nightly_logical_date
 from fleetwatch.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,8 +33,11 @@ def e2e_settings(settings, pg_url, monkeypatch) -> Settings:
 
 
 def test_three_nights_retrain_and_rerun(e2e_settings):
+    from feature_store.views import view_for
     from fleetwatch.alerts_store import AlertsStore
+    from fleetwatch.lake import Lake
     from fleetwatch.orchestration import prepare_airflow, run_nightly, run_retrain
+    from fleetwatch.specs import load_spec
     from fleetwatch.synthetic import generate_fleet, load_labels
     from models import registry
 
@@ -42,6 +51,17 @@ def test_three_nights_retrain_and_rerun(e2e_settings):
     prepare_airflow(s)
     assert [run_nightly(s, "e2e", d) for d in DAYS[:2]] == ["success", "success"]
     assert not registry.has_champion(s, "e2e")  # history nights only validate and build features
+    assert _task_states(nightly_dag_id("e2e"), nightly_logical_date(s, DAYS[0])) == {
+        "validate": "success", "features": "success", "has_champion": "success", "drift_check": "skipped",
+        "request_retrain": "skipped", "score": "skipped", "publish": "skipped",
+    }
+    lake = Lake(s.lake_root)
+    view = view_for(load_spec(s.specs_dir, "e2e"))
+    for day in DAYS[:2]:
+        raw = pd.read_parquet(lake.raw("e2e", day))
+        assert sorted(pd.read_parquet(lake.features("e2e", view.ref, day))["entity_id"].unique()) == sorted(raw["entity_id"].unique())
+        assert not Path(lake.partition("scores", "e2e", day)).exists()
+    assert lake.days(lake.zone("validation", "e2e")) == DAYS[:2]
     assert run_retrain(s, "e2e", DAYS[1]) == "success"
     assert str(registry.champion_version(s, "e2e")) == "1"
 
@@ -61,3 +81,10 @@ def test_three_nights_retrain_and_rerun(e2e_settings):
         first[CONTENT].sort_values(["entity_id", "start_ts"]).reset_index(drop=True),
         again[CONTENT].sort_values(["entity_id", "start_ts"]).reset_index(drop=True),
     )
+
+
+def _task_states(dag_id: str, logical_date: dt.datetime) -> dict[str, str]:
+    from airflow.models.dagrun import DagRun
+
+    (run,) = DagRun.find(dag_id=dag_id, logical_date=logical_date)
+    return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}

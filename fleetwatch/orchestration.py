@@ -213,9 +213,24 @@ def load_dag(dag_id: str):
     return dag
 
 
+def task_states(dag_id: str, logical_date: dt.datetime) -> dict[str, str]:
+    """Task id -> state (``success``, ``skipped``, ``failed``, ``upstream_failed``...) of the run of
+    ``dag_id`` at ``logical_date`` in this process's Airflow metadata DB."""
+    from airflow.models.dagrun import DagRun
+
+    runs = DagRun.find(dag_id=dag_id, logical_date=logical_date)
+    if not runs:
+        raise FleetWatchError(f"no run of DAG {dag_id!r} at {logical_date.isoformat()}")
+    return _states_of(runs[0])
+
+
 def failed_tasks(run) -> list[str]:
     """Ids of the tasks of a DAG run that failed (not those skipped because one upstream failed)."""
-    return sorted(ti.task_id for ti in run.get_task_instances() if _state(ti.state) == "failed")
+    return sorted(task for task, state in _states_of(run).items() if state == "failed")
+
+
+def _states_of(run) -> dict[str, str]:
+    return {ti.task_id: _state(ti.state) for ti in run.get_task_instances()}
 
 
 def _state(state) -> str:

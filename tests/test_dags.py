@@ -21,6 +21,7 @@ from fleetwatch.orchestration import (
     nightly_logical_date,
     retrain_dag_id,
     settings_env,
+    task_states,
     window_end,
 )
 from fleetwatch.settings import Settings
@@ -208,13 +209,6 @@ def test_airflow_cli_lists_every_dag_and_no_import_error(two_specs):
     assert json.loads(errors.stdout.strip().splitlines()[-1] or "[]") == []
 
 
-def _task_states(dag_id: str, logical_date: dt.datetime) -> dict[str, str]:
-    from airflow.models.dagrun import DagRun
-
-    (run,) = DagRun.find(dag_id=dag_id, logical_date=logical_date)
-    return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_nightly_dag_fails_on_duplicate_rows_and_writes_no_features(settings):
@@ -234,7 +228,7 @@ def test_nightly_dag_fails_on_duplicate_rows_and_writes_no_features(settings):
     failures = last_failures()
     assert list(failures) == ["validate"]
     assert "dup dt=2026-01-01" in failures["validate"] and "unique" in failures["validate"]
-    assert _task_states(nightly_dag_id("dup"), nightly_logical_date(settings, DAY)) == {
+    assert task_states(nightly_dag_id("dup"), nightly_logical_date(settings, DAY)) == {
         "validate": "failed",
         "features": "upstream_failed",
         "has_champion": "upstream_failed",

@@ -201,20 +201,16 @@ def _asset_events(uri: str):
         return events
 
 
-def _task_states(run) -> dict[str, str]:
-    return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}
-
-
 def _nightly_drift_only(settings: Settings, day: dt.date) -> dict[str, str]:
     """The real nightly DAG for ``day`` with only the drift branch run (the other Spark steps,
     already done in-process by the test, are marked successful)."""
-    from fleetwatch.orchestration import load_dag, nightly_dag_id, nightly_logical_date, prepare_airflow
+    from fleetwatch.orchestration import load_dag, nightly_dag_id, nightly_logical_date, prepare_airflow, task_states
 
     prepare_airflow(settings)
     logical = nightly_logical_date(settings, day)
-    run = load_dag(nightly_dag_id(DS)).test(logical_date=logical, run_after=logical,
-                                            mark_success_pattern=r"^(validate|features|score|publish)$")
-    return _task_states(run)
+    load_dag(nightly_dag_id(DS)).test(logical_date=logical, run_after=logical,
+                                      mark_success_pattern=r"^(validate|features|score|publish)$")
+    return task_states(nightly_dag_id(DS), logical)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fleetwatch.orchestration import nightly_dag_id, nightly_logical_date
+from fleetwatch.orchestration import nightly_dag_id, nightly_logical_date, task_states
 from fleetwatch.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,7 +51,7 @@ def test_three_nights_retrain_and_rerun(e2e_settings):
     prepare_airflow(s)
     assert [run_nightly(s, "e2e", d) for d in DAYS[:2]] == ["success", "success"]
     assert not registry.has_champion(s, "e2e")  # history nights only validate and build features
-    assert _task_states(nightly_dag_id("e2e"), nightly_logical_date(s, DAYS[0])) == {
+    assert task_states(nightly_dag_id("e2e"), nightly_logical_date(s, DAYS[0])) == {
         "validate": "success", "features": "success", "has_champion": "success", "drift_check": "skipped",
         "request_retrain": "skipped", "score": "skipped", "publish": "skipped",
     }
@@ -81,10 +81,3 @@ def test_three_nights_retrain_and_rerun(e2e_settings):
         first[CONTENT].sort_values(["entity_id", "start_ts"]).reset_index(drop=True),
         again[CONTENT].sort_values(["entity_id", "start_ts"]).reset_index(drop=True),
     )
-
-
-def _task_states(dag_id: str, logical_date: dt.datetime) -> dict[str, str]:
-    from airflow.models.dagrun import DagRun
-
-    (run,) = DagRun.find(dag_id=dag_id, logical_date=logical_date)
-    return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}

@@ -112,6 +112,22 @@ def test_events_are_ranked_by_the_phases_they_overlap():
     assert M.hitrate_at(events.iloc[[0]], alerts, whole, 1.5)[0] == 0.0
 
 
+def test_flagged_rows_hitrate_ranks_each_detected_event_on_its_flagged_rows():
+    from fleetwatch.evaluation import flagged_rows_hitrate
+
+    rows = pd.DataFrame({"ts": _ts(*range(200)), "a": 0.0, "b": 0.0, "c": 0.0, "flagged": False})
+    rows.loc[100:110, "b"] = 5.0  # b leaves its range for the whole first event ...
+    rows.loc[101:110, "flagged"] = True
+    rows.loc[100, "c"] = 50.0  # ... c far further, but only on the event's one unflagged row
+    stats = {"baselines": dict.fromkeys("abc", 0.0), "spread": dict.fromkeys("abc", 1.0),
+             "ranges": dict.fromkeys("abc", [-1.0, 1.0])}
+    events = _spans((100, 110), (150, 155))  # nothing is flagged in the second: it is left out
+    assert flagged_rows_hitrate(events.assign(metrics=["b", "a"]), rows, ["a", "b", "c"], **stats) == (1.0, 1)
+    # c's spike is not on a flagged row: the top ceil(1.5) = 2 are b and a
+    assert flagged_rows_hitrate(events.assign(metrics=["c", "a"]), rows, ["a", "b", "c"], **stats) == (0.0, 1)
+    assert flagged_rows_hitrate(events.iloc[[1]].assign(metrics=["a"]), rows, ["a", "b", "c"], **stats)[1] == 0
+
+
 def _write_mini_smd(root, machine="machine-9-1", train_rows=3 * 1440 + 300, test_rows=1440 + 200, seed=0):
     """A small SMD-format folder: 38 smooth daily-cycle metrics, one injected spike event."""
     rng = np.random.default_rng(seed)
@@ -156,8 +172,10 @@ def test_evaluate_smd_on_a_mini_machine(spark, settings, tmp_path):
     assert list(on_disk["machines"]) == [machine]
     r = on_disk["machines"][machine]
     assert r["test_rows"] == 1440 + 200 and r["labelled_rows"] == 40 and r["labelled_segments"] == 1
-    for key in ("auprc", "roc_auc", "best_f1", "f1_at_threshold", "event_recall", "hitrate_150"):
+    for key in ("auprc", "roc_auc", "best_f1", "f1_at_threshold", "event_recall", "hitrate_150",
+                "hitrate_150_flagged_rows"):
         assert 0.0 <= r[key] <= 1.0, key
+    assert r["interpretation_events_flagged"] == 1
     # a 0.5 jump on two metrics is plain to see: the spike ranks high and is alerted
     assert r["roc_auc"] > 0.9 and r["event_recall"] == 1.0
     assert report["settings"]["training_window_days"] == 3

@@ -21,6 +21,7 @@ from models.explain import (
     incident_evidence,
     metric_errors,
     normal_ranges,
+    range_exits,
     range_scores,
     spreads,
     top_contributors,
@@ -314,6 +315,24 @@ def test_a_metric_that_stepped_inside_its_range_outranks_one_that_was_already_hi
     # too little context (an incident in the day's first minutes): the range evidence alone
     short = incident_evidence(incident, context.iloc[: CONTEXT_MIN_ROWS - 1], baselines, spread, ranges)
     pd.testing.assert_frame_equal(short, deviations(incident, baselines, spread, ranges))
+
+
+def test_a_metric_already_outside_its_range_before_the_incident_counts_only_how_much_farther_it_went():
+    baselines, spread, ranges = entity_stats("disk", "cpu")  # range 35-65, spread 5
+    # all the hour before, disk sat at 80 (3 spreads above its range), a level it drifted to; cpu at 50
+    context = pd.DataFrame({"disk": [80.0] * 60, "cpu": [50.0] * 60})
+    incident = pd.DataFrame({"disk": [80.0, 95.0], "cpu": [72.0, 72.0]})
+    np.testing.assert_allclose(range_exits(incident, spread, ranges)["disk"], [3.0, 6.0])
+    plain = deviations(incident, baselines, spread, ranges)
+    assert plain.iloc[0]["disk"] > plain.iloc[0]["cpu"]  # against the training range alone disk leads
+    evidence = incident_evidence(incident, context, baselines, spread, ranges)
+    first = evidence.iloc[0]
+    assert first["cpu"] > 1.4 and first["disk"] == pytest.approx(1e-3 * 30 / 5)  # disk only as far out as before
+    # where disk goes 3 spreads farther than it was, those 3 count (and its move, capped)
+    assert evidence.iloc[1]["disk"] == pytest.approx(3.0 + 1e-3 * 45 / 5 + CHANGE_WEIGHT * CHANGE_CAP)
+    # a few stray exits in the hour before (under a tenth of it) take nothing away
+    spiky = context.assign(disk=[50.0] * 55 + [80.0] * 5)
+    assert incident_evidence(incident, spiky, baselines, spread, ranges).iloc[0]["disk"] > 3.0
 
 
 def scored_entity(flagged: np.ndarray, **metrics: np.ndarray) -> pd.DataFrame:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from feature_store.views import FeatureView
-from fleetwatch.specs import DatasetSpec, MetricSpec
+from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.fitting import ModelParams, fit_bucket, score_entity
 
 ROWS_PER_DAY = 1440

@@ -12,7 +12,7 @@ alert's own rows and the same context rows the scoring job uses:
   hour before it (its ``phases``, what the evaluation report's ``hitrate_150`` reads).
 
 It prints HitRate@150% per machine and the mean over machines, counted as the evaluation report
-counts it (``fleetwatch.metrics.hitrate_at``: an event no alert overlaps scores 0), and the same two
+counts it (``fleetwatch.app.metrics.hitrate_at``: an event no alert overlaps scores 0), and the same two
 rankings on each labelled event's own rows (the event's span and the hour before it), where
 detection plays no part.
 
@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fleetwatch import metrics as M
-from fleetwatch.datasets.smd import SMD_METRICS, available_machines, read_smd_machine, smd_labels
-from fleetwatch.evaluation import read_alerts, read_scores
-from fleetwatch.lake import Lake
-from fleetwatch.settings import get_settings
-from fleetwatch.specs import load_spec
+from fleetwatch.app import metrics as M
+from fleetwatch.core.datasets.smd import SMD_METRICS, available_machines, read_smd_machine, smd_labels
+from fleetwatch.app.evaluation import read_alerts, read_scores
+from fleetwatch.core.lake import Lake
+from fleetwatch.core.settings import get_settings
+from fleetwatch.core.specs import load_spec
 from models import registry
 from models.bundle import ModelBundle
 from models.scoring import incident_context, incident_phases

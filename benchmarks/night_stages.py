@@ -1,6 +1,6 @@
 """Wall time and peak memory of each stage of one night, for fleets of several sizes.
 
-In one process with one Spark session (``fleetwatch.spark.get_spark``), for each fleet size in a
+In one process with one Spark session (``fleetwatch.core.spark.get_spark``), for each fleet size in a
 fresh temporary FleetWatch home: generate two days of synthetic data (a history day and the
 night), validate the night's raw partition, build features for both days, train on the history
 day (``min_history_days=1``, ``training_window_days=1``), then score the night and publish its
@@ -38,7 +38,7 @@ QUICK_TRAIN = {"ae_epochs": 3, "max_train_rows": 1000}
 
 def _params(settings, dataset: str, quick: bool):
     """The platform's model parameters for the dataset, cut down by QUICK_TRAIN when ``quick``."""
-    from fleetwatch.specs import load_spec
+    from fleetwatch.core.specs import load_spec
     from models.training import model_params
 
     params = model_params(settings, load_spec(settings.specs_dir, dataset))
@@ -100,10 +100,10 @@ def run_size(spark, entities: int, home: Path, base_settings: dict, sampler: Tre
     timed without its full retrain.
     """
     from feature_store.pipeline import build_features
-    from fleetwatch.publishing import publish_alerts
-    from fleetwatch.quality import validate_partition
-    from fleetwatch.settings import Settings
-    from fleetwatch.synthetic import generate_fleet
+    from fleetwatch.core.publishing import publish_alerts
+    from fleetwatch.core.quality import validate_partition
+    from fleetwatch.core.settings import Settings
+    from fleetwatch.core.synthetic import generate_fleet
     from models.scoring import score_partition
     from models.training import train_models
 
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes (paths are printed)")
     args = parser.parse_args(argv)
 
-    from fleetwatch.settings import Settings
-    from fleetwatch.spark import get_spark
+    from fleetwatch.core.settings import Settings
+    from fleetwatch.core.spark import get_spark
 
     base = {}
     if args.spark_master:

@@ -28,10 +28,10 @@ import logging
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from fleetwatch.orchestration import DEFAULT_ARGS, drift_asset, nightly_dag_id
-from fleetwatch.settings import Settings, get_settings
-from fleetwatch.spark_operator import SparkJobOperator
-from fleetwatch.specs import list_specs
+from fleetwatch.app.orchestration import DEFAULT_ARGS, drift_asset, nightly_dag_id
+from fleetwatch.core.settings import Settings, get_settings
+from fleetwatch.app.spark_operator import SparkJobOperator
+from fleetwatch.core.specs import list_specs
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,14 @@ def nightly(settings: Settings, dataset: str):
 
         @task
         def publish(ds: str | None = None) -> int:
-            from fleetwatch.lake import parse_day
-            from fleetwatch.publishing import publish_alerts
+            from fleetwatch.core.lake import parse_day
+            from fleetwatch.core.publishing import publish_alerts
 
             return publish_alerts(settings, dataset, parse_day(ds))
 
         @task(outlets=[drift_asset(dataset)])
         def request_retrain(ds: str | None = None, outlet_events=None) -> str:
-            from fleetwatch.lake import parse_day
+            from fleetwatch.core.lake import parse_day
             from models.drift_check import read_summary
 
             summary = read_summary(settings, dataset, parse_day(ds))

@@ -17,10 +17,10 @@ import datetime as dt
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
-from fleetwatch.orchestration import DEFAULT_ARGS, drift_asset, retrain_dag_id, window_end as resolve_window_end
-from fleetwatch.settings import Settings, get_settings
-from fleetwatch.spark_operator import SparkJobOperator
-from fleetwatch.specs import list_specs
+from fleetwatch.app.orchestration import DEFAULT_ARGS, drift_asset, retrain_dag_id, window_end as resolve_window_end
+from fleetwatch.core.settings import Settings, get_settings
+from fleetwatch.app.spark_operator import SparkJobOperator
+from fleetwatch.core.specs import list_specs
 
 
 def retrain(settings: Settings, dataset: str):

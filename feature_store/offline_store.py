@@ -13,9 +13,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from feature_store.views import FeatureView
-from fleetwatch.errors import FleetWatchError, PartitionNotFound
-from fleetwatch.lake import Lake, write_spark_partition
-from fleetwatch.specs import SPARK_TYPES, DatasetSpec
+from fleetwatch.core.errors import FleetWatchError, PartitionNotFound
+from fleetwatch.core.lake import Lake, write_spark_partition
+from fleetwatch.core.specs import SPARK_TYPES, DatasetSpec
 
 
 def day_start(day: dt.date) -> dt.datetime:

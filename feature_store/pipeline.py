@@ -10,9 +10,9 @@ from pyspark.sql import functions as F
 from feature_store.offline_store import OfflineStore, day_start
 from feature_store.transforms import compute_features
 from feature_store.views import view_for
-from fleetwatch.lake import Lake
-from fleetwatch.settings import Settings
-from fleetwatch.specs import load_spec
+from fleetwatch.core.lake import Lake
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import load_spec
 
 
 def build_features(spark: SparkSession, settings: Settings, dataset: str, day: dt.date) -> str:

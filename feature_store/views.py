@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleetwatch.specs import DatasetSpec
+from fleetwatch.core.specs import DatasetSpec
 
 DEFAULT_VIEW_NAME = "telemetry"
 DEFAULT_VIEW_VERSION = 1

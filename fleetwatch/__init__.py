@@ -1,3 +1,7 @@
-"""FleetWatch core: settings, dataset specs, lake paths, alerts store, data quality, CLI."""
+"""FleetWatch: scheduled per-entity anomaly detection with Airflow, Spark, MLflow and SQL alerts.
 
-__version__ = "0.1.0"
+Layers, each importing only those below it (checked by ``tests/test_architecture.py``):
+``fleetwatch.app`` (CLI, demo, orchestration, evaluation) > ``jobs`` > ``models`` >
+``feature_store`` > ``fleetwatch.core`` (settings, specs, lake, errors, Spark session, alerts
+store, data quality, dataset loaders).
+"""

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from fleetwatch.errors import FleetWatchError
-from fleetwatch.lake import parse_day
-from fleetwatch.settings import get_settings
-from fleetwatch.spark import get_spark
+from fleetwatch.core.errors import FleetWatchError
+from fleetwatch.core.lake import parse_day
+from fleetwatch.core.settings import get_settings
+from fleetwatch.core.spark import get_spark
 
 
 def run_job(name: str, step: Callable, argv: list[str] | None = None) -> int:

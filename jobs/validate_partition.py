@@ -3,7 +3,7 @@
 import sys
 
 from jobs._entry import run_job
-from fleetwatch.quality import validate_partition
+from fleetwatch.core.quality import validate_partition
 
 if __name__ == "__main__":
     sys.exit(run_job("validate_partition", validate_partition))

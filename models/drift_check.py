@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fleetwatch.lake import Lake, is_local, local_path, write_spark_partition
-from fleetwatch.settings import Settings
-from fleetwatch.specs import load_spec
+from fleetwatch.core.lake import Lake, is_local, local_path, write_spark_partition
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import load_spec
 
 ENTITY = "entity_id"
 DRIFT_SCHEMA = (
@@ -179,7 +179,7 @@ def check_drift(spark, settings: Settings, dataset: str, day: dt.date) -> str:
 
     final = lake.partition("drift", dataset, day)
     write_spark_partition(lake, spark.createDataFrame(result, schema=_result_schema()).coalesce(1), final, spark)
-    from fleetwatch.alerts_store import AlertsStore
+    from fleetwatch.core.alerts_store import AlertsStore
 
     checked = result[result["scope"] != "new"]
     table = checked[["entity_id", "feature", "psi", "drifted", "model_version"]].assign(dataset=dataset, dt=day)

@@ -27,7 +27,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from feature_store.views import STATISTICS, statistic_of
-from fleetwatch.specs import DatasetSpec
+from fleetwatch.core.specs import DatasetSpec
 from models.autoencoder import AutoencoderDetector, entity_seed, fit_batched
 from models.calibration import TailCalibrator, combine
 from models.drift import DriftReference

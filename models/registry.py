@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fleetwatch.errors import ModelNotFound
-from fleetwatch.lake import is_local
-from fleetwatch.settings import Settings
+from fleetwatch.core.errors import ModelNotFound
+from fleetwatch.core.lake import is_local
+from fleetwatch.core.settings import Settings
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 GATE_TOLERANCE = 2.0

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fleetwatch import __version__
-from fleetwatch.settings import Settings
-from fleetwatch.specs import DatasetSpec
+from fleetwatch.core import __version__
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import DatasetSpec
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_bundle.py")
 

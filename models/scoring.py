@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fleetwatch.lake import Lake, write_spark_partition
-from fleetwatch.settings import Settings
-from fleetwatch.specs import DatasetSpec, load_spec
+from fleetwatch.core.lake import Lake, write_spark_partition
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import DatasetSpec, load_spec
 
 ENTITY, TS = "entity_id", "ts"
 TOP_METRICS = 3  # metrics named in an alert's top_metrics; ``contributions`` ranks them all

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fleetwatch.errors import FleetWatchError
-from fleetwatch.lake import Lake
-from fleetwatch.settings import Settings
-from fleetwatch.specs import DatasetSpec, load_spec
+from fleetwatch.core.errors import FleetWatchError
+from fleetwatch.core.lake import Lake
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import DatasetSpec, load_spec
 
 ENTITY, TS = "entity_id", "ts"
 HISTORY_COVERAGE = 0.95  # share of a day's rows that makes it a day of history (lookback and gaps cost a few)
@@ -214,7 +214,7 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
 
 def _labelled(settings: Settings, dataset: str, value: bool | None, days: list[dt.date]) -> pd.DataFrame:
     """Alerts of ``days`` labelled ``value`` (either label when None); empty without a database."""
-    from fleetwatch.alerts_store import AlertsStore
+    from fleetwatch.core.alerts_store import AlertsStore
 
     store = AlertsStore(settings.alerts_db_url)
     try:
@@ -311,7 +311,7 @@ def exclude_confirmed_anomalies(settings: Settings, spec: DatasetSpec, features_
     """Drop rows inside alerts users labelled true, so anomalies do not become normal."""
     from pyspark.sql import functions as F
 
-    from fleetwatch.alerts_store import AlertsStore
+    from fleetwatch.core.alerts_store import AlertsStore
 
     try:
         confirmed = AlertsStore(settings.alerts_db_url).labelled(spec.name, True)

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from fleetwatch.settings import Settings
+from fleetwatch.core.settings import Settings
 
 POSTGRES_ADMIN_URL = os.environ.get("FLEETWATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     """A real local Spark session shared by the whole run (starting one costs ~5 s)."""
-    from fleetwatch.spark import get_spark
+    from fleetwatch.core.spark import get_spark
 
     home = tmp_path_factory.mktemp("spark-home")
     session = get_spark(Settings(home=home, spark_master="local[2]", spark_shuffle_partitions=2), "fleetwatch-tests")

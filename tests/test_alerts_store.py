@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from fleetwatch.alerts_store import ALERT_COLUMNS, AlertsStore, partition_lock_key, redact_url
-from fleetwatch.cli import app
-from fleetwatch.errors import AlertsStoreError, PartitionNotFound
-from fleetwatch.lake import Lake, write_pandas_partition
-from fleetwatch.publishing import publish_alerts
+from fleetwatch.core.alerts_store import ALERT_COLUMNS, AlertsStore, partition_lock_key, redact_url
+from fleetwatch.app.cli import app
+from fleetwatch.core.errors import AlertsStoreError, PartitionNotFound
+from fleetwatch.core.lake import Lake, write_pandas_partition
+from fleetwatch.core.publishing import publish_alerts
 
 DAY = dt.date(2026, 1, 2)
 NEXT = dt.date(2026, 1, 3)
@@ -321,7 +321,7 @@ def test_publish_alerts_through_spark(settings, spark):
 
 
 def test_cli_list_label_and_sql(settings, monkeypatch):
-    from fleetwatch import cli
+    from fleetwatch.app import cli
 
     # the CLI's console fixes its width when COLUMNS is set at import (pytest-xdist workers set 80)
     monkeypatch.setattr(cli.console, "_width", 250)

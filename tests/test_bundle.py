@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetwatch.specs import DatasetSpec, MetricSpec
+from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.bundle import ModelBundle, load_cached
 from models.explain import range_scores
 from models.fitting import EntityModel, ModelParams, fit_bucket, fit_entity, fit_fleet, score_entity

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from fleetwatch.orchestration import (
+from fleetwatch.app.orchestration import (
     DAGS_FOLDER,
     airflow_env,
     nightly_dag_id,
@@ -24,8 +24,8 @@ from fleetwatch.orchestration import (
     task_states,
     window_end,
 )
-from fleetwatch.settings import Settings
-from fleetwatch.specs import DatasetSpec, MetricSpec, write_spec
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import DatasetSpec, MetricSpec, write_spec
 
 DATASETS = ("alpha", "beta")
 DAY = dt.date(2026, 1, 1)
@@ -196,7 +196,7 @@ def test_window_end_prefers_conf_then_drift_events_then_the_day_before():
 @pytest.mark.integration
 @pytest.mark.slow
 def test_airflow_cli_lists_every_dag_and_no_import_error(two_specs):
-    from fleetwatch.orchestration import prepare_airflow
+    from fleetwatch.app.orchestration import prepare_airflow
 
     prepare_airflow(two_specs)
     listed = _airflow(two_specs, "dags", "list", "--local", "-o", "json")
@@ -212,8 +212,8 @@ def test_airflow_cli_lists_every_dag_and_no_import_error(two_specs):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_nightly_dag_fails_on_duplicate_rows_and_writes_no_features(settings):
-    from fleetwatch.lake import Lake, write_pandas_partition
-    from fleetwatch.orchestration import last_failures, run_nightly
+    from fleetwatch.core.lake import Lake, write_pandas_partition
+    from fleetwatch.app.orchestration import last_failures, run_nightly
 
     settings = Settings(home=settings.home, spark_master="local[2]", spark_shuffle_partitions=2)
     write_spec(settings.specs_dir, DatasetSpec(name="dup", metrics=[MetricSpec(name="cpu", min=0, max=100)]))
@@ -245,7 +245,7 @@ def test_nightly_dag_fails_on_duplicate_rows_and_writes_no_features(settings):
 @pytest.mark.slow
 def test_retrain_dag_trains_on_the_window_ending_at_the_given_day(settings):
     """Without feature partitions the train job stops with its one-line error, naming the window end."""
-    from fleetwatch.orchestration import last_failures, run_retrain
+    from fleetwatch.app.orchestration import last_failures, run_retrain
 
     settings = Settings(home=settings.home, spark_master="local[2]", spark_shuffle_partitions=2)
     write_spec(settings.specs_dir, DatasetSpec(name="fresh", metrics=[MetricSpec(name="cpu")]))

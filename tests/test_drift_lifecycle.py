@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetwatch.settings import Settings
-from fleetwatch.specs import DatasetSpec, MetricSpec
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import DatasetSpec, MetricSpec
 
 START = dt.date(2026, 1, 1)
 
@@ -129,7 +129,7 @@ def test_precision_over_labelled_alerts_compares_challenger_with_champion():
 def test_models_rollback_command_swaps_champion_and_previous_champion(settings, tmp_path):
     from typer.testing import CliRunner
 
-    from fleetwatch.cli import app
+    from fleetwatch.app.cli import app
     from models import registry
 
     c = registry.client(settings)
@@ -155,7 +155,7 @@ def test_models_rollback_command_swaps_champion_and_previous_champion(settings, 
 
 @pytest.mark.integration
 def test_alerts_labelled_true_leave_the_training_window_and_false_ones_stay(spark, settings):
-    from fleetwatch.alerts_store import AlertsStore
+    from fleetwatch.core.alerts_store import AlertsStore
     from models.training import exclude_confirmed_anomalies
 
     spec = DatasetSpec(name="fb", entity_column="host", timestamp_column="time", metrics=[MetricSpec(name="cpu")])
@@ -204,7 +204,7 @@ def _asset_events(uri: str):
 def _nightly_drift_only(settings: Settings, day: dt.date) -> dict[str, str]:
     """The real nightly DAG for ``day`` with only the drift branch run (the other Spark steps,
     already done in-process by the test, are marked successful)."""
-    from fleetwatch.orchestration import load_dag, nightly_dag_id, nightly_logical_date, prepare_airflow, task_states
+    from fleetwatch.app.orchestration import load_dag, nightly_dag_id, nightly_logical_date, prepare_airflow, task_states
 
     prepare_airflow(settings)
     logical = nightly_logical_date(settings, day)
@@ -257,10 +257,10 @@ def _new_normal_incidents(incidents: pd.DataFrame, labels: pd.DataFrame) -> int:
 @pytest.mark.slow
 def test_drift_fires_on_the_drifted_entity_only_and_the_retrained_champion_accepts_the_new_normal(spark, drift_settings):
     from feature_store.pipeline import build_features
-    from fleetwatch.alerts_store import AlertsStore
-    from fleetwatch.lake import Lake, write_pandas_partition
-    from fleetwatch.orchestration import drift_asset, last_failures, run_retrain, window_end
-    from fleetwatch.synthetic import generate_fleet, load_labels
+    from fleetwatch.core.alerts_store import AlertsStore
+    from fleetwatch.core.lake import Lake, write_pandas_partition
+    from fleetwatch.app.orchestration import drift_asset, last_failures, run_retrain, window_end
+    from fleetwatch.core.synthetic import generate_fleet, load_labels
     from models import registry
     from models.drift_check import check_drift, read_summary
     from models.scoring import score_partition

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fleetwatch.orchestration import nightly_dag_id, nightly_logical_date, task_states
-from fleetwatch.settings import Settings
+from fleetwatch.app.orchestration import nightly_dag_id, nightly_logical_date, task_states
+from fleetwatch.core.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,11 +34,11 @@ def e2e_settings(settings, pg_url, monkeypatch) -> Settings:
 
 def test_three_nights_retrain_and_rerun(e2e_settings):
     from feature_store.views import view_for
-    from fleetwatch.alerts_store import AlertsStore
-    from fleetwatch.lake import Lake
-    from fleetwatch.orchestration import prepare_airflow, run_nightly, run_retrain
-    from fleetwatch.specs import load_spec
-    from fleetwatch.synthetic import generate_fleet, load_labels
+    from fleetwatch.core.alerts_store import AlertsStore
+    from fleetwatch.core.lake import Lake
+    from fleetwatch.app.orchestration import prepare_airflow, run_nightly, run_retrain
+    from fleetwatch.core.specs import load_spec
+    from fleetwatch.core.synthetic import generate_fleet, load_labels
     from models import registry
 
     s = e2e_settings

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetwatch import metrics as M
+from fleetwatch.app import metrics as M
 
 
 def _ts(*minutes):
@@ -113,7 +113,7 @@ def test_events_are_ranked_by_the_phases_they_overlap():
 
 
 def test_flagged_rows_hitrate_ranks_each_detected_event_on_its_flagged_rows():
-    from fleetwatch.evaluation import flagged_rows_hitrate
+    from fleetwatch.app.evaluation import flagged_rows_hitrate
 
     rows = pd.DataFrame({"ts": _ts(*range(200)), "a": 0.0, "b": 0.0, "c": 0.0, "flagged": False})
     rows.loc[100:110, "b"] = 5.0  # b leaves its range for the whole first event ...
@@ -156,7 +156,7 @@ def _write_mini_smd(root, machine="machine-9-1", train_rows=3 * 1440 + 300, test
 @pytest.mark.integration
 @pytest.mark.slow
 def test_evaluate_smd_on_a_mini_machine(spark, settings, tmp_path):
-    from fleetwatch.evaluation import evaluate_smd
+    from fleetwatch.app.evaluation import evaluate_smd
 
     data = tmp_path / "smd"
     machine = _write_mini_smd(data)

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from feature_store.views import FeatureView, view_for
-from fleetwatch.errors import PartitionNotFound
-from fleetwatch.lake import Lake, write_pandas_partition
-from fleetwatch.specs import DatasetSpec, MetricSpec, write_spec
+from fleetwatch.core.errors import PartitionNotFound
+from fleetwatch.core.lake import Lake, write_pandas_partition
+from fleetwatch.core.specs import DatasetSpec, MetricSpec, write_spec
 
 PREV, DAY = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
 SPEC = DatasetSpec(

@@ -430,9 +430,9 @@ def test_drift_reference_arrays_round_trip_and_nan_columns():
 
 
 def test_model_params_smooth_scores_over_the_specs_minutes(tmp_path):
-    from fleetwatch.datasets.smd import smd_spec
-    from fleetwatch.settings import Settings
-    from fleetwatch.specs import DatasetSpec, MetricSpec
+    from fleetwatch.core.datasets.smd import smd_spec
+    from fleetwatch.core.settings import Settings
+    from fleetwatch.core.specs import DatasetSpec, MetricSpec
     from models.training import model_params
 
     settings = Settings(home=tmp_path)
@@ -442,9 +442,9 @@ def test_model_params_smooth_scores_over_the_specs_minutes(tmp_path):
 
 
 def test_model_params_group_incidents_with_the_specs_gap_else_the_setting(tmp_path):
-    from fleetwatch.datasets.smd import INCIDENT_GAP_MINUTES, smd_spec
-    from fleetwatch.settings import Settings
-    from fleetwatch.specs import DatasetSpec, MetricSpec
+    from fleetwatch.core.datasets.smd import INCIDENT_GAP_MINUTES, smd_spec
+    from fleetwatch.core.settings import Settings
+    from fleetwatch.core.specs import DatasetSpec, MetricSpec
     from models.training import model_params
 
     settings = Settings(home=tmp_path, incident_gap_minutes=7)

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetwatch.errors import PartitionNotFound, ValidationFailed
-from fleetwatch.lake import Lake, write_pandas_partition, write_spark_partition
-from fleetwatch.quality import build_suite, validate_partition
-from fleetwatch.specs import DatasetSpec, MetricSpec, write_spec
+from fleetwatch.core.errors import PartitionNotFound, ValidationFailed
+from fleetwatch.core.lake import Lake, write_pandas_partition, write_spark_partition
+from fleetwatch.core.quality import build_suite, validate_partition
+from fleetwatch.core.specs import DatasetSpec, MetricSpec, write_spec
 
 DAY = dt.date(2026, 1, 3)
 NEXT = DAY + dt.timedelta(days=1)

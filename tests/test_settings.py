@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from fleetwatch.settings import Settings
+from fleetwatch.core.settings import Settings
 
 
 def test_defaults_live_under_home(settings, tmp_path):

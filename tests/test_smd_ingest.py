@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetwatch.datasets.smd import ingest_smd, read_smd_machine, smd_labels
-from fleetwatch.errors import FleetWatchError
-from fleetwatch.lake import Lake
-from fleetwatch.settings import Settings
-from fleetwatch.specs import list_specs, load_spec
+from fleetwatch.core.datasets.smd import ingest_smd, read_smd_machine, smd_labels
+from fleetwatch.core.errors import FleetWatchError
+from fleetwatch.core.lake import Lake
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import list_specs, load_spec
 
 SMD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "smd"
 MACHINE = "machine-1-2"

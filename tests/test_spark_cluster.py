@@ -84,12 +84,12 @@ def _submit(job: str, master: str, dataset: str, day: dt.date, env: dict) -> sub
 
 def test_features_and_scoring_run_on_a_standalone_cluster(settings, spark, standalone_cluster, monkeypatch):
     from feature_store.pipeline import build_features
-    from fleetwatch.alerts_store import AlertsStore
-    from fleetwatch.lake import Lake
-    from fleetwatch.publishing import publish_alerts
-    from fleetwatch.quality import validate_partition
-    from fleetwatch.settings import Settings
-    from fleetwatch.synthetic import generate_fleet
+    from fleetwatch.core.alerts_store import AlertsStore
+    from fleetwatch.core.lake import Lake
+    from fleetwatch.core.publishing import publish_alerts
+    from fleetwatch.core.quality import validate_partition
+    from fleetwatch.core.settings import Settings
+    from fleetwatch.core.synthetic import generate_fleet
     from models.training import train_models
 
     master, status_url = standalone_cluster

@@ -2,8 +2,8 @@
 
 import pytest
 
-from fleetwatch.errors import SpecError
-from fleetwatch.specs import DatasetSpec, MetricSpec, load_spec, load_spec_file, write_spec
+from fleetwatch.core.errors import SpecError
+from fleetwatch.core.specs import DatasetSpec, MetricSpec, load_spec, load_spec_file, write_spec
 
 
 def _spec(**kw):

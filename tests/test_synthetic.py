@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetwatch.errors import FleetWatchError, PartitionNotFound
-from fleetwatch.lake import Lake
-from fleetwatch.settings import Settings
-from fleetwatch.specs import load_spec
-from fleetwatch.synthetic import LABEL_COLUMNS, generate_fleet, load_labels
+from fleetwatch.core.errors import FleetWatchError, PartitionNotFound
+from fleetwatch.core.lake import Lake
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import load_spec
+from fleetwatch.core.synthetic import LABEL_COLUMNS, generate_fleet, load_labels
 
 START = dt.date(2026, 3, 1)
 ENTITIES, DAYS = 10, 6

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fleetwatch.errors import SpecError
+from fleetwatch.core.errors import SpecError
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 SPARK_TYPES = {"double": "double", "float": "float", "long": "bigint", "int": "int"}

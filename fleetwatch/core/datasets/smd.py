@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from fleetwatch.errors import FleetWatchError, SpecError
-from fleetwatch.lake import Lake, is_local, local_path, parse_day, write_pandas_partition
-from fleetwatch.specs import DatasetSpec, MetricSpec, write_spec
+from fleetwatch.core.errors import FleetWatchError, SpecError
+from fleetwatch.core.lake import Lake, is_local, local_path, parse_day, write_pandas_partition
+from fleetwatch.core.specs import DatasetSpec, MetricSpec, write_spec
 
 SMD_METRICS = (
     "cpu_r", "load_1", "load_5", "load_15", "mem_shmem", "mem_u", "mem_u_e", "total_mem",

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 import sys
 
-from fleetwatch.errors import EnvironmentProblem
-from fleetwatch.settings import Settings
+from fleetwatch.core.errors import EnvironmentProblem
+from fleetwatch.core.settings import Settings
 
 
 def check_java() -> None:

@@ -10,9 +10,9 @@ import os
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from fleetwatch.orchestration import job_path
-from fleetwatch.settings import Settings
-from fleetwatch.spark import spark_conf, spark_env
+from fleetwatch.app.orchestration import job_path
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.spark import spark_conf, spark_env
 
 USER_ERROR_EXIT = 2  # what jobs/_entry.py exits with on bad input
 

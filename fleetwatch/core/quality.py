@@ -12,9 +12,9 @@ import datetime as dt
 import json
 import time
 
-from fleetwatch.errors import PartitionNotFound, ValidationFailed
-from fleetwatch.lake import Lake
-from fleetwatch.specs import DatasetSpec, load_spec
+from fleetwatch.core.errors import PartitionNotFound, ValidationFailed
+from fleetwatch.core.lake import Lake
+from fleetwatch.core.specs import DatasetSpec, load_spec
 
 _SPARK_TYPE_NAMES = {"double": "DoubleType", "float": "FloatType", "long": "LongType", "int": "IntegerType"}
 _FINITE_RULE = "no NaN or infinite value"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from fleetwatch.errors import AlertsStoreError
-from fleetwatch.lake import parse_day
+from fleetwatch.core.errors import AlertsStoreError
+from fleetwatch.core.lake import parse_day
 
 SEVERITIES = ("low", "medium", "high", "critical")
 MODEL_SCOPES = ("entity", "fleet")

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pandas as pd
 
-from fleetwatch.alerts_store import AlertsStore
-from fleetwatch.lake import Lake, is_local, local_path
-from fleetwatch.settings import Settings
+from fleetwatch.core.alerts_store import AlertsStore
+from fleetwatch.core.lake import Lake, is_local, local_path
+from fleetwatch.core.settings import Settings
 
 
 def publish_alerts(settings: Settings, dataset: str, day: dt.date, spark=None) -> int:

@@ -28,9 +28,9 @@ import pandas as pd
 from pydantic import ValidationError
 from scipy.signal import lfilter
 
-from fleetwatch.errors import FleetWatchError, PartitionNotFound
-from fleetwatch.lake import Lake, is_local, local_path, parse_day, write_pandas_partition
-from fleetwatch.specs import DatasetSpec, MetricSpec, write_spec
+from fleetwatch.core.errors import FleetWatchError, PartitionNotFound
+from fleetwatch.core.lake import Lake, is_local, local_path, parse_day, write_pandas_partition
+from fleetwatch.core.specs import DatasetSpec, MetricSpec, write_spec
 
 MINUTES_PER_DAY = 1440
 LABELS_FILE = "anomalies.parquet"

@@ -18,14 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fleetwatch.errors import FleetWatchError
-from fleetwatch.settings import Settings
-from fleetwatch.spark import spark_env
-from fleetwatch.specs import load_spec
+from fleetwatch.core.errors import FleetWatchError
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.spark import spark_env
+from fleetwatch.core.specs import load_spec
 
 log = logging.getLogger(__name__)
 
-DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 NIGHTLY_PREFIX, RETRAIN_PREFIX = "fleetwatch_nightly__", "fleetwatch_retrain__"
 DRIFT_ASSET_PREFIX = "fleetwatch://drift/"
 _FAILURES: dict[str, str] = {}  # task id -> error, of the last in-process run
@@ -162,7 +162,7 @@ def window_end(conf: dict | None, asset_events: list, fallback: dt.datetime) -> 
     the triggering drift events' extras; else the day before ``fallback`` (the logical date or
     run-after time of a scheduled run, when that day's partition may not be complete).
     """
-    from fleetwatch.lake import parse_day
+    from fleetwatch.core.lake import parse_day
 
     if conf and conf.get("day"):
         return parse_day(conf["day"])

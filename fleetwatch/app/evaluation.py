@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fleetwatch import metrics as M
-from fleetwatch.lake import Lake, local_path
+from fleetwatch.app import metrics as M
+from fleetwatch.core.lake import Lake, local_path
 
 POINT_METRICS = ("auprc", "roc_auc", "best_f1")
 PLATFORM_METRICS = (
@@ -43,7 +43,7 @@ def evaluate_smd(
     (``<out stem>.md``, ``<out stem>_*.png``) and logs all of it to MLflow as an evaluation run
     of the dataset's experiment. Returns the report.
     """
-    from fleetwatch.datasets.smd import ingest_smd, smd_labels
+    from fleetwatch.core.datasets.smd import ingest_smd, smd_labels
 
     started = time.monotonic()
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -110,10 +110,10 @@ def run_platform(settings, dataset: str, days, train_days, test_days, say) -> di
     training days, then score and publish each test day as one nightly partition."""
     from feature_store.pipeline import build_features
     from feature_store.views import view_for
-    from fleetwatch.publishing import publish_alerts
-    from fleetwatch.quality import validate_partition
-    from fleetwatch.spark import get_spark
-    from fleetwatch.specs import load_spec
+    from fleetwatch.core.publishing import publish_alerts
+    from fleetwatch.core.quality import validate_partition
+    from fleetwatch.core.spark import get_spark
+    from fleetwatch.core.specs import load_spec
     from models import registry
     from models.scoring import score_partition
     from models.training import model_params, train_models
@@ -197,7 +197,7 @@ def read_raw(settings, dataset: str, days) -> pd.DataFrame:
 
 def read_alerts(settings, dataset: str, days) -> pd.DataFrame:
     """The alerts of ``days`` from the alerts table, timestamps as UTC."""
-    from fleetwatch.alerts_store import AlertsStore
+    from fleetwatch.core.alerts_store import AlertsStore
 
     store = AlertsStore(settings.alerts_db_url)
     alerts = store.frame(dataset)
@@ -306,7 +306,7 @@ def flagged_rows_hitrate(
 
 def _explain_inputs(settings, dataset: str):
     """The metric names and the champion bundle that ranked this run's alerts."""
-    from fleetwatch.specs import load_spec
+    from fleetwatch.core.specs import load_spec
     from models import registry
     from models.bundle import ModelBundle
 

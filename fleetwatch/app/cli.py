@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleetwatch.errors import FleetWatchError
-from fleetwatch.lake import parse_day
-from fleetwatch.settings import get_settings
+from fleetwatch.core.errors import FleetWatchError
+from fleetwatch.core.lake import parse_day
+from fleetwatch.core.settings import get_settings
 
 app = typer.Typer(help="FleetWatch: nightly anomaly detection for fleets of entities.", no_args_is_help=True)
 alerts_app = typer.Typer(help="Read and label alerts.", no_args_is_help=True)
@@ -40,7 +40,7 @@ def _spark_step(step, dataset: str, date: str):
     settings = get_settings()
     try:
         day = parse_day(date)
-        from fleetwatch.spark import get_spark
+        from fleetwatch.core.spark import get_spark
 
         with console.status(f"running on Spark ({settings.spark_master})..."):
             spark = get_spark(settings)
@@ -72,7 +72,7 @@ def generate(
     seed: int = typer.Option(7, help="Seed: the same seed gives the same fleet."),
 ) -> None:
     """Generate a synthetic fleet with labelled anomalies and a drift event into the lake."""
-    from fleetwatch.synthetic import generate_fleet
+    from fleetwatch.core.synthetic import generate_fleet
 
     try:
         summary = generate_fleet(get_settings(), dataset, entities=entities, days=days, start=parse_day(start), seed=seed)
@@ -84,7 +84,7 @@ def generate(
 @app.command()
 def validate(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Validate one raw partition (Great Expectations); quarantine it if it fails."""
-    from fleetwatch.quality import validate_partition
+    from fleetwatch.core.quality import validate_partition
 
     _spark_step(validate_partition, dataset, date)
 
@@ -124,7 +124,7 @@ def drift(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 @app.command()
 def publish(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Publish one partition's incidents to the alerts table (replaces that partition's rows)."""
-    from fleetwatch.publishing import publish_alerts
+    from fleetwatch.core.publishing import publish_alerts
 
     try:
         n = publish_alerts(get_settings(), dataset, parse_day(date))
@@ -136,7 +136,7 @@ def publish(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 @app.command()
 def night(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Run the whole nightly DAG for one date through Airflow (dag.test, in-process)."""
-    from fleetwatch.orchestration import last_failures, run_nightly
+    from fleetwatch.app.orchestration import last_failures, run_nightly
 
     try:
         state = run_nightly(get_settings(), dataset, parse_day(date))
@@ -156,7 +156,7 @@ def demo(
     dataset: str = typer.Option("demo", help="Dataset name."),
 ) -> None:
     """Generate a fleet and run it night by night through the real Airflow DAGs."""
-    from fleetwatch.demo import run_demo
+    from fleetwatch.app.demo import run_demo
 
     try:
         run_demo(get_settings(), dataset=dataset, entities=entities, days=days, console=console)
@@ -167,7 +167,7 @@ def demo(
 @app.command()
 def sql(query: str = typer.Argument(..., help="A SQL statement to run against the alerts database.")) -> None:
     """Run SQL against the alerts database and print the rows."""
-    from fleetwatch.alerts_store import AlertsStore
+    from fleetwatch.core.alerts_store import AlertsStore
 
     try:
         columns, rows = AlertsStore(get_settings().alerts_db_url).query(query)
@@ -185,7 +185,7 @@ def alerts_list(
     limit: int = typer.Option(20, min=1, help="How many, newest first."),
 ) -> None:
     """Show the most recent alerts."""
-    from fleetwatch.alerts_store import AlertsStore
+    from fleetwatch.core.alerts_store import AlertsStore
 
     try:
         frame = AlertsStore(get_settings().alerts_db_url).list_recent(limit=limit, dataset=dataset)
@@ -203,7 +203,7 @@ def alerts_show(alert_id: int = typer.Argument(..., help="Alert id (column id)."
     """One alert: its metrics ranked, then hour by hour (its phases)."""
     import json
 
-    from fleetwatch.alerts_store import AlertsStore
+    from fleetwatch.core.alerts_store import AlertsStore
 
     try:
         alert = AlertsStore(get_settings().alerts_db_url).get(alert_id)
@@ -233,7 +233,7 @@ def alerts_label(
     value: str = typer.Argument(..., help="true (a real anomaly) or false (a false alarm)."),
 ) -> None:
     """Mark an alert as a true or a false positive."""
-    from fleetwatch.alerts_store import AlertsStore
+    from fleetwatch.core.alerts_store import AlertsStore
 
     if value.lower() not in ("true", "false"):
         _fail(FleetWatchError(f"label must be true or false, not {value!r}"))
@@ -279,7 +279,7 @@ def ingest_smd_cmd(
     dataset: str = typer.Option("smd", help="Dataset name to create."),
 ) -> None:
     """Load Server Machine Dataset files into a dataset spec and raw lake partitions."""
-    from fleetwatch.datasets.smd import ingest_smd
+    from fleetwatch.core.datasets.smd import ingest_smd
 
     try:
         summary = ingest_smd(get_settings(), Path(data), machines=machines, start=parse_day(start), dataset=dataset)
@@ -296,7 +296,7 @@ def evaluate_smd_cmd(
     start: str = typer.Option("2026-01-01", help="Date of the first training minute."),
 ) -> None:
     """Ingest SMD, run the nightly and retrain paths, and compare alerts with the labels."""
-    from fleetwatch.evaluation import evaluate_smd
+    from fleetwatch.app.evaluation import evaluate_smd
 
     try:
         report = evaluate_smd(get_settings(), Path(data), machines=machines, out=out, start=parse_day(start), console=console)

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from fleetwatch.errors import FleetWatchError, PartitionNotFound
+from fleetwatch.core.errors import FleetWatchError, PartitionNotFound
 
 _DT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 

@@ -1,0 +1,1 @@
+"""The application: the CLI, the demo, Airflow orchestration and the Spark operator, evaluation."""

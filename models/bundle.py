@@ -20,7 +20,8 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from models.fitting import EntityModel, ModelParams, score_entity
+from models.entity_model import EntityModel, score_entity
+from models.params import FeatureLayout, ModelParams
 
 MANIFEST = "manifest.json"
 FLEET_FILE = "fleet.zip"
@@ -69,6 +70,10 @@ class ModelBundle:
         if not self.scopes:
             self.scopes = {entity: model.scope for entity, model in self.entities.items()}
 
+    @property
+    def layout(self) -> FeatureLayout:
+        return FeatureLayout(tuple(self.feature_cols), tuple(self.feature_metric), tuple(self.metrics))
+
     def scope_of(self, entity: str) -> str:
         """``entity`` when the entity has its own models, else ``fleet`` (short history or new)."""
         return "entity" if self.scopes.get(entity) == "entity" else "fleet"
@@ -106,22 +111,16 @@ class ModelBundle:
     def score(self, frame: pd.DataFrame, *, entity_col: str = "entity_id", ts_col: str = "ts") -> pd.DataFrame:
         """Scores of feature rows (any entities), row for row in the frame's order.
 
-        Each entity is scored by :func:`models.fitting.score_entity` with its own model, or
+        Each entity is scored by :func:`models.entity_model.score_entity` with its own model, or
         with the fleet model when it has little history or is unknown to the bundle.
         """
         if frame.empty:
             return pd.DataFrame(columns=self.score_columns)
         parts = []
+        layout = self.layout
         for entity, positions in frame.groupby(entity_col, sort=False).indices.items():
-            out = score_entity(
-                self._model_for(str(entity)),
-                frame.iloc[positions],
-                feature_cols=self.feature_cols,
-                feature_metric=self.feature_metric,
-                fleet=self.fleet,
-                entity_col=entity_col,
-                ts_col=ts_col,
-            )
+            out = score_entity(self._model_for(str(entity)), frame.iloc[positions], layout, self.fleet,
+                               entity_col=entity_col, ts_col=ts_col)
             out.index = positions
             parts.append(out)
         return pd.concat(parts).sort_index().reset_index(drop=True)[self.score_columns]

@@ -3,21 +3,12 @@
 Incidents rank their metrics by how far each metric's own value went outside its normal training
 range (:func:`normal_ranges`, :func:`deviations`, in units of the metric's training spread), taking
 each metric's largest move inside the incident; metrics that stayed inside their range keep the
-order of their distance from the training median. The autoencoder's per-metric errors
-(:func:`metric_errors`) rank them when a model has no spreads (bundles trained before spreads were
-kept). Measured on SMD's interpretation labels (7 machines): distance from the median put more of
-the labelled metrics in the top ranks than the reconstruction errors on 5 of 7 machines, and
-distance outside the normal range more than distance from the median on 5 of 7 (figures in the
-README): a metric that swings widely every day is not a cause when it swings again. Each
-metric's move against the hour before the incident (:func:`changes`, capped) is added at a tenth
-of the weight, so a metric that changed sharply but stayed inside its range is not left at the
-bottom: HitRate@150% on the labelled events' own rows 0.873 -> 0.906 (better on all 7 machines);
-through the platform's alerts 0.756 -> 0.782 and 0.753 -> 0.772 with run seeds 42 and 7 (better
-on 5 of 7 machines with either). Alerts also rank their metrics for each ``PHASE_MINUTES`` of the
-incident, each against the hour before it (``models.scoring.entity_incidents``): 0.782 -> 0.807 and
-0.772 -> 0.799 when an event is ranked by the hours it overlaps. A metric already outside its range
-in that hour (a level the entity drifted to) counts only how much farther it went
-(``CONTEXT_EXIT_QUANTILE``): 0.807 -> 0.810 and 0.799 -> 0.807; on the events' own rows 0.906 -> 0.921.
+order of their distance from the training median. Each metric's move against the hour before the
+incident (:func:`changes`, capped) is added at a small weight, so a metric that changed sharply
+but stayed inside its range is not left at the bottom; a metric already outside its range in that
+hour (a level the entity drifted to) counts only how much farther it went. The autoencoder's
+per-metric errors (:func:`metric_errors`) rank them when a model has no spreads. Every weight is
+an :class:`models.params.ExplainParams` field; ``docs/tuning.md`` gives the measurements.
 """
 
 from __future__ import annotations
@@ -28,15 +19,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-NORMAL_RANGE_QUANTILES = (0.005, 0.995)  # a metric's normal range: the middle 99% of its training values
-INSIDE_RANGE_WEIGHT = 1e-3  # orders metrics that stayed inside their range, below any that left it
-CHANGE_WEIGHT = 0.1  # weight of a metric's move against the hour before the incident (:func:`changes`)
-CHANGE_CAP = 10.0  # a move counts at most this many context deviations: at most one spread outside the range
-CONTEXT_MINUTES = 60  # how long an incident's context is
-PHASE_MINUTES = 60  # an incident's explanation is also given hour by hour (its phases), each against the hour before
-CONTEXT_MIN_ROWS = 10  # fewer context rows than this (the day's first minutes): no change evidence
-CONTEXT_SPREAD_FLOOR = 0.1  # a context's standard deviation is floored at this share of the training spread
-CONTEXT_EXIT_QUANTILE = 0.9  # how far a metric was already outside its range in the context: this quantile of its exits
+from models.params import ExplainParams
+
+DEFAULTS = ExplainParams()
 
 
 def metric_errors(
@@ -98,7 +83,7 @@ def spreads(rows: pd.DataFrame, metrics: list[str], *, min_scale: float = 1e-3) 
 
 
 def normal_ranges(
-    rows: pd.DataFrame, metrics: list[str], quantiles: tuple[float, float] = NORMAL_RANGE_QUANTILES
+    rows: pd.DataFrame, metrics: list[str], quantiles: tuple[float, float] = DEFAULTS.normal_range_quantiles
 ) -> dict[str, list[float]]:
     """Each metric's normal training range ``[low, high]`` (the ``quantiles`` of its values),
     for :func:`deviations`."""
@@ -112,12 +97,21 @@ def range_exits(values: pd.DataFrame, spread: Mapping[str, float], ranges: Mappi
     """How far each metric (columns of ``values``) is outside its normal range ``[low, high]`` on
     each row, in units of its spread; 0 inside it and for missing values."""
     metrics = list(values.columns)
-    X = values.to_numpy(dtype=float)
     scale = np.array([spread[m] for m in metrics], dtype=float)
     low = np.array([ranges[m][0] for m in metrics], dtype=float)
     high = np.array([ranges[m][1] for m in metrics], dtype=float)
+    return pd.DataFrame(exits_array(values.to_numpy(dtype=float), scale, low, high), columns=metrics, index=values.index)
+
+
+def exits_array(X: np.ndarray, scale: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """:func:`range_exits` on a matrix whose columns are metrics."""
     outside = (np.maximum(X - high, 0.0) + np.maximum(low - X, 0.0)) / scale
-    return pd.DataFrame(np.nan_to_num(outside, nan=0.0), columns=metrics, index=values.index)
+    return np.nan_to_num(outside, nan=0.0)
+
+
+def distances_array(X: np.ndarray, base: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``|value - baseline| / spread`` of a matrix whose columns are metrics; 0 where missing."""
+    return np.nan_to_num(np.abs(X - base) / scale, nan=0.0)
 
 
 def deviations(
@@ -126,24 +120,26 @@ def deviations(
     spread: Mapping[str, float],
     ranges: Mapping[str, Sequence[float]] | None = None,
     already: Mapping[str, float] | None = None,
+    *,
+    inside_weight: float = DEFAULTS.inside_range_weight,
 ) -> pd.DataFrame:
     """How far each metric (columns of ``values``) moved on each row, in units of its spread.
 
     Without ``ranges``: ``|value - baseline| / spread``. With them: the distance outside the
     metric's normal range ``[low, high]`` over its spread (:func:`range_exits`), less ``already``
-    (how far outside each metric already was, floored at 0), plus ``INSIDE_RANGE_WEIGHT`` times
+    (how far outside each metric already was, floored at 0), plus ``inside_weight`` times
     ``|value - baseline| / spread``, so any metric that left its range outranks one that did not.
     """
     metrics = list(values.columns)
     X = values.to_numpy(dtype=float)
     base = np.array([baselines[m] for m in metrics], dtype=float)
     scale = np.array([spread[m] for m in metrics], dtype=float)
-    out = np.nan_to_num(np.abs(X - base) / scale, nan=0.0)
+    out = distances_array(X, base, scale)
     if ranges:
         outside = range_exits(values, spread, ranges).to_numpy()
         if already is not None:
             outside = np.maximum(outside - np.array([already.get(m, 0.0) for m in metrics], dtype=float), 0.0)
-        out = outside + INSIDE_RANGE_WEIGHT * out
+        out = outside + inside_weight * out
     return pd.DataFrame(out, columns=metrics, index=values.index)
 
 
@@ -151,7 +147,7 @@ def changes(
     values: pd.DataFrame,
     context: pd.DataFrame,
     spread: Mapping[str, float],
-    floor: float = CONTEXT_SPREAD_FLOOR,
+    floor: float = DEFAULTS.context_spread_floor,
 ) -> pd.DataFrame:
     """How far each metric moved on each row from its level just before (``context``), as a
     z-score: ``|value - mean(context)| / max(std(context), floor * spread)``.
@@ -177,24 +173,28 @@ def incident_evidence(
     baselines: Mapping[str, float],
     spread: Mapping[str, float],
     ranges: Mapping[str, Sequence[float]] | None = None,
+    params: ExplainParams = DEFAULTS,
 ) -> pd.DataFrame:
     """Per-row evidence that each metric drove an incident, what alerts rank metrics by.
 
-    :func:`deviations` plus ``CHANGE_WEIGHT`` times :func:`changes` against ``context`` (the
-    entity's rows in the ``CONTEXT_MINUTES`` before the incident), each move capped at
-    ``CHANGE_CAP``: it reorders the metrics that stayed near their ranges, and cannot outweigh a
+    :func:`deviations` plus ``params.change_weight`` times :func:`changes` against ``context``
+    (the entity's rows in the ``params.context_minutes`` before the incident), each move capped at
+    ``params.change_cap``: it reorders the metrics that stayed near their ranges, and cannot outweigh a
     clear exit from one, however quiet the context was. A metric that was already outside its
     range in the context (a drift, a level that stayed high) counts only how much farther it went
-    than its ``CONTEXT_EXIT_QUANTILE`` exit there. With fewer than ``CONTEXT_MIN_ROWS`` context
-    rows, the deviations alone.
+    than its ``params.context_exit_quantile`` exit there. With fewer than ``params.context_min_rows``
+    context rows, the deviations alone.
     """
-    if len(context) < CONTEXT_MIN_ROWS:
-        return deviations(rows, baselines, spread, ranges)
+    w = params.inside_range_weight
+    if len(context) < params.context_min_rows:
+        return deviations(rows, baselines, spread, ranges, inside_weight=w)
     already = None
     if ranges:
-        already = range_exits(context[list(rows.columns)], spread, ranges).quantile(CONTEXT_EXIT_QUANTILE).to_dict()
-    evidence = deviations(rows, baselines, spread, ranges, already=already)
-    return evidence + CHANGE_WEIGHT * changes(rows, context, spread).clip(upper=CHANGE_CAP)
+        exits = range_exits(context[list(rows.columns)], spread, ranges)
+        already = exits.quantile(params.context_exit_quantile).to_dict()
+    evidence = deviations(rows, baselines, spread, ranges, already=already, inside_weight=w)
+    moves = changes(rows, context, spread, floor=params.context_spread_floor).clip(upper=params.change_cap)
+    return evidence + params.change_weight * moves
 
 
 def range_scores(

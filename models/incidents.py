@@ -1,4 +1,4 @@
-"""Incidents: flagged points of one entity grouped into episodes, and their severity.
+"""Incidents: flagged points of one entity grouped into episodes, their severity and explanation.
 
 One rule decides whether two flagged points belong to the same incident (``max_step``); the
 threshold search in ``thresholds.py`` counts incidents with the same rule. An incident with fewer
@@ -8,7 +8,15 @@ the threshold search counts those too, so the alerts users see stay within the a
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
+
+from models.explain import incident_evidence, top_contributors
+from models.frames import ENTITY, TS
+from models.params import ExplainParams
+
+DEFAULTS = ExplainParams()
 
 # Severity bands on peak_score / threshold. Calibrated scores are -log10 tail probabilities, so
 # a ratio r means the peak is r times as many decades rare as the threshold (threshold 3 = 1e-3).
@@ -96,3 +104,92 @@ def severity(peak_score: float, threshold: float) -> str:
         if ratio >= bound:
             return name
     return "low"
+
+
+def incident_context(pdf: pd.DataFrame, start_ts, skip_minutes: int = 0,
+                     context_minutes: int = DEFAULTS.context_minutes) -> pd.DataFrame:
+    """An entity's rows in the ``context_minutes`` ending ``skip_minutes`` before ``start_ts``: the
+    level an incident's metrics are compared with (``models.explain.incident_evidence``)."""
+    end = start_ts - pd.Timedelta(minutes=skip_minutes)
+    return pdf[(pdf[TS] >= end - pd.Timedelta(minutes=context_minutes)) & (pdf[TS] < end)]
+
+
+def incident_phases(rows: pd.DataFrame, phase_minutes: int) -> list[pd.DataFrame]:
+    """An incident's rows (time order) cut into consecutive ``phase_minutes`` from its first row."""
+    step = ((rows[TS] - rows[TS].iloc[0]) // pd.Timedelta(minutes=phase_minutes)).to_numpy()
+    return [part for _, part in rows.groupby(step, sort=True)]
+
+
+def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *, gap_minutes: int,
+                     sampling_seconds: int, ranges=None, min_points: int = 1, context_skip_minutes: int = 0,
+                     phase_minutes: int | None = None, explain: ExplainParams = DEFAULTS) -> list[dict]:
+    """Incidents of one entity's scored rows (time order), each with every metric ranked.
+
+    Incidents with fewer than ``min_points`` flagged rows are left out (``group_incidents``).
+    ``baselines``, ``spread`` and ``ranges`` are the entity's per-metric training medians, spreads
+    and normal ranges, or callables returning them (looked up only when there is an incident). A
+    metric's evidence is its largest move outside its normal range inside the incident, in units
+    of its spread (``models.explain.deviations``; without ranges, its largest deviation from the
+    median), plus a tenth of its move against the hour before the incident
+    (``models.explain.incident_evidence``), the context ending ``context_skip_minutes`` before the
+    first flagged row (the score smoothing window: rows that close may already be anomalous, the
+    first flag can lag the onset by that much); without spreads (a bundle saved before they were
+    kept), the mean of its normalised reconstruction errors (``err__<metric>``).
+
+    Each incident's ``phases`` rank the metrics again on each ``phase_minutes`` (default
+    ``explain.phase_minutes``) of the incident from its start, each against the hour before
+    that phase: a long incident often moves from one cause to another (disk, then CPU), and one
+    ranking over all its hours names whichever was largest.
+    """
+    phase_minutes = explain.phase_minutes if phase_minutes is None else phase_minutes
+    if phase_minutes <= 0:
+        raise ValueError(f"phase_minutes must be > 0, got {phase_minutes}")
+
+    found = group_incidents(pdf, score_col="score", flag_col="flagged", ts_col=TS, entity_col=ENTITY,
+                            gap_minutes=gap_minutes, sampling_seconds=sampling_seconds, min_points=min_points)
+    if found.empty:
+        return []
+    baselines = baselines() if callable(baselines) else baselines
+    spread = spread() if callable(spread) else spread
+    ranges = ranges() if callable(ranges) else ranges
+
+    def ranking(rows: pd.DataFrame) -> list[dict]:
+        peak = rows.loc[[rows["score"].idxmax()], metrics]
+        if spread:
+            before = incident_context(pdf, rows[TS].iloc[0], context_skip_minutes, explain.context_minutes)
+            evidence = incident_evidence(rows[metrics], before[metrics], baselines, spread, ranges, explain)
+            return top_contributors(evidence, peak, baselines, k=len(metrics), how="max")
+        errs = rows[[f"err__{m}" for m in metrics]].set_axis(metrics, axis=1)
+        return top_contributors(errs, peak, baselines, k=len(metrics))
+
+    out = []
+    for inc in found.itertuples(index=False):
+        rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
+        ranked, parts = ranking(rows), incident_phases(rows, phase_minutes)
+        phases = [  # an incident within one phase is that phase: its ranking is the incident's
+            {"start_ts": part[TS].iloc[0], "end_ts": part[TS].iloc[-1], "n_points": int(part["flagged"].sum()),
+             "ranked": ranked if len(parts) == 1 else ranking(part)}
+            for part in parts
+        ]
+        out.append({
+            "entity_id": inc.entity_id, "start_ts": inc.start_ts, "end_ts": inc.end_ts, "n_points": int(inc.n_points),
+            "peak_score": float(inc.peak_score), "threshold": float(rows["threshold"].iloc[0]),
+            "scope": str(rows["scope"].iloc[0]), "ranked": ranked, "phases": phases,
+        })
+    return out
+
+
+def phases_json(phases: list[dict], top: int = DEFAULTS.top_metrics) -> str:
+    """An incident's phases as the alerts table holds them: a JSON list, in time order, of
+    ``{"start_ts", "end_ts"`` (ISO 8601, UTC), ``"n_points"`` (flagged rows), ``"top_metrics"``,
+    ``"contributions"}`` (every metric ranked, as the alert's own ``contributions``)."""
+    def utc(ts) -> str:
+        ts = pd.Timestamp(ts)
+        return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).isoformat()
+
+    return json.dumps([
+        {"start_ts": utc(p["start_ts"]), "end_ts": utc(p["end_ts"]),
+         "n_points": p["n_points"], "top_metrics": ",".join(t["metric"] for t in p["ranked"][:top]),
+         "contributions": p["ranked"]}
+        for p in phases
+    ])

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     retrain_cron: str = Field("0 3 * * 0", description="UTC cron of scheduled retraining (drift events also trigger it).")
     training_window_days: int = Field(14, ge=1, description="Feature days each retrain uses.")
     min_history_days: int = Field(3, ge=1, description="Days an entity needs for its own models.")
+    history_day_coverage: float = Field(
+        0.95, gt=0, le=1, description="Share of a day's rows that makes it a day of history (lookback and gaps cost a few)."
+    )
     incident_gap_minutes: int = Field(5, ge=0, description="Gap tolerated inside one incident.")
     drift_psi_threshold: float = Field(0.25, gt=0, description="PSI above which a feature drifted.")
     drift_fleet_factor: float = Field(

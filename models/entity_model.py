@@ -1,0 +1,244 @@
+"""One entity's fitted models, how they score its rows, and their archive without pickle.
+
+An entity of scope ``entity`` has its own scaler, ensemble (``models.ensemble``), threshold and
+error norms. One of scope ``fleet`` (too little history) has only its own scaler, profile
+(medians, spreads and normal ranges of its metrics, for explanations) and drift reference; it
+borrows the fleet model's ensemble and threshold (the fleet model's own entry is ``__fleet__``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from models.drift import DriftReference
+from models.ensemble import KINDS, EnsembleDetector, Member
+from models.explain import metric_errors
+from models.normal_range import NormalRangeDetector
+from models.params import FeatureLayout
+from models.scaling import RobustClipScaler
+from models.calibration import TailCalibrator
+
+FLEET = "__fleet__"
+ARCHIVE_FORMAT = 2
+_FILE_SUFFIX = {"iforest": "skops", "autoencoder": "pt"}
+
+
+@dataclass
+class TrainingInfo:
+    """What a model was fitted on: row count, time window and a hash of the rows."""
+
+    n_rows: int
+    window: tuple[pd.Timestamp, pd.Timestamp] | None
+    fingerprint: str = ""
+
+
+@dataclass
+class EntityModel:
+    """Everything that scores one entity (scope ``entity``), or only its scaler and profile
+    (scope ``fleet``)."""
+
+    entity: str
+    scope: Literal["entity", "fleet"]
+    scaler: RobustClipScaler | None
+    profile: NormalRangeDetector | None
+    drift: DriftReference | None
+    trained: TrainingInfo
+    ensemble: EnsembleDetector | None = None
+    threshold: float = float("nan")
+    error_center: dict[str, float] = field(default_factory=dict)
+    error_norm: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def baselines(self) -> dict[str, float]:
+        """Training median of each metric."""
+        return self.profile.baselines if self.profile is not None else {}
+
+    @property
+    def spreads(self) -> dict[str, float]:
+        """Training spread of each metric (``models.explain.spreads``)."""
+        return self.profile.spreads if self.profile is not None else {}
+
+    @property
+    def normal_ranges(self) -> dict[str, list[float]]:
+        """Normal range of each metric (``models.explain.normal_ranges``)."""
+        return self.profile.ranges if self.profile is not None else {}
+
+    @property
+    def n_train_rows(self) -> int:
+        return self.trained.n_rows
+
+    @property
+    def fingerprint(self) -> str:
+        return self.trained.fingerprint
+
+    def score(self, frame: pd.DataFrame, layout: FeatureLayout, fleet: EntityModel | None, *,
+              entity_col: str = "entity_id", ts_col: str = "ts") -> pd.DataFrame:
+        """Calibrated scores of this entity's rows, in the frame's row order (see :func:`score_entity`)."""
+        return score_entity(self, frame, layout, fleet, entity_col=entity_col, ts_col=ts_col)
+
+    def to_bytes(self) -> bytes:
+        """One zip archive: ``manifest.json``, ``arrays.npz`` and one file per fitted detector.
+
+        Nothing in it is a pickle: the arrays load with ``allow_pickle=False``, forests with skops'
+        trusted-type list and autoencoders with ``torch.load(weights_only=True)``.
+        """
+        arrays: dict[str, np.ndarray] = {}
+        manifest = {
+            "format": ARCHIVE_FORMAT, "entity": self.entity, "scope": self.scope,
+            "threshold": None if np.isnan(self.threshold) else float(self.threshold),
+            "error_norm": self.error_norm, "error_center": self.error_center,
+            "n_train_rows": int(self.trained.n_rows), "fingerprint": self.trained.fingerprint,
+            "window": None if self.trained.window is None else [pd.Timestamp(t).isoformat() for t in self.trained.window],
+            "profile": None if self.profile is None else self.profile.to_state(),
+        }
+        files: dict[str, bytes] = {}
+        if self.scaler is not None:
+            manifest["scaler"] = self.scaler.get_params()
+            arrays.update(_prefixed("scaler", self.scaler.state_arrays()))
+        if self.drift is not None:
+            manifest["drift"] = self.drift.get_params()
+            arrays.update(_prefixed("drift", self.drift.state_arrays()))
+        if self.ensemble is not None:
+            ens = self.ensemble
+            manifest["ensemble"] = {"combine": ens.combine, "smooth_points": int(ens.smooth_points), "members": []}
+            for m in ens.members:
+                manifest["ensemble"]["members"].append({
+                    "name": m.name, "kind": m.kind, "columns": m.columns.tolist(), "weight": float(m.weight),
+                    "calibrator": m.calibrator.get_params(),
+                })
+                arrays.update(_prefixed(f"cal_{m.name}", m.calibrator.state_arrays()))
+                if m.kind in _FILE_SUFFIX:
+                    files[f"members/{m.name}.{_FILE_SUFFIX[m.kind]}"] = m.detector.to_bytes()
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("manifest.json", json.dumps(manifest, sort_keys=True))
+            npz = io.BytesIO()
+            np.savez(npz, **arrays)
+            archive.writestr("arrays.npz", npz.getvalue())
+            for name, data in files.items():
+                archive.writestr(name, data)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EntityModel:
+        """The model written by :meth:`to_bytes`."""
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            manifest = json.loads(archive.read("manifest.json"))
+            if manifest.get("format") != ARCHIVE_FORMAT:
+                raise ValueError(
+                    f"entity model archive has format {manifest.get('format')}, expected {ARCHIVE_FORMAT}: "
+                    "retrain the dataset (`fleetwatch train`) to rebuild its models"
+                )
+            with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            profile = None if manifest["profile"] is None else NormalRangeDetector.from_state(manifest["profile"])
+            ensemble = None
+            if "ensemble" in manifest:
+                members = []
+                for m in manifest["ensemble"]["members"]:
+                    kind = m["kind"]
+                    detector = profile if kind == "range" else KINDS[kind].from_bytes(
+                        archive.read(f"members/{m['name']}.{_FILE_SUFFIX[kind]}"))
+                    calibrator = TailCalibrator.from_state_arrays(m["calibrator"], _unprefixed(f"cal_{m['name']}", arrays))
+                    members.append(Member(m["name"], kind, detector, np.asarray(m["columns"], dtype=int), m["weight"], calibrator))
+                spec = manifest["ensemble"]
+                ensemble = EnsembleDetector(members=members, combine=spec["combine"], smooth_points=spec["smooth_points"])
+                ensemble.members_ = members
+        window = manifest["window"]
+        return cls(
+            entity=manifest["entity"],
+            scope=manifest["scope"],
+            scaler=RobustClipScaler.from_state_arrays(manifest["scaler"], _unprefixed("scaler", arrays)) if "scaler" in manifest else None,
+            profile=profile,
+            drift=DriftReference.from_state_arrays(manifest["drift"], _unprefixed("drift", arrays)) if "drift" in manifest else None,
+            trained=TrainingInfo(
+                manifest["n_train_rows"],
+                None if window is None else (pd.Timestamp(window[0]), pd.Timestamp(window[1])),
+                manifest["fingerprint"],
+            ),
+            ensemble=ensemble,
+            threshold=float("nan") if manifest["threshold"] is None else manifest["threshold"],
+            error_center=manifest["error_center"],
+            error_norm=manifest["error_norm"],
+        )
+
+
+def impute(frame: pd.DataFrame, feature_cols, center: np.ndarray) -> np.ndarray:
+    """Raw features with missing values replaced by ``center`` (the entity's medians)."""
+    X = frame[list(feature_cols)].to_numpy(dtype=float, na_value=np.nan)
+    return np.where(np.isfinite(X), X, center)
+
+
+def score_entity(model: EntityModel | None, frame: pd.DataFrame, layout: FeatureLayout, fleet: EntityModel | None, *,
+                 entity_col: str = "entity_id", ts_col: str = "ts") -> pd.DataFrame:
+    """Calibrated scores of one entity's rows, in the frame's row order.
+
+    ``model`` of scope ``entity`` scores with its own ensemble; scope ``fleet`` uses its own
+    scaler with the ``fleet`` model's ensemble and threshold; ``None`` (an entity the bundle does
+    not know) is scaled by robust statistics of ``frame`` itself and scored by the fleet model.
+    Missing feature values count as the entity's median. The normal-range member measures each
+    metric against the scorer's ranges (the fleet's pooled ones for an entity the fleet scores).
+
+    Returns
+    -------
+    DataFrame
+        ``entity_id``, ``ts``, ``iforest_score``, ``ae_score`` (the mean calibrated score of each
+        kind's members), ``score`` (the ensemble's), ``threshold``, ``flagged`` (score above
+        threshold), ``scope`` and one ``err__<metric>`` column per metric (the autoencoder's
+        normalised reconstruction error: robust z-scores against its training errors).
+    """
+    own = model is not None and model.scope == "entity"
+    scorer = model if own else fleet
+    if scorer is None or scorer.ensemble is None:
+        raise ValueError("score_entity: an entity without its own model needs the fleet model")
+    if model is not None and model.scaler is not None:
+        scaler = model.scaler
+    else:
+        finite = layout.features(frame)
+        finite = finite[np.isfinite(finite).all(axis=1)]
+        if len(finite) == 0:
+            raise ValueError(f"score_entity: no row of entity {frame[entity_col].iloc[0]!r} has all features finite")
+        scaler = RobustClipScaler().fit(finite)
+    Z = scaler.transform(impute(frame, layout.feature_cols, scaler.center_))
+    order = np.argsort(frame[ts_col].to_numpy(), kind="stable")
+    X = np.hstack([Z, layout.values(frame)])[order]
+    ensemble = scorer.ensemble
+    calibrated = ensemble.member_scores(X)
+    back = np.empty_like(order)
+    back[order] = np.arange(order.size)
+    score = ensemble.combined(calibrated)[back]
+    errors = metric_errors(ensemble.member("autoencoder").detector.feature_errors(Z[order]), list(layout.feature_metric),
+                           scorer.error_norm, scorer.error_center or None)
+    errors = errors.iloc[back].reset_index(drop=True)
+    out = pd.DataFrame(
+        {
+            "entity_id": frame[entity_col].astype(str).to_numpy(),
+            "ts": frame[ts_col].to_numpy(),
+            "iforest_score": ensemble.kind_scores(calibrated, "iforest")[back],
+            "ae_score": ensemble.kind_scores(calibrated, "autoencoder")[back],
+            "score": score,
+            "threshold": scorer.threshold,
+            "flagged": score > scorer.threshold,
+            "scope": "entity" if own else "fleet",
+        }
+    )
+    out["ts"] = out["ts"].astype(frame[ts_col].dtype)
+    for metric in errors.columns:
+        out[f"err__{metric}"] = errors[metric].to_numpy()
+    return out
+
+
+def _prefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"{prefix}__{k}": v for k, v in arrays.items()}
+
+
+def _unprefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    head = f"{prefix}__"
+    return {k[len(head) :]: v for k, v in arrays.items() if k.startswith(head)}

@@ -1,0 +1,53 @@
+"""Column conventions and row helpers shared by training, scoring and promotion.
+
+Models see every dataset with the same two key columns, ``entity_id`` and ``ts``, whatever the
+spec calls them; :func:`canonical` renames a Spark frame's columns to those.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fleetwatch.core.specs import DatasetSpec
+
+ENTITY, TS = "entity_id", "ts"
+
+
+def canonical(df, spec: DatasetSpec):
+    """Rename the spec's entity and timestamp columns of a Spark frame to ``entity_id`` and ``ts``."""
+    if spec.entity_column != ENTITY:
+        df = df.withColumnRenamed(spec.entity_column, ENTITY)
+    if spec.timestamp_column != TS:
+        df = df.withColumnRenamed(spec.timestamp_column, TS)
+    return df
+
+
+def one_thread_per_task() -> None:
+    """Spark runs one task per core: torch's own thread pool would only fight the other tasks."""
+    torch.set_num_threads(1)
+
+
+def usable_rows(frame: pd.DataFrame, feature_cols, ts_col: str) -> pd.DataFrame:
+    """Rows whose features are all finite, in time order."""
+    X = frame[list(feature_cols)].to_numpy(dtype=float, na_value=np.nan)
+    rows = frame.loc[np.isfinite(X).all(axis=1)]
+    return rows.sort_values(ts_col, kind="mergesort").reset_index(drop=True)
+
+
+def holdout_cut(n: int, holdout_fraction: float) -> int:
+    """Rows before the held-out tail: at least one on each side when n >= 2."""
+    return min(max(int(round(n * (1 - holdout_fraction))), 1), n - 1)
+
+
+def even_rows(n: int, k: int) -> np.ndarray:
+    """Indices of at most ``k`` rows spread evenly over ``n`` (all of them when n <= k)."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
+
+
+def smooth(values: np.ndarray, points: int) -> np.ndarray:
+    """Centred moving average over ``points`` rows (shorter at the ends)."""
+    if points <= 1:
+        return values
+    return pd.DataFrame(values).rolling(points, center=True, min_periods=1).mean().to_numpy().reshape(values.shape)

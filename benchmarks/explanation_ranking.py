@@ -8,7 +8,7 @@ alert's own rows and the same context rows the scoring job uses:
 - ``range``: ``models.explain.deviations`` alone (distance outside the normal training range);
 - ``range+change``: ``models.explain.incident_evidence`` over the whole alert (its
   ``contributions``);
-- ``hourly``: the same on each ``models.explain.PHASE_MINUTES`` of the alert, each against the
+- ``hourly``: the same on each ``ExplainParams.phase_minutes`` of the alert, each against the
   hour before it (its ``phases``, what the evaluation report's ``hitrate_150`` reads).
 
 It prints HitRate@150% per machine and the mean over machines, counted as the evaluation report
@@ -36,10 +36,12 @@ from fleetwatch.core.settings import get_settings
 from fleetwatch.core.specs import load_spec
 from models import registry
 from models.bundle import ModelBundle
-from models.scoring import incident_context, incident_phases
-from models.explain import (
-    CONTEXT_MINUTES, PHASE_MINUTES, deviations, incident_evidence, normal_ranges, spreads, top_contributors,
-)
+from models.explain import deviations, incident_evidence, normal_ranges, spreads, top_contributors
+from models.incidents import incident_context, incident_phases
+from models.params import ExplainParams
+
+CONTEXT_MINUTES = ExplainParams().context_minutes
+PHASE_MINUTES = ExplainParams().phase_minutes
 
 RULES = ("range", "range+change", "hourly")
 ON_EVENT_ROWS = ("range", "range+change")  # an event's own rows are one span: no hours to cut

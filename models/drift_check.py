@@ -26,10 +26,20 @@ import datetime as dt
 from dataclasses import dataclass
 
 import pandas as pd
+from pyspark.sql import functions as F
 
+from feature_store.offline_store import OfflineStore
+from feature_store.views import view_for
+from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.lake import Lake, is_local, local_path, write_spark_partition
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import load_spec
+from models import registry
+from models.bundle import load_cached
+from models.drift import psi
+from models.feedback import exclude_confirmed_anomalies
+from models.frames import canonical
+from models.training import model_params, window_days
 
 ENTITY = "entity_id"
 DRIFT_SCHEMA = (
@@ -46,9 +56,6 @@ def psi_frame(features_df, bundle_dir: str, threshold: float):
     """
 
     def check(pdf: pd.DataFrame) -> pd.DataFrame:
-        from models.bundle import load_cached
-        from models.drift import psi
-
         bundle = load_cached(bundle_dir)
         entity = str(pdf[ENTITY].iloc[0])
         model = bundle.entities.get(entity)
@@ -88,11 +95,6 @@ def decide(frame: pd.DataFrame, *, threshold: float, fleet_factor: float) -> pd.
 def history_rows(spark, settings: Settings, spec, view, day: dt.date, entities: list[str]) -> dict[str, int]:
     """Usable feature rows (all features finite, outside confirmed anomalies) of ``entities``
     in the training window ending at ``day``: what the next retrain would fit them on."""
-    from pyspark.sql import functions as F
-
-    from feature_store.offline_store import OfflineStore
-    from models.training import canonical, exclude_confirmed_anomalies, window_days
-
     if not entities:
         return {}
     store = OfflineStore(spark, Lake(settings.lake_root))
@@ -154,11 +156,6 @@ def check_drift(spark, settings: Settings, dataset: str, day: dt.date) -> str:
     the day and an MLflow run ``drift <day>`` with the summary metrics. Without a champion there
     is nothing to compare with: nothing is written.
     """
-    from feature_store.offline_store import OfflineStore
-    from feature_store.views import view_for
-    from models import registry
-    from models.training import canonical, model_params
-
     spec = load_spec(settings.specs_dir, dataset)
     view = view_for(spec)
     lake = Lake(settings.lake_root)
@@ -179,8 +176,6 @@ def check_drift(spark, settings: Settings, dataset: str, day: dt.date) -> str:
 
     final = lake.partition("drift", dataset, day)
     write_spark_partition(lake, spark.createDataFrame(result, schema=_result_schema()).coalesce(1), final, spark)
-    from fleetwatch.core.alerts_store import AlertsStore
-
     checked = result[result["scope"] != "new"]
     table = checked[["entity_id", "feature", "psi", "drifted", "model_version"]].assign(dataset=dataset, dt=day)
     AlertsStore(settings.alerts_db_url).publish_drift(dataset, day, table)
@@ -200,9 +195,8 @@ def read_summary(settings: Settings, dataset: str, day: dt.date) -> DriftSummary
 
 def log_summary(settings: Settings, dataset: str, summary: DriftSummary) -> str:
     """Log the night's figures to MLflow as run ``drift <day>`` (a rerun of the night reuses it)."""
-    import mlflow
+    import mlflow  # lazy: importing MLflow takes seconds, and most callers only read summaries
 
-    from models import registry
 
     client = registry.client(settings)
     exp_id = registry.ensure_experiment(settings, dataset)

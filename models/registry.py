@@ -9,6 +9,9 @@ the promotion gate (:func:`passes_gate`). The champion it replaces keeps the ali
 
 from __future__ import annotations
 
+import json
+import math
+
 import shutil
 from dataclasses import dataclass
 
@@ -32,8 +35,8 @@ def experiment_name(dataset: str) -> str:
 
 def client(settings: Settings):
     """An MlflowClient on the settings' tracking and registry URI (set process-wide too)."""
-    import mlflow
-    from mlflow import MlflowClient
+    import mlflow  # lazy (here and below): Spark workers import this module with the scoring job, and
+    from mlflow import MlflowClient  # MLflow takes seconds to import where only the driver needs it
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
@@ -186,9 +189,6 @@ def record_decision(
     ``figures`` (e.g. the precision over labelled alerts) become version tags and run metrics;
     ``thresholds`` (entity -> [fitted, raised] by false-alert feedback) a JSON version tag.
     """
-    import json
-    import math
-
     c = client(settings)
     name = model_name(dataset)
     tags = {"gate": "passed" if promoted else "not passed", "gate_incidents_per_entity_day": f"{rate:.3f}",

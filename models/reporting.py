@@ -11,6 +11,7 @@ import pandas as pd
 from fleetwatch.core import __version__
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec
+from models import registry
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_bundle.py")
 
@@ -40,7 +41,7 @@ def entity_table(bundle, shadow) -> pd.DataFrame:
 
 def plot_scores(shadow, out_dir: Path) -> list[Path]:
     """Score distribution with thresholds, and a few entities' score timelines, as PNG."""
-    import matplotlib
+    import matplotlib  # lazy: only the training run's report plots; Spark workers never need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -78,9 +79,7 @@ def plot_scores(shadow, out_dir: Path) -> list[Path]:
 
 def log_training_run(settings: Settings, spec: DatasetSpec, view, bundle, bundle_dir: Path, shadow) -> tuple[str, str]:
     """Log the run and register the bundle as one version (alias ``challenger``)."""
-    import mlflow
-
-    from models import registry
+    import mlflow  # lazy: see models.registry.client
 
     registry.client(settings)
     exp_id = registry.ensure_experiment(settings, spec.name)

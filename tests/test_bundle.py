@@ -13,7 +13,10 @@ import pytest
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.bundle import ModelBundle, load_cached
 from models.explain import range_scores
-from models.fitting import EntityModel, ModelParams, fit_bucket, fit_entity, fit_fleet, score_entity
+from models.entity_model import EntityModel, score_entity
+from models.ensemble import EnsembleDetector
+from models.fitting import fit_bucket, fit_entity, fit_fleet
+from models.params import FeatureLayout, ModelParams
 from models.incidents import group_incidents
 
 METRICS = ["cpu", "mem", "disk"]
@@ -24,7 +27,8 @@ PARAMS = ModelParams(
     iforest_n_estimators=50, ae_hidden=16, ae_bottleneck=4, ae_epochs=8, ae_batch_size=128,
     min_history_rows=300, gap_minutes=10,
 )
-FIT = dict(feature_cols=FEATURES, feature_metric=FEATURE_METRIC, metrics=METRICS, spec=SPEC, params=PARAMS, random_state=7)
+LAYOUT = FeatureLayout(tuple(FEATURES), tuple(FEATURE_METRIC), tuple(METRICS))
+FIT = dict(layout=LAYOUT, spec=SPEC, params=PARAMS, random_state=7)
 DAY = 288  # rows per day at 5-minute sampling
 
 
@@ -89,18 +93,20 @@ def test_fit_bucket_gives_short_entities_fleet_scope(bundle):
     a, b, c = (bundle.entities[e] for e in "abc")
     for model in (a, b):
         assert model.scope == "entity"
-        assert model.iforest is not None and model.autoencoder is not None
-        # the view here has values and means only: one extra member (without the means), none without
+        # the view here has values and means only: one extra pair (without the means), none without
         # std or without both (it would keep no column); and the normal-range detector
-        assert set(model.calibrators) == {"iforest", "autoencoder", "iforest-no-mean", "autoencoder-no-mean", "range"}
-        [member] = model.subspaces
-        assert member.leaves_out == "mean" and [FEATURES[i] for i in member.columns] == METRICS
+        members = {m.name: m for m in model.ensemble.members}
+        assert [(m.name, m.kind) for m in model.ensemble.members] == [
+            ("iforest", "iforest"), ("autoencoder", "autoencoder"), ("iforest-no-mean", "iforest"),
+            ("autoencoder-no-mean", "autoencoder"), ("range", "range")]
+        assert [FEATURES[i] for i in members["iforest-no-mean"].columns] == METRICS
+        assert members["range"].detector is model.profile and members["range"].weight == PARAMS.range_weight
         assert 0 < model.threshold < 10
         assert model.n_train_rows == 3 * DAY
-        assert model.window == (pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-03 23:55", tz="UTC"))
+        assert model.trained.window == (pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-03 23:55", tz="UTC"))
     assert a.baselines["mem"] == pytest.approx(30, abs=0.5) and b.baselines["mem"] == pytest.approx(50, abs=0.5)
     assert c.scope == "fleet" and c.n_train_rows == 100
-    assert c.iforest is None and c.autoencoder is None and np.isnan(c.threshold)
+    assert c.ensemble is None and np.isnan(c.threshold)
     assert c.scaler.center_[FEATURES.index("mem")] == pytest.approx(30, abs=1)
     assert bundle.fleet.entity == "__fleet__" and 0 < bundle.fleet.threshold < 10
     assert [bundle.scope_of(e) for e in "abcz"] == ["entity", "entity", "fleet", "fleet"]
@@ -111,7 +117,10 @@ def test_batched_autoencoders_match_a_single_entity_fit(window, bundle):
     in_bucket = bundle.entities["a"]
     rows = features(raw_rows("a", "2026-01-04", 50, 21))
     Z = alone.scaler.transform(rows[FEATURES].to_numpy())
-    np.testing.assert_allclose(alone.autoencoder.score_samples(Z), in_bucket.autoencoder.score_samples(Z), rtol=1e-4)
+    for name in ("autoencoder", "autoencoder-no-mean"):
+        cols = alone.ensemble.member(name).columns
+        np.testing.assert_allclose(alone.ensemble.member(name).detector.score_samples(Z[:, cols]),
+                                   in_bucket.ensemble.member(name).detector.score_samples(Z[:, cols]), rtol=1e-4)
     assert alone.threshold == pytest.approx(in_bucket.threshold)
 
 
@@ -156,11 +165,12 @@ def test_bundle_round_trip_scores_identically_without_pickle(bundle, new_day, tm
     for archive_path in [*folder.glob("entities/*.zip"), folder / "fleet.zip"]:
         with zipfile.ZipFile(archive_path) as archive:
             names = set(archive.namelist())
-            member_files = {f"subspace-mean/{f}" for f in ("iforest.skops", "autoencoder.pt")}
-            assert names <= {"manifest.json", "arrays.npz", "iforest.skops", "autoencoder.pt", *member_files}
+            member_files = {"members/iforest.skops", "members/autoencoder.pt", "members/iforest-no-mean.skops",
+                            "members/autoencoder-no-mean.pt"}
+            assert names <= {"manifest.json", "arrays.npz", *member_files}
             with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
                 assert all(npz[k].dtype != object for k in npz.files)
-    assert "iforest.skops" not in zipfile.ZipFile(folder / "entities" / "c.zip").namelist()
+    assert zipfile.ZipFile(folder / "entities" / "c.zip").namelist() == ["manifest.json", "arrays.npz"]
 
     loaded = ModelBundle.load(folder)
     pd.testing.assert_frame_equal(loaded.score(new_day), bundle.score(new_day), check_exact=False, rtol=1e-6)
@@ -178,31 +188,37 @@ def test_bundle_round_trip_scores_identically_without_pickle(bundle, new_day, tm
         bundle.save(folder)
 
 
-def test_normal_range_detector_flags_the_anomaly_and_old_bundles_score_without_it(bundle, new_day):
+def test_normal_range_detector_flags_the_anomaly_and_weighs_in_the_ensemble(bundle, new_day):
     a = bundle.entities["a"]
-    assert a.range_weight == PARAMS.range_weight == 2.0 and bundle.fleet.range_weight == 2.0
     rows = new_day[new_day["entity_id"] == "a"].sort_values("ts").reset_index(drop=True)
-    raw = range_scores(rows[METRICS], a.baselines, a.spreads, a.normal_ranges)
-    calibrated = a.calibrators["range"].transform(raw)
+    raw = a.profile.score_samples(rows[METRICS].to_numpy())
+    np.testing.assert_allclose(raw, range_scores(rows[METRICS], a.baselines, a.spreads, a.normal_ranges))
+    calibrated = a.ensemble.member("range").calibrator.transform(raw)
     assert calibrated[100:121].min() > 2 > 1 > np.median(calibrated[:90])  # mem +8 sigma left its range: rarer than 1 in 100
-    args = dict(feature_cols=FEATURES, feature_metric=FEATURE_METRIC, fleet=bundle.fleet)
-    full = score_entity(a, rows, **args)["score"]
-    unweighted = score_entity(dataclasses.replace(a, range_weight=0.0), rows, **args)["score"]
-    old = dataclasses.replace(a, range_weight=0.0, calibrators={k: v for k, v in a.calibrators.items() if k != "range"})
-    old = EntityModel.from_bytes(old.to_bytes())  # as saved before the detector existed
-    np.testing.assert_allclose(score_entity(old, rows, **args)["score"], unweighted)
+    full = score_entity(a, rows, LAYOUT, bundle.fleet)["score"]
+    without = [m for m in a.ensemble.members if m.kind != "range"]
+    others = dataclasses.replace(a, ensemble=EnsembleDetector(members=without, smooth_points=a.ensemble.smooth_points))
+    others.ensemble.members_ = without
+    unweighted = score_entity(others, rows, LAYOUT, bundle.fleet)["score"]
     assert not np.allclose(full, unweighted)
+    # the ensemble's score is the weighted mean: the range member counts ``range_weight`` times
+    w, n = PARAMS.range_weight, len(without)
+    smoothed = a.ensemble.member("range").calibrator.transform(a.ensemble.raw_scores(
+        np.hstack([np.zeros((len(rows), len(FEATURES))), rows[METRICS].to_numpy()]))["range"])
+    np.testing.assert_allclose(full, (n * unweighted + w * smoothed) / (n + w), rtol=1e-9)
 
 
 def test_entity_model_bytes_round_trip_keeps_every_part(bundle):
     model = bundle.entities["b"]
     back = EntityModel.from_bytes(model.to_bytes())
-    assert back.range_weight == model.range_weight == 2.0
-    assert (back.entity, back.scope, back.threshold, back.window) == (model.entity, model.scope, model.threshold, model.window)
+    assert [(m.name, m.kind, m.weight, m.columns.tolist()) for m in back.ensemble.members] == [
+        (m.name, m.kind, m.weight, m.columns.tolist()) for m in model.ensemble.members]
+    assert (back.entity, back.scope, back.threshold, back.trained) == (model.entity, model.scope, model.threshold, model.trained)
     assert back.baselines == model.baselines and back.error_norm == model.error_norm
     assert back.spreads == model.spreads and set(back.spreads) == set(METRICS)
     assert back.normal_ranges == model.normal_ranges and set(back.normal_ranges) == set(METRICS)
     assert all(lo <= model.baselines[m] <= hi for m, (lo, hi) in model.normal_ranges.items())
     np.testing.assert_array_equal(back.scaler.scale_, model.scaler.scale_)
-    np.testing.assert_array_equal(back.calibrators["iforest"].quantiles_, model.calibrators["iforest"].quantiles_)
+    for m in model.ensemble.members:
+        np.testing.assert_array_equal(back.ensemble.member(m.name).calibrator.quantiles_, m.calibrator.quantiles_)
     np.testing.assert_array_equal(back.drift.proportions_, model.drift.proportions_)

@@ -56,7 +56,8 @@ def test_an_entity_drifts_when_a_metric_moves_far_beyond_the_fleets_own_wander()
 def _tiny_bundle():
     """A two-metric bundle of one entity fitted in-process (small networks, no Spark)."""
     from models.bundle import ModelBundle
-    from models.fitting import ModelParams, fit_entity, fit_fleet
+    from models.fitting import fit_entity, fit_fleet
+    from models.params import FeatureLayout, ModelParams
 
     rng = np.random.default_rng(0)
     n = 600
@@ -64,7 +65,7 @@ def _tiny_bundle():
     frame = pd.DataFrame({"entity_id": "a", "ts": ts, "x": rng.normal(10, 1, n), "y": rng.normal(5, 0.5, n)})
     spec = DatasetSpec(name="tiny", alarm_budget=1.0, metrics=[MetricSpec(name="x"), MetricSpec(name="y")])
     params = ModelParams(ae_epochs=2, ae_hidden=4, ae_bottleneck=2, iforest_n_estimators=20, min_history_rows=100)
-    kw = dict(feature_cols=["x", "y"], feature_metric=["x", "y"], metrics=["x", "y"], spec=spec, params=params, random_state=1)
+    kw = dict(layout=FeatureLayout(("x", "y"), ("x", "y"), ("x", "y")), spec=spec, params=params, random_state=1)
     model = fit_entity(frame, **kw)
     bundle = ModelBundle(dataset="tiny", feature_view="v@v1", feature_cols=["x", "y"], feature_metric=["x", "y"],
                          metrics=["x", "y"], entities={"a": model}, fleet=fit_fleet(frame, **kw),
@@ -80,9 +81,10 @@ def _alert_rows(frame: pd.DataFrame, alert_id: int, x: float, minutes: int = 3) 
 
 
 def test_a_false_alert_raises_its_entitys_threshold_just_above_its_peak_at_most_twofold():
-    from models.training import FEEDBACK_MARGIN, raise_thresholds
+    from models.promotion import raise_thresholds
 
     bundle, frame = _tiny_bundle()
+    margin = bundle.params.feedback_margin
     fitted = bundle.entities["a"].threshold
     # a mild false alarm: the smallest shift of x (in quarter sds) whose rows the entity flags
     for x in np.arange(10.5, 40.0, 0.25):
@@ -90,23 +92,23 @@ def test_a_false_alert_raises_its_entitys_threshold_just_above_its_peak_at_most_
         peak = bundle.score(mild.drop(columns=["id"]))["score"].max()
         if peak > fitted:
             break
-    assert fitted < FEEDBACK_MARGIN * peak < 2 * fitted
+    assert fitted < margin * peak < bundle.params.feedback_max_factor * fitted
 
     changed = raise_thresholds(bundle, mild, pd.DataFrame({"id": [1], "label": [False]}))
 
-    assert changed == {"a": [fitted, pytest.approx(FEEDBACK_MARGIN * peak)]}
-    assert bundle.entities["a"].threshold == pytest.approx(FEEDBACK_MARGIN * peak)
+    assert changed == {"a": [fitted, pytest.approx(margin * peak)]}
+    assert bundle.entities["a"].threshold == pytest.approx(margin * peak)
     assert not bundle.score(mild.drop(columns=["id"]))["flagged"].any()  # that alert would not come back
 
     bundle, frame = _tiny_bundle()
-    wild = _alert_rows(frame, 2, 60.0)  # a real outage labelled false by mistake: capped at 2x
+    wild = _alert_rows(frame, 2, 60.0)  # a real outage labelled false by mistake: capped at feedback_max_factor times the fitted threshold
     raise_thresholds(bundle, wild, pd.DataFrame({"id": [2], "label": [False]}))
-    assert bundle.entities["a"].threshold == pytest.approx(2 * fitted)
+    assert bundle.entities["a"].threshold == pytest.approx(bundle.params.feedback_max_factor * fitted)
     assert bundle.score(wild.drop(columns=["id"]))["flagged"].all()
 
 
 def test_precision_over_labelled_alerts_compares_challenger_with_champion():
-    from models.training import labelled_precision, precision_ok
+    from models.promotion import labelled_precision, precision_ok
 
     bundle, frame = _tiny_bundle()
     rows = pd.concat([_alert_rows(frame, 1, 60.0), _alert_rows(frame.iloc[10:], 2, 10.0), _alert_rows(frame.iloc[20:], 3, 60.0)])
@@ -156,7 +158,7 @@ def test_models_rollback_command_swaps_champion_and_previous_champion(settings, 
 @pytest.mark.integration
 def test_alerts_labelled_true_leave_the_training_window_and_false_ones_stay(spark, settings):
     from fleetwatch.core.alerts_store import AlertsStore
-    from models.training import exclude_confirmed_anomalies
+    from models.feedback import exclude_confirmed_anomalies
 
     spec = DatasetSpec(name="fb", entity_column="host", timestamp_column="time", metrics=[MetricSpec(name="cpu")])
     ts = pd.date_range(pd.Timestamp(START, tz="UTC"), periods=10, freq="min")

@@ -13,9 +13,6 @@ from feature_store.views import FeatureView, statistic_of
 from models.calibration import TailCalibrator, combine
 from models.drift import DriftReference, psi
 from models.explain import (
-    CHANGE_CAP,
-    CHANGE_WEIGHT,
-    CONTEXT_MIN_ROWS,
     changes,
     deviations,
     incident_evidence,
@@ -26,9 +23,12 @@ from models.explain import (
     spreads,
     top_contributors,
 )
-from models.fitting import ModelParams, subspace_columns
+from models.params import ExplainParams, FeatureLayout, ModelParams
 from models.incidents import group_incidents, severity
 from models.thresholds import threshold_for_budget
+
+EXPLAIN = ExplainParams()
+
 
 
 def minutes(*values: int, start: str = "2026-01-01") -> pd.DatetimeIndex:
@@ -309,11 +309,11 @@ def test_a_metric_that_stepped_inside_its_range_outranks_one_that_was_already_hi
     assert [t["metric"] for t in by_range] == ["load", "conn"]  # farther from its median
     evidence = incident_evidence(incident, context, baselines, spread, ranges)
     assert [t["metric"] for t in top_contributors(evidence, peak, baselines, k=2, how="max")] == ["conn", "load"]
-    # a move adds at most CHANGE_WEIGHT x CHANGE_CAP: one spread outside a range still outranks it
+    # a move adds at most change_weight x change_cap: one spread outside a range still outranks it
     added = evidence - deviations(incident, baselines, spread, ranges)
-    assert added["conn"].max() == pytest.approx(CHANGE_WEIGHT * CHANGE_CAP) and (added >= 0).all().all()
+    assert added["conn"].max() == pytest.approx(EXPLAIN.change_weight * EXPLAIN.change_cap) and (added >= 0).all().all()
     # too little context (an incident in the day's first minutes): the range evidence alone
-    short = incident_evidence(incident, context.iloc[: CONTEXT_MIN_ROWS - 1], baselines, spread, ranges)
+    short = incident_evidence(incident, context.iloc[: EXPLAIN.context_min_rows - 1], baselines, spread, ranges)
     pd.testing.assert_frame_equal(short, deviations(incident, baselines, spread, ranges))
 
 
@@ -329,7 +329,7 @@ def test_a_metric_already_outside_its_range_before_the_incident_counts_only_how_
     first = evidence.iloc[0]
     assert first["cpu"] > 1.4 and first["disk"] == pytest.approx(1e-3 * 30 / 5)  # disk only as far out as before
     # where disk goes 3 spreads farther than it was, those 3 count (and its move, capped)
-    assert evidence.iloc[1]["disk"] == pytest.approx(3.0 + 1e-3 * 45 / 5 + CHANGE_WEIGHT * CHANGE_CAP)
+    assert evidence.iloc[1]["disk"] == pytest.approx(3.0 + EXPLAIN.inside_range_weight * 45 / 5 + EXPLAIN.change_weight * EXPLAIN.change_cap)
     # a few stray exits in the hour before (under a tenth of it) take nothing away
     spiky = context.assign(disk=[50.0] * 55 + [80.0] * 5)
     assert incident_evidence(incident, spiky, baselines, spread, ranges).iloc[0]["disk"] > 3.0
@@ -349,7 +349,7 @@ def entity_stats(*names: str):
 
 
 def test_entity_incidents_rank_metrics_against_the_hour_before_each_incident():
-    from models.scoring import entity_incidents
+    from models.incidents import entity_incidents
 
     conn = np.r_[np.full(120, 50.0), np.full(60, 60.0)]  # steps up at minute 120
     load = np.r_[np.full(60, 50.0), np.full(120, 62.0)]  # already high from minute 60
@@ -370,7 +370,7 @@ def test_entity_incidents_rank_metrics_against_the_hour_before_each_incident():
 
 
 def test_a_long_incident_is_also_explained_hour_by_hour():
-    from models.scoring import entity_incidents, phases_json
+    from models.incidents import entity_incidents, phases_json
 
     disk = np.r_[np.full(60, 50.0), np.full(180, 80.0)]  # leaves its range at minute 60 (3 spreads out)
     cpu = np.r_[np.full(180, 50.0), np.full(60, 100.0)]  # leaves it farther (7 spreads) at minute 180
@@ -458,13 +458,13 @@ def test_ensemble_members_leave_out_one_statistic_of_the_view_each():
     cols = view.feature_columns
     assert [statistic_of(c) for c in cols[:5]] == ["value", "mean", "std", "z", "mean"]
     assert statistic_of("disk__io") == "value" and statistic_of("disk__io__roc") == "roc"
-    members = subspace_columns(cols, ("mean", "std", "mean"))
+    members = FeatureLayout.of(view).member_columns(("mean", "std", "mean"))
     assert list(members) == ["mean", "std"]
     kept = [cols[i] for i in members["mean"]]
     assert "cpu" in kept and "cpu__z_5m" in kept and "disk__io__roc" in kept
     assert not any("__mean_" in c for c in kept) and len(kept) == len(cols) - 2 * 3
     # a statistic the columns do not have, or the only one they have, makes no member
-    assert subspace_columns(["cpu", "mem"], ("mean", "value")) == {}
+    assert FeatureLayout(("cpu", "mem"), ("cpu", "mem"), ("cpu", "mem")).member_columns(("mean", "value")) == {}
     with pytest.raises(ValueError):
         ModelParams(subspaces=("median",))
 
@@ -472,9 +472,10 @@ def test_ensemble_members_leave_out_one_statistic_of_the_view_each():
 def test_a_member_can_leave_out_the_level_values_and_means_together():
     view = FeatureView(name="t", version=1, entity_column="entity_id", timestamp_column="ts", metrics=("cpu", "mem"))
     cols = view.feature_columns
-    kept = [cols[i] for i in subspace_columns(cols, ("value+mean",))["value+mean"]]
+    kept = [cols[i] for i in FeatureLayout.of(view).member_columns(("value+mean",))["value+mean"]]
     assert kept and all(statistic_of(c) in ("std", "z", "roc") for c in kept)
     assert len(kept) == len(cols) - 2 * (1 + len(view.windows_minutes))
-    assert "value+mean" in ModelParams().subspaces and ModelParams().range_weight == 2.0
+    params = ModelParams(subspaces=("value+mean", "std"))
+    assert ModelParams.model_validate(params.model_dump()) == params  # what a bundle saves, it loads
     with pytest.raises(ValueError, match="median"):
         ModelParams(subspaces=("value+median",))

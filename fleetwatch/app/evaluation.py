@@ -288,7 +288,7 @@ def flagged_rows_hitrate(
     report, where an alert's hours seldom start where the labelled event does.
     """
     from models.explain import incident_evidence, top_contributors
-    from models.scoring import incident_context
+    from models.incidents import incident_context
 
     rows = rows.sort_values("ts")
     rates = []

@@ -49,7 +49,10 @@ def run(args) -> None:
     day, _ = fleet_rows(args.entities, args.metrics, 1, seed=1)
     spec = DatasetSpec(name="bench", metrics=[MetricSpec(name=m) for m in view.metrics])
     cols = view.feature_columns
-    common = dict(feature_cols=cols, feature_metric=[view.metric_of(c) for c in cols], metrics=list(view.metrics), spec=spec, random_state=42)
+    common = dict(
+        feature_cols=cols, feature_metric=[view.metric_of(c) for c in cols], metrics=list(view.metrics),
+        spec=spec, random_state=42,
+    )
     variants = {
         "one pair": ModelParams(subspaces=(), range_weight=0.0),
         "three pairs": ModelParams(subspaces=("mean", "std"), range_weight=0.0),
@@ -64,7 +67,8 @@ def run(args) -> None:
             timing[name]["fit"].append(time.perf_counter() - t)
             t = time.perf_counter()
             for model in models:
-                score_entity(model, day[day["entity_id"] == model.entity], feature_cols=cols, feature_metric=common["feature_metric"], fleet=None)
+                rows = day[day["entity_id"] == model.entity]
+                score_entity(model, rows, feature_cols=cols, feature_metric=common["feature_metric"], fleet=None)
             timing[name]["score"].append(time.perf_counter() - t)
             size[name] = len(models[0].to_bytes())
     print(f"{args.entities} entities x {args.days} training days, {args.metrics} metrics ({len(cols)} feature columns), "

@@ -29,17 +29,23 @@ import numpy as np
 import pandas as pd
 
 from fleetwatch.app import metrics as M
-from fleetwatch.core.datasets.smd import SMD_METRICS, available_machines, read_smd_machine, smd_labels
 from fleetwatch.app.evaluation import read_alerts, read_scores
+from fleetwatch.core.datasets.smd import SMD_METRICS, available_machines, read_smd_machine, smd_labels
 from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import get_settings
 from fleetwatch.core.specs import load_spec
 from models import registry
 from models.bundle import ModelBundle
-from models.scoring import incident_context, incident_phases
 from models.explain import (
-    CONTEXT_MINUTES, PHASE_MINUTES, deviations, incident_evidence, normal_ranges, spreads, top_contributors,
+    CONTEXT_MINUTES,
+    PHASE_MINUTES,
+    deviations,
+    incident_evidence,
+    normal_ranges,
+    spreads,
+    top_contributors,
 )
+from models.scoring import incident_context, incident_phases
 
 RULES = ("range", "range+change", "hourly")
 ON_EVENT_ROWS = ("range", "range+change")  # an event's own rows are one span: no hours to cut

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from fleetwatch.core.alerts_store import ALERT_COLUMNS, AlertsStore, partition_lock_key, redact_url
 from fleetwatch.app.cli import app
+from fleetwatch.core.alerts_store import ALERT_COLUMNS, AlertsStore, partition_lock_key, redact_url
 from fleetwatch.core.errors import AlertsStoreError, PartitionNotFound
 from fleetwatch.core.lake import Lake, write_pandas_partition
 from fleetwatch.core.publishing import publish_alerts
@@ -218,7 +218,8 @@ def test_an_incident_reads_hour_by_hour_with_sql(store):
     frame = incidents(minutes=150)
     start = frame["start_ts"].iloc[1]
     frame.loc[1, "phases"] = json.dumps([
-        {"start_ts": (start + pd.Timedelta(hours=h)).isoformat(), "end_ts": (start + pd.Timedelta(minutes=60 * h + 59)).isoformat(),
+        {"start_ts": (start + pd.Timedelta(hours=h)).isoformat(),
+         "end_ts": (start + pd.Timedelta(minutes=60 * h + 59)).isoformat(),
          "n_points": 60, "top_metrics": top, "contributions": []}
         for h, top in enumerate(["disk_w,io", "disk_w,cpu", "cpu,load_1"])
     ])

@@ -163,7 +163,8 @@ def test_alerts_labelled_true_leave_the_training_window_and_false_ones_stay(spar
     rows = pd.DataFrame({"host": ["a"] * 10 + ["b"] * 10, "time": list(ts) * 2, "cpu": np.arange(20.0)})
     store = AlertsStore(settings.alerts_db_url)
     incidents = pd.DataFrame({
-        "dataset": "fb", "dt": START, "entity_id": ["a", "a", "b"], "start_ts": [ts[2], ts[7], ts[0]], "end_ts": [ts[4], ts[7], ts[1]],
+        "dataset": "fb", "dt": START, "entity_id": ["a", "a", "b"],
+        "start_ts": [ts[2], ts[7], ts[0]], "end_ts": [ts[4], ts[7], ts[1]],
         "n_points": 3, "peak_score": 5.0, "severity": "high", "threshold": 3.0, "top_metrics": "cpu",
         "contributions": "[]", "model_scope": "entity", "model_name": "m", "model_version": "1",
         "feature_view": "v", "run_id": "r",
@@ -177,7 +178,7 @@ def test_alerts_labelled_true_leave_the_training_window_and_false_ones_stay(spar
     kept = exclude_confirmed_anomalies(settings, spec, spark.createDataFrame(rows)).toPandas()
     kept["time"] = pd.to_datetime(kept["time"]).dt.tz_localize("UTC")  # toPandas drops the (UTC) zone
 
-    dropped = set(zip(rows["host"], rows["time"])) - set(zip(kept["host"], kept["time"]))
+    dropped = set(zip(rows["host"], rows["time"], strict=True)) - set(zip(kept["host"], kept["time"], strict=True))
     assert sorted(dropped) == [("a", ts[2]), ("a", ts[3]), ("a", ts[4])]
 
 
@@ -257,9 +258,9 @@ def _new_normal_incidents(incidents: pd.DataFrame, labels: pd.DataFrame) -> int:
 @pytest.mark.slow
 def test_drift_fires_on_the_drifted_entity_only_and_the_retrained_champion_accepts_the_new_normal(spark, drift_settings):
     from feature_store.pipeline import build_features
+    from fleetwatch.app.orchestration import drift_asset, last_failures, run_retrain, window_end
     from fleetwatch.core.alerts_store import AlertsStore
     from fleetwatch.core.lake import Lake, write_pandas_partition
-    from fleetwatch.app.orchestration import drift_asset, last_failures, run_retrain, window_end
     from fleetwatch.core.synthetic import generate_fleet, load_labels
     from models import registry
     from models.drift_check import check_drift, read_summary

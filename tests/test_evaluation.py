@@ -93,7 +93,8 @@ def test_events_are_ranked_by_the_phases_they_overlap():
     phases = [  # a three-hour alert: disk first, cpu in its last hour
         {"start_ts": a.isoformat(), "end_ts": b.isoformat(), "n_points": 60, "contributions": ranking(*order)}
         for (a, b), order in zip(
-            [_ts(0, 59), _ts(60, 119), _ts(120, 179)], [("disk", "io", "cpu"), ("disk", "io", "cpu"), ("cpu", "net", "disk")]
+            [_ts(0, 59), _ts(60, 119), _ts(120, 179)], [("disk", "io", "cpu"), ("disk", "io", "cpu"), ("cpu", "net", "disk")],
+            strict=True,
         )
     ]
     alerts = pd.DataFrame({

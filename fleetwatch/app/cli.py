@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -181,7 +179,7 @@ def sql(query: str = typer.Argument(..., help="A SQL statement to run against th
 
 @alerts_app.command("list")
 def alerts_list(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Only this dataset."),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Only this dataset."),
     limit: int = typer.Option(20, min=1, help="How many, newest first."),
 ) -> None:
     """Show the most recent alerts."""
@@ -274,7 +272,7 @@ def models_rollback(dataset: str = DatasetOpt) -> None:
 @ingest_app.command("smd")
 def ingest_smd_cmd(
     data: Path = typer.Option(..., "--data", help="Folder with train/, test/, test_label/, interpretation_label/."),
-    machines: Optional[list[str]] = typer.Option(None, "--machines", help="Machines to load (default: all)."),
+    machines: list[str] | None = typer.Option(None, "--machines", help="Machines to load (default: all)."),
     start: str = typer.Option("2026-01-01", help="Date of the first training minute."),
     dataset: str = typer.Option("smd", help="Dataset name to create."),
 ) -> None:
@@ -291,7 +289,7 @@ def ingest_smd_cmd(
 @evaluate_app.command("smd")
 def evaluate_smd_cmd(
     data: Path = typer.Option(..., "--data", help="Folder of the SMD files."),
-    machines: Optional[list[str]] = typer.Option(None, "--machines", help="Machines to evaluate (default: all)."),
+    machines: list[str] | None = typer.Option(None, "--machines", help="Machines to evaluate (default: all)."),
     out: Path = typer.Option(Path("report.json"), "--out", help="Where to write the JSON report."),
     start: str = typer.Option("2026-01-01", help="Date of the first training minute."),
 ) -> None:

@@ -464,7 +464,8 @@ def markdown(report: dict, plots: list[Path]) -> str:
               f"Precision over user-labelled alerts: {_fmt(report['precision_labelled'])} "
               f"({report['labelled_alerts']} labelled alerts).", "", "Goals: " +
               ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in report["goals"].items()), "",
-              "| machine | auprc | roc_auc | best_f1 | f1@thr | event_recall | false inc/day | hitrate_150 | pca auprc | iforest auprc |",
+              "| machine | auprc | roc_auc | best_f1 | f1@thr | event_recall | false inc/day | hitrate_150 "
+              "| pca auprc | iforest auprc |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["machines"].items():
         lines.append(
@@ -485,7 +486,9 @@ def log_report(settings, dataset: str, report: dict, files: list[Path]) -> str:
     exp_id = registry.ensure_experiment(settings, dataset)
     with mlflow.start_run(experiment_id=exp_id, run_name="evaluation") as run:
         mlflow.set_tags({"kind": "evaluation", "dataset": dataset, "model_version": report["model"]["version"]})
-        mlflow.log_params({"machines": len(report["machines"]), "training_window_days": report["settings"]["training_window_days"]})
+        mlflow.log_params(
+            {"machines": len(report["machines"]), "training_window_days": report["settings"]["training_window_days"]}
+        )
         values = {k: v for k, v in report.items() if k.endswith("_mean") and isinstance(v, float) and math.isfinite(v)}
         for name, means in report["reference"].items():
             values |= {f"ref_{name}_{k}": v for k, v in means.items() if math.isfinite(v)}

@@ -25,7 +25,7 @@ def build_suite(spec: DatasetSpec, day: dt.date) -> list:
     """The expectations a raw partition of ``spec`` for ``day`` must meet, in reporting order."""
     import great_expectations.expectations as gxe
 
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     entity, ts = spec.entity_column, spec.timestamp_column
     suite = [
         gxe.ExpectTableColumnsToMatchSet(column_set=spec.columns, exact_match=True),

@@ -294,7 +294,7 @@ def evaluate_smd_cmd(
     start: str = typer.Option("2026-01-01", help="Date of the first training minute."),
 ) -> None:
     """Ingest SMD, run the nightly and retrain paths, and compare alerts with the labels."""
-    from fleetwatch.app.evaluation import evaluate_smd
+    from fleetwatch.app.smd_evaluation import evaluate_smd
 
     try:
         report = evaluate_smd(get_settings(), Path(data), machines=machines, out=out, start=parse_day(start), console=console)

@@ -9,9 +9,15 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
+from fleetwatch.app.alert_quality import match_alerts
+from fleetwatch.app.orchestration import prepare_airflow, run_nightly, run_retrain
+from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import load_spec
+from fleetwatch.core.synthetic import generate_fleet, load_labels
+from models import registry
 
 START = dt.date(2026, 1, 1)
 
@@ -22,13 +28,6 @@ def history_days(settings: Settings, days: int) -> int:
 
 
 def run_demo(settings: Settings, *, dataset: str, entities: int, days: int, console: Console) -> dict:
-    from fleetwatch.app.alert_quality import match_alerts
-    from fleetwatch.app.orchestration import prepare_airflow, run_nightly, run_retrain
-    from fleetwatch.core.alerts_store import AlertsStore
-    from fleetwatch.core.specs import load_spec
-    from fleetwatch.core.synthetic import generate_fleet, load_labels
-    from models import registry
-
     t0 = time.time()
     console.rule(f"FleetWatch demo: {entities} entities x {days} days ({dataset})")
     gen = generate_fleet(settings, dataset, entities=entities, days=days, start=START, seed=settings.seed)

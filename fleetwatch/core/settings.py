@@ -68,7 +68,7 @@ class Settings(BaseSettings):
 
     def public_items(self) -> dict[str, str]:
         """Settings as strings, with passwords in URLs hidden, for ``fleetwatch config``."""
-        from fleetwatch.core.alerts_store import redact_url
+        from fleetwatch.core.alerts_store import redact_url  # lazy: pandas, SQLAlchemy; settings load everywhere, DAGs too
 
         out = {}
         for name in type(self).model_fields:

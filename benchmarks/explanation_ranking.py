@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from fleetwatch.app import metrics as M
+from fleetwatch.app.evaluation_inputs import read_alerts, read_scores
 from fleetwatch.core.datasets.smd import SMD_METRICS, available_machines, read_smd_machine, smd_labels
-from fleetwatch.app.evaluation import read_alerts, read_scores
 from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import get_settings
 from fleetwatch.core.specs import load_spec

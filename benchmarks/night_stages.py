@@ -30,6 +30,16 @@ from pathlib import Path
 
 import psutil
 
+from feature_store.pipeline import build_features
+from fleetwatch.core.publishing import publish_alerts
+from fleetwatch.core.quality import validate_partition
+from fleetwatch.core.settings import Settings
+from fleetwatch.core.spark import get_spark
+from fleetwatch.core.specs import load_spec
+from fleetwatch.core.synthetic import generate_fleet
+from models.scoring import score_partition
+from models.training import model_params, train_models
+
 START = dt.date(2026, 1, 1)
 STAGES = ("generate", "validate", "features (history)", "features (night)", "train", "score", "publish")
 NIGHT = ("validate", "features (night)", "score", "publish")
@@ -38,9 +48,6 @@ QUICK_TRAIN = {"ae_epochs": 3, "max_train_rows": 1000}
 
 def _params(settings, dataset: str, quick: bool):
     """The platform's model parameters for the dataset, cut down by QUICK_TRAIN when ``quick``."""
-    from fleetwatch.core.specs import load_spec
-    from models.training import model_params
-
     params = model_params(settings, load_spec(settings.specs_dir, dataset))
     return params.model_copy(update=QUICK_TRAIN) if quick else params
 
@@ -99,14 +106,6 @@ def run_size(spark, entities: int, home: Path, base_settings: dict, sampler: Tre
     same (same networks and forests), the retrain is cheaper, so a large fleet's night can be
     timed without its full retrain.
     """
-    from feature_store.pipeline import build_features
-    from fleetwatch.core.publishing import publish_alerts
-    from fleetwatch.core.quality import validate_partition
-    from fleetwatch.core.settings import Settings
-    from fleetwatch.core.synthetic import generate_fleet
-    from models.scoring import score_partition
-    from models.training import train_models
-
     settings = Settings(home=home, min_history_days=1, training_window_days=1, **base_settings)
     dataset = f"bench{entities}"
     history, night = START, START + dt.timedelta(days=1)
@@ -164,9 +163,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="fleets of at least this many entities train with QUICK_TRAIN (marked * in the table)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes (paths are printed)")
     args = parser.parse_args(argv)
-
-    from fleetwatch.core.settings import Settings
-    from fleetwatch.core.spark import get_spark
 
     base = {}
     if args.spark_master:

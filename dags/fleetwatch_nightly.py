@@ -28,15 +28,14 @@ import logging
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
+from fleetwatch.app import dag_tasks
 from fleetwatch.app.orchestration import DEFAULT_ARGS, drift_asset, nightly_dag_id
-from fleetwatch.core.settings import Settings, get_settings
 from fleetwatch.app.spark_operator import SparkJobOperator
-from fleetwatch.core.specs import list_specs
 
 log = logging.getLogger(__name__)
 
 
-def nightly(settings: Settings, dataset: str):
+def nightly(settings: dag_tasks.Settings, dataset: str):
     @dag(
         dag_id=nightly_dag_id(dataset),
         schedule=CronDataIntervalTimetable(settings.nightly_cron, timezone="UTC"),
@@ -55,26 +54,18 @@ def nightly(settings: Settings, dataset: str):
 
         @task.short_circuit
         def has_champion() -> bool:
-            from models.registry import has_champion
-
-            found = has_champion(settings, dataset)
+            found = dag_tasks.has_champion(settings, dataset)
             if not found:
                 log.info("dataset %s has no champion model yet: skipping drift check, score and publish (run retrain)", dataset)
             return found
 
         @task
         def publish(ds: str | None = None) -> int:
-            from fleetwatch.core.lake import parse_day
-            from fleetwatch.core.publishing import publish_alerts
-
-            return publish_alerts(settings, dataset, parse_day(ds))
+            return dag_tasks.publish(settings, dataset, ds)
 
         @task(outlets=[drift_asset(dataset)])
         def request_retrain(ds: str | None = None, outlet_events=None) -> str:
-            from fleetwatch.core.lake import parse_day
-            from models.drift_check import read_summary
-
-            summary = read_summary(settings, dataset, parse_day(ds))
+            summary = dag_tasks.drift_summary(settings, dataset, ds)
             if summary is None or not summary.retrain:
                 raise AirflowSkipException(f"{dataset} dt={ds}: no drift and no entity ready to graduate; no retrain")
             outlet_events[drift_asset(dataset)].extra = {
@@ -89,6 +80,6 @@ def nightly(settings: Settings, dataset: str):
     return pipeline()
 
 
-_settings = get_settings()
-for _dataset in list_specs(_settings.specs_dir):
+_settings = dag_tasks.get_settings()
+for _dataset in dag_tasks.datasets(_settings):
     globals()[nightly_dag_id(_dataset)] = nightly(_settings, _dataset)

@@ -17,10 +17,10 @@ import datetime as dt
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
-from fleetwatch.app.orchestration import DEFAULT_ARGS, drift_asset, retrain_dag_id, window_end as resolve_window_end
-from fleetwatch.core.settings import Settings, get_settings
+from fleetwatch.app.dag_tasks import Settings, datasets, get_settings
+from fleetwatch.app.orchestration import DEFAULT_ARGS, drift_asset, retrain_dag_id
+from fleetwatch.app.orchestration import window_end as resolve_window_end
 from fleetwatch.app.spark_operator import SparkJobOperator
-from fleetwatch.core.specs import list_specs
 
 
 def retrain(settings: Settings, dataset: str):
@@ -49,5 +49,5 @@ def retrain(settings: Settings, dataset: str):
 
 
 _settings = get_settings()
-for _dataset in list_specs(_settings.specs_dir):
+for _dataset in datasets(_settings):
     globals()[retrain_dag_id(_dataset)] = retrain(_settings, _dataset)

@@ -20,7 +20,7 @@ from fleetwatch.core.specs import SPARK_TYPES, DatasetSpec
 
 def day_start(day: dt.date) -> dt.datetime:
     """Midnight UTC at the start of ``day`` (partitions are UTC days)."""
-    return dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
 class OfflineStore:

@@ -2,8 +2,8 @@
 
 import sys
 
-from jobs._entry import run_job
 from feature_store.pipeline import build_features
+from jobs._entry import run_job
 
 if __name__ == "__main__":
     sys.exit(run_job("build_features", build_features))

@@ -2,8 +2,8 @@
 
 import sys
 
-from jobs._entry import run_job
 from fleetwatch.core.quality import validate_partition
+from jobs._entry import run_job
 
 if __name__ == "__main__":
     sys.exit(run_job("validate_partition", validate_partition))

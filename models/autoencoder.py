@@ -179,7 +179,8 @@ def fit_batched(Xs: Mapping[str, np.ndarray], **params) -> dict[str, Autoencoder
     run_seed = _run_seed(template.random_state)
     seeds = [entity_seed(run_seed, key) for key in keys]
     detectors = {
-        key: AutoencoderDetector(**{**template.get_params(), "random_state": seed}) for key, seed in zip(keys, seeds)
+        key: AutoencoderDetector(**{**template.get_params(), "random_state": seed})
+        for key, seed in zip(keys, seeds, strict=False)
     }
 
     arrays = []
@@ -190,7 +191,7 @@ def fit_batched(Xs: Mapping[str, np.ndarray], **params) -> dict[str, Autoencoder
             raise ValueError(f"entity {key!r}: {exc}") from None
     n_features = {X.shape[1] for X in arrays}
     if len(n_features) > 1:
-        counts = {key: X.shape[1] for key, X in zip(keys, arrays)}
+        counts = {key: X.shape[1] for key, X in zip(keys, arrays, strict=False)}
         raise ValueError(f"all entities must have the same number of features, got {counts}")
 
     state, history = _train(arrays, seeds, template.get_params())
@@ -227,7 +228,7 @@ def _init_slice(seed: int, sizes: list[int]) -> dict[str, torch.Tensor]:
     """One entity's initial weights, uniform in +-1/sqrt(fan_in) as torch.nn.Linear does."""
     generator = torch.Generator().manual_seed(seed)
     weights = {}
-    for layer, fan_in, fan_out in zip(LAYERS, sizes[:-1], sizes[1:]):
+    for layer, fan_in, fan_out in zip(LAYERS, sizes[:-1], sizes[1:], strict=False):
         bound = 1.0 / math.sqrt(fan_in)
         weights[f"W{layer}"] = torch.empty(fan_in, fan_out).uniform_(-bound, bound, generator=generator)
         weights[f"b{layer}"] = torch.empty(fan_out).uniform_(-bound, bound, generator=generator)
@@ -257,7 +258,7 @@ def _train(arrays: list[np.ndarray], seeds: list[int], params: dict) -> tuple[di
 
     history = np.zeros((n_entities, params["epochs"]))
     for epoch in range(params["epochs"]):
-        order = np.stack([_epoch_indices(rng, n, steps * batch) for rng, n in zip(rngs, n_rows)]) + offsets
+        order = np.stack([_epoch_indices(rng, n, steps * batch) for rng, n in zip(rngs, n_rows, strict=False)]) + offsets
         order = torch.from_numpy(order.reshape(n_entities, steps, batch).transpose(1, 0, 2).copy())
         epoch_loss = torch.zeros(n_entities)
         for step in range(steps):

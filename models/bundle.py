@@ -63,7 +63,7 @@ class ModelBundle:
     window_start: dt.date
     window_end: dt.date
     params: ModelParams
-    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     scopes: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,8 +119,9 @@ class ModelBundle:
         parts = []
         layout = self.layout
         for entity, positions in frame.groupby(entity_col, sort=False).indices.items():
-            out = score_entity(self._model_for(str(entity)), frame.iloc[positions], layout, self.fleet,
-                               entity_col=entity_col, ts_col=ts_col)
+            out = score_entity(
+                self._model_for(str(entity)), frame.iloc[positions], layout, self.fleet, entity_col=entity_col, ts_col=ts_col
+            )
             out.index = positions
             parts.append(out)
         return pd.concat(parts).sort_index().reset_index(drop=True)[self.score_columns]
@@ -153,7 +154,7 @@ class ModelBundle:
         return root
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, entities: set[str] | None = None) -> "ModelBundle":
+    def load(cls, directory: str | os.PathLike, entities: set[str] | None = None) -> ModelBundle:
         """The bundle in ``directory``; only ``entities`` (all when None) are readable, each
         read on first use. Entities outside the set can still be asked for their scope."""
         root = Path(directory)

@@ -41,7 +41,7 @@ class TailCalibrator(TransformerMixin, BaseEstimator):
         self.n_quantiles = n_quantiles
         self.min_tail_scale = min_tail_scale
 
-    def fit(self, scores: np.ndarray) -> "TailCalibrator":
+    def fit(self, scores: np.ndarray) -> TailCalibrator:
         """Learn the reference distribution from held-out scores (higher = more anomalous)."""
         scores = np.asarray(scores, dtype=float)
         if scores.ndim != 1 or scores.size < 2 or not np.isfinite(scores).all():
@@ -55,7 +55,7 @@ class TailCalibrator(TransformerMixin, BaseEstimator):
             self.quantiles_ = np.quantile(ordered, np.linspace(0.0, 1.0, self.n_quantiles))
         else:
             self.quantiles_ = ordered
-        top = ordered[min(int(np.floor(ordered.size * (1 - TAIL_FRACTION))), ordered.size - 2):]
+        top = ordered[min(int(np.floor(ordered.size * (1 - TAIL_FRACTION))), ordered.size - 2) :]
         spread = ordered[-1] - ordered[0]
         floor = max(spread / ordered.size, 1e-12 * max(1.0, abs(ordered[-1])))
         self.tail_scale_ = float(max(np.mean(top - top[0]), floor, self.min_tail_scale))
@@ -79,7 +79,7 @@ class TailCalibrator(TransformerMixin, BaseEstimator):
         return {"quantiles": self.quantiles_, "tail_scale": np.array([self.tail_scale_])}
 
     @classmethod
-    def from_state_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> "TailCalibrator":
+    def from_state_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> TailCalibrator:
         cal = cls(**params)
         cal.quantiles_ = np.asarray(arrays["quantiles"], dtype=float)
         cal.tail_scale_ = float(arrays["tail_scale"][0])

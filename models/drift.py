@@ -30,7 +30,7 @@ class DriftReference(BaseEstimator):
     def __init__(self, *, n_bins: int = 10):
         self.n_bins = n_bins
 
-    def fit(self, frame: pd.DataFrame, columns: list[str]) -> "DriftReference":
+    def fit(self, frame: pd.DataFrame, columns: list[str]) -> DriftReference:
         """Learn the bins of ``columns`` from ``frame`` (NaN values ignored)."""
         if self.n_bins < 2:
             raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
@@ -55,7 +55,7 @@ class DriftReference(BaseEstimator):
         return {"columns": np.array(self.columns_, dtype=str), "edges": self.edges_, "proportions": self.proportions_}
 
     @classmethod
-    def from_state_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> "DriftReference":
+    def from_state_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> DriftReference:
         ref = cls(**params)
         ref.columns_ = [str(c) for c in arrays["columns"]]
         ref.edges_ = np.asarray(arrays["edges"], dtype=float)
@@ -71,7 +71,7 @@ def psi(reference: DriftReference, frame: pd.DataFrame) -> dict[str, float]:
     A column with no finite values in ``frame`` gets NaN.
     """
     out = {}
-    for col, edges, expected in zip(reference.columns_, reference.edges_, reference.proportions_):
+    for col, edges, expected in zip(reference.columns_, reference.edges_, reference.proportions_, strict=False):
         values = _finite(frame[col])
         if values.size == 0:
             out[col] = float("nan")

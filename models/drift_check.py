@@ -42,11 +42,20 @@ from models.frames import canonical
 from models.training import model_params, window_days
 
 ENTITY = "entity_id"
-DRIFT_SCHEMA = (
-    "entity_id string, feature string, metric string, psi double, drifted boolean, scope string"
-)
-RESULT_COLUMNS = ["entity_id", "feature", "metric", "psi", "drifted", "metric_drifted", "entity_drifted",
-                  "scope", "clean_days", "graduates", "model_version"]
+DRIFT_SCHEMA = "entity_id string, feature string, metric string, psi double, drifted boolean, scope string"
+RESULT_COLUMNS = [
+    "entity_id",
+    "feature",
+    "metric",
+    "psi",
+    "drifted",
+    "metric_drifted",
+    "entity_drifted",
+    "scope",
+    "clean_days",
+    "graduates",
+    "model_version",
+]
 
 
 def psi_frame(features_df, bundle_dir: str, threshold: float):
@@ -60,10 +69,18 @@ def psi_frame(features_df, bundle_dir: str, threshold: float):
         entity = str(pdf[ENTITY].iloc[0])
         model = bundle.entities.get(entity)
         if model is None or model.drift is None:
-            return pd.DataFrame({ENTITY: [entity], "feature": [None], "metric": [None], "psi": [float("nan")],
-                                 "drifted": [False], "scope": ["new"]})
+            return pd.DataFrame(
+                {
+                    ENTITY: [entity],
+                    "feature": [None],
+                    "metric": [None],
+                    "psi": [float("nan")],
+                    "drifted": [False],
+                    "scope": ["new"],
+                }
+            )
         values = psi(model.drift, pdf)
-        metric_of = dict(zip(bundle.feature_cols, bundle.feature_metric))
+        metric_of = dict(zip(bundle.feature_cols, bundle.feature_metric, strict=False))
         return pd.DataFrame(
             {
                 ENTITY: entity,
@@ -197,21 +214,29 @@ def log_summary(settings: Settings, dataset: str, summary: DriftSummary) -> str:
     """Log the night's figures to MLflow as run ``drift <day>`` (a rerun of the night reuses it)."""
     import mlflow  # lazy: importing MLflow takes seconds, and most callers only read summaries
 
-
     client = registry.client(settings)
     exp_id = registry.ensure_experiment(settings, dataset)
     found = client.search_runs([exp_id], f"tags.fleetwatch_kind = 'drift' and tags.day = '{summary.day}'", max_results=1)
     run_id = found[0].info.run_id if found else None
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=f"drift {summary.day}") as run:
-        mlflow.set_tags({"fleetwatch_kind": "drift", "day": str(summary.day), "model_version": summary.model_version,
-                         "drift_entities": ",".join(summary.drift_entities), "graduating": ",".join(summary.graduating)})
-        mlflow.log_metrics({
-            "checked_entities": summary.checked,
-            "drifted_entities": len(summary.drift_entities),
-            "drift_share": summary.drift_share,
-            "max_psi": summary.max_psi,
-            "graduating_entities": len(summary.graduating),
-        })
+        mlflow.set_tags(
+            {
+                "fleetwatch_kind": "drift",
+                "day": str(summary.day),
+                "model_version": summary.model_version,
+                "drift_entities": ",".join(summary.drift_entities),
+                "graduating": ",".join(summary.graduating),
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "checked_entities": summary.checked,
+                "drifted_entities": len(summary.drift_entities),
+                "drift_share": summary.drift_share,
+                "max_psi": summary.max_psi,
+                "graduating_entities": len(summary.graduating),
+            }
+        )
         return run.info.run_id
 
 

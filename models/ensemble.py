@@ -104,7 +104,7 @@ class EnsembleDetector(BaseDetector):
     def member_scores(self, X) -> dict[str, np.ndarray]:
         """Each member's calibrated score, by member name."""
         check_is_fitted(self)
-        return {m.name: m.calibrator.transform(raw) for m, raw in zip(self.members, self.raw_scores(X).values())}
+        return {m.name: m.calibrator.transform(raw) for m, raw in zip(self.members, self.raw_scores(X).values(), strict=False)}
 
     def combined(self, calibrated: dict[str, np.ndarray]) -> np.ndarray:
         """The ensemble score from :meth:`member_scores`."""

@@ -17,13 +17,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from models.calibration import TailCalibrator
 from models.drift import DriftReference
 from models.ensemble import KINDS, EnsembleDetector, Member
 from models.explain import metric_errors
 from models.normal_range import NormalRangeDetector
 from models.params import FeatureLayout
 from models.scaling import RobustClipScaler
-from models.calibration import TailCalibrator
 
 FLEET = "__fleet__"
 ARCHIVE_FORMAT = 2
@@ -78,8 +78,15 @@ class EntityModel:
     def fingerprint(self) -> str:
         return self.trained.fingerprint
 
-    def score(self, frame: pd.DataFrame, layout: FeatureLayout, fleet: EntityModel | None, *,
-              entity_col: str = "entity_id", ts_col: str = "ts") -> pd.DataFrame:
+    def score(
+        self,
+        frame: pd.DataFrame,
+        layout: FeatureLayout,
+        fleet: EntityModel | None,
+        *,
+        entity_col: str = "entity_id",
+        ts_col: str = "ts",
+    ) -> pd.DataFrame:
         """Calibrated scores of this entity's rows, in the frame's row order (see :func:`score_entity`)."""
         return score_entity(self, frame, layout, fleet, entity_col=entity_col, ts_col=ts_col)
 
@@ -91,10 +98,14 @@ class EntityModel:
         """
         arrays: dict[str, np.ndarray] = {}
         manifest = {
-            "format": ARCHIVE_FORMAT, "entity": self.entity, "scope": self.scope,
+            "format": ARCHIVE_FORMAT,
+            "entity": self.entity,
+            "scope": self.scope,
             "threshold": None if np.isnan(self.threshold) else float(self.threshold),
-            "error_norm": self.error_norm, "error_center": self.error_center,
-            "n_train_rows": int(self.trained.n_rows), "fingerprint": self.trained.fingerprint,
+            "error_norm": self.error_norm,
+            "error_center": self.error_center,
+            "n_train_rows": int(self.trained.n_rows),
+            "fingerprint": self.trained.fingerprint,
             "window": None if self.trained.window is None else [pd.Timestamp(t).isoformat() for t in self.trained.window],
             "profile": None if self.profile is None else self.profile.to_state(),
         }
@@ -109,10 +120,15 @@ class EntityModel:
             ens = self.ensemble
             manifest["ensemble"] = {"combine": ens.combine, "smooth_points": int(ens.smooth_points), "members": []}
             for m in ens.members:
-                manifest["ensemble"]["members"].append({
-                    "name": m.name, "kind": m.kind, "columns": m.columns.tolist(), "weight": float(m.weight),
-                    "calibrator": m.calibrator.get_params(),
-                })
+                manifest["ensemble"]["members"].append(
+                    {
+                        "name": m.name,
+                        "kind": m.kind,
+                        "columns": m.columns.tolist(),
+                        "weight": float(m.weight),
+                        "calibrator": m.calibrator.get_params(),
+                    }
+                )
                 arrays.update(_prefixed(f"cal_{m.name}", m.calibrator.state_arrays()))
                 if m.kind in _FILE_SUFFIX:
                     files[f"members/{m.name}.{_FILE_SUFFIX[m.kind]}"] = m.detector.to_bytes()
@@ -144,10 +160,15 @@ class EntityModel:
                 members = []
                 for m in manifest["ensemble"]["members"]:
                     kind = m["kind"]
-                    detector = profile if kind == "range" else KINDS[kind].from_bytes(
-                        archive.read(f"members/{m['name']}.{_FILE_SUFFIX[kind]}"))
+                    detector = (
+                        profile
+                        if kind == "range"
+                        else KINDS[kind].from_bytes(archive.read(f"members/{m['name']}.{_FILE_SUFFIX[kind]}"))
+                    )
                     calibrator = TailCalibrator.from_state_arrays(m["calibrator"], _unprefixed(f"cal_{m['name']}", arrays))
-                    members.append(Member(m["name"], kind, detector, np.asarray(m["columns"], dtype=int), m["weight"], calibrator))
+                    members.append(
+                        Member(m["name"], kind, detector, np.asarray(m["columns"], dtype=int), m["weight"], calibrator)
+                    )
                 spec = manifest["ensemble"]
                 ensemble = EnsembleDetector(members=members, combine=spec["combine"], smooth_points=spec["smooth_points"])
                 ensemble.members_ = members
@@ -155,9 +176,13 @@ class EntityModel:
         return cls(
             entity=manifest["entity"],
             scope=manifest["scope"],
-            scaler=RobustClipScaler.from_state_arrays(manifest["scaler"], _unprefixed("scaler", arrays)) if "scaler" in manifest else None,
+            scaler=RobustClipScaler.from_state_arrays(manifest["scaler"], _unprefixed("scaler", arrays))
+            if "scaler" in manifest
+            else None,
             profile=profile,
-            drift=DriftReference.from_state_arrays(manifest["drift"], _unprefixed("drift", arrays)) if "drift" in manifest else None,
+            drift=DriftReference.from_state_arrays(manifest["drift"], _unprefixed("drift", arrays))
+            if "drift" in manifest
+            else None,
             trained=TrainingInfo(
                 manifest["n_train_rows"],
                 None if window is None else (pd.Timestamp(window[0]), pd.Timestamp(window[1])),
@@ -176,8 +201,15 @@ def impute(frame: pd.DataFrame, feature_cols, center: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(X), X, center)
 
 
-def score_entity(model: EntityModel | None, frame: pd.DataFrame, layout: FeatureLayout, fleet: EntityModel | None, *,
-                 entity_col: str = "entity_id", ts_col: str = "ts") -> pd.DataFrame:
+def score_entity(
+    model: EntityModel | None,
+    frame: pd.DataFrame,
+    layout: FeatureLayout,
+    fleet: EntityModel | None,
+    *,
+    entity_col: str = "entity_id",
+    ts_col: str = "ts",
+) -> pd.DataFrame:
     """Calibrated scores of one entity's rows, in the frame's row order.
 
     ``model`` of scope ``entity`` scores with its own ensemble; scope ``fleet`` uses its own
@@ -214,8 +246,12 @@ def score_entity(model: EntityModel | None, frame: pd.DataFrame, layout: Feature
     back = np.empty_like(order)
     back[order] = np.arange(order.size)
     score = ensemble.combined(calibrated)[back]
-    errors = metric_errors(ensemble.member("autoencoder").detector.feature_errors(Z[order]), list(layout.feature_metric),
-                           scorer.error_norm, scorer.error_center or None)
+    errors = metric_errors(
+        ensemble.member("autoencoder").detector.feature_errors(Z[order]),
+        list(layout.feature_metric),
+        scorer.error_norm,
+        scorer.error_center or None,
+    )
     errors = errors.iloc[back].reset_index(drop=True)
     out = pd.DataFrame(
         {

@@ -79,7 +79,7 @@ def spreads(rows: pd.DataFrame, metrics: list[str], *, min_scale: float = 1e-3) 
     scale = np.where(iqr > 0, iqr, np.nanstd(X, axis=0))
     scale = np.maximum(np.nan_to_num(scale, nan=min_scale), min_scale)
     scale = np.maximum(scale, float(np.median(scale)))
-    return {m: float(v) for m, v in zip(metrics, scale)}
+    return {m: float(v) for m, v in zip(metrics, scale, strict=False)}
 
 
 def normal_ranges(
@@ -90,7 +90,7 @@ def normal_ranges(
     if len(rows) == 0:
         return {}
     bounds = np.nanquantile(rows[metrics].to_numpy(dtype=float), list(quantiles), axis=0)
-    return {m: [float(lo), float(hi)] for m, lo, hi in zip(metrics, bounds[0], bounds[1])}
+    return {m: [float(lo), float(hi)] for m, lo, hi in zip(metrics, bounds[0], bounds[1], strict=False)}
 
 
 def range_exits(values: pd.DataFrame, spread: Mapping[str, float], ranges: Mapping[str, Sequence[float]]) -> pd.DataFrame:

@@ -57,8 +57,13 @@ class _Part:
         return np.hstack([self.held, layout.values(self.rows.iloc[self.cut :])])
 
 
-def ensemble_members(layout: FeatureLayout, params: ModelParams, seed: int, profile: NormalRangeDetector,
-                     autoencoders: dict[str, AutoencoderDetector] | None = None) -> list[Member]:
+def ensemble_members(
+    layout: FeatureLayout,
+    params: ModelParams,
+    seed: int,
+    profile: NormalRangeDetector,
+    autoencoders: dict[str, AutoencoderDetector] | None = None,
+) -> list[Member]:
     """The members of a new ensemble, in the order their scores combine: the pair on every feature,
     a pair per ``params.subspaces`` entry, then the normal-range detector. ``autoencoders`` (by
     member name) are already trained; the other detectors are fitted by the ensemble."""
@@ -80,9 +85,17 @@ def ensemble_members(layout: FeatureLayout, params: ModelParams, seed: int, prof
     return members
 
 
-def _assemble(entity: str, parts: list[_Part], train: np.ndarray, layout: FeatureLayout, spec: DatasetSpec,
-              params: ModelParams, seed: int, ts_col: str, autoencoders: dict[str, AutoencoderDetector] | None = None,
-              ) -> EntityModel:
+def _assemble(
+    entity: str,
+    parts: list[_Part],
+    train: np.ndarray,
+    layout: FeatureLayout,
+    spec: DatasetSpec,
+    params: ModelParams,
+    seed: int,
+    ts_col: str,
+    autoencoders: dict[str, AutoencoderDetector] | None = None,
+) -> EntityModel:
     """An entity's model (one part) or the fleet model (one part per entity, ``entity`` FLEET) from
     the parts' held-out tails and the scaled rows ``train`` its detectors fit on. The profile's
     medians and spreads describe the parts' training rows; its normal ranges cover all their rows."""
@@ -90,16 +103,28 @@ def _assemble(entity: str, parts: list[_Part], train: np.ndarray, layout: Featur
     metrics = list(layout.metrics)
     every = pd.concat([p.rows for p in parts], ignore_index=True) if fleet else parts[0].rows
     trained_on = pd.concat([p.rows.iloc[: p.cut] for p in parts], ignore_index=True) if fleet else every.iloc[: parts[0].cut]
-    profile = NormalRangeDetector(quantiles=params.explain.normal_range_quantiles, inside_weight=params.explain.inside_range_weight)
+    profile = NormalRangeDetector(
+        quantiles=params.explain.normal_range_quantiles, inside_weight=params.explain.inside_range_weight
+    )
     profile.fit(trained_on[metrics], range_X=every[metrics])
-    ensemble = EnsembleDetector(members=ensemble_members(layout, params, seed, profile, autoencoders),
-                                combine=params.combine, smooth_points=params.smooth_points)
+    ensemble = EnsembleDetector(
+        members=ensemble_members(layout, params, seed, profile, autoencoders),
+        combine=params.combine,
+        smooth_points=params.smooth_points,
+    )
     held = [p.held_matrix(layout) for p in parts]
     ensemble.fit(np.hstack([train, np.full((len(train), len(metrics)), np.nan)]))  # the range member is fitted already
     combined = ensemble.calibrate(held)
-    held_ts = pd.concat([p.rows[ts_col].iloc[p.cut :] for p in parts], ignore_index=True) if fleet else every[ts_col].iloc[parts[0].cut :]
+    held_ts = (
+        pd.concat([p.rows[ts_col].iloc[p.cut :] for p in parts], ignore_index=True)
+        if fleet
+        else every[ts_col].iloc[parts[0].cut :]
+    )
     threshold = threshold_for_budget(
-        combined, held_ts, budget_per_day=spec.alarm_budget, gap_minutes=params.gap_minutes,
+        combined,
+        held_ts,
+        budget_per_day=spec.alarm_budget,
+        gap_minutes=params.gap_minutes,
         sampling_seconds=spec.sampling_seconds,
         entities=np.concatenate([np.full(len(p.rows) - p.cut, p.entity, dtype=object) for p in parts]) if fleet else None,
     )
@@ -118,9 +143,17 @@ def _assemble(entity: str, parts: list[_Part], train: np.ndarray, layout: Featur
     )
 
 
-def fit_entity(frame: pd.DataFrame, *, layout: FeatureLayout, spec: DatasetSpec, params: ModelParams, random_state: int,
-               autoencoders: dict[str, AutoencoderDetector] | None = None, entity_col: str = "entity_id",
-               ts_col: str = "ts") -> EntityModel:
+def fit_entity(
+    frame: pd.DataFrame,
+    *,
+    layout: FeatureLayout,
+    spec: DatasetSpec,
+    params: ModelParams,
+    random_state: int,
+    autoencoders: dict[str, AutoencoderDetector] | None = None,
+    entity_col: str = "entity_id",
+    ts_col: str = "ts",
+) -> EntityModel:
     """Fit one entity's models on its rows of the training window.
 
     The first ``1 - holdout_fraction`` of the rows (in time) fit the scaler and the detectors;
@@ -140,8 +173,16 @@ def fit_entity(frame: pd.DataFrame, *, layout: FeatureLayout, spec: DatasetSpec,
     return _assemble(entity, [part], part.train, layout, spec, params, entity_seed(random_state, entity), ts_col, autoencoders)
 
 
-def fit_bucket(frame: pd.DataFrame, *, layout: FeatureLayout, spec: DatasetSpec, params: ModelParams, random_state: int,
-               entity_col: str = "entity_id", ts_col: str = "ts") -> list[EntityModel]:
+def fit_bucket(
+    frame: pd.DataFrame,
+    *,
+    layout: FeatureLayout,
+    spec: DatasetSpec,
+    params: ModelParams,
+    random_state: int,
+    entity_col: str = "entity_id",
+    ts_col: str = "ts",
+) -> list[EntityModel]:
     """Fit every entity of a bucket (what one Spark task runs); returns models sorted by entity id.
 
     Entities with at least ``params.min_history_rows`` usable rows get their own models; their
@@ -161,18 +202,31 @@ def fit_bucket(frame: pd.DataFrame, *, layout: FeatureLayout, spec: DatasetSpec,
     if parts:
         columns = {"": None, **{f"-no-{stat}": cols for stat, cols in layout.member_columns(params.subspaces).items()}}
         batched = {
-            suffix: fit_batched({e: p.train if cols is None else p.train[:, cols] for e, p in parts.items()},
-                                **params.autoencoder_params(), random_state=random_state)
+            suffix: fit_batched(
+                {e: p.train if cols is None else p.train[:, cols] for e, p in parts.items()},
+                **params.autoencoder_params(),
+                random_state=random_state,
+            )
             for suffix, cols in columns.items()
         }
         for entity, part in parts.items():
             aes = {"autoencoder" + suffix: by_entity[entity] for suffix, by_entity in batched.items()}
-            models.append(_assemble(entity, [part], part.train, layout, spec, params, entity_seed(random_state, entity), ts_col, aes))
+            models.append(
+                _assemble(entity, [part], part.train, layout, spec, params, entity_seed(random_state, entity), ts_col, aes)
+            )
     return sorted(models, key=lambda m: m.entity)
 
 
-def fit_fleet(frame: pd.DataFrame, *, layout: FeatureLayout, spec: DatasetSpec, params: ModelParams, random_state: int,
-              entity_col: str = "entity_id", ts_col: str = "ts") -> EntityModel:
+def fit_fleet(
+    frame: pd.DataFrame,
+    *,
+    layout: FeatureLayout,
+    spec: DatasetSpec,
+    params: ModelParams,
+    random_state: int,
+    entity_col: str = "entity_id",
+    ts_col: str = "ts",
+) -> EntityModel:
     """The fleet model (entity ``__fleet__``) for entities with little or no history.
 
     Each entity's rows are split in time and scaled by a scaler fitted on its own training
@@ -201,8 +255,9 @@ def _fleet_scope(entity: str, rows: pd.DataFrame, layout: FeatureLayout, params:
         entity=entity,
         scope="fleet",
         scaler=RobustClipScaler().fit(layout.features(rows)) if has_rows else None,
-        profile=NormalRangeDetector(quantiles=params.explain.normal_range_quantiles,
-                                    inside_weight=params.explain.inside_range_weight).fit(rows[metrics]),
+        profile=NormalRangeDetector(
+            quantiles=params.explain.normal_range_quantiles, inside_weight=params.explain.inside_range_weight
+        ).fit(rows[metrics]),
         drift=DriftReference().fit(rows, list(layout.feature_cols)) if has_rows else None,
         trained=_training_info(rows, layout, ts_col),
     )

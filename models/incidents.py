@@ -106,8 +106,9 @@ def severity(peak_score: float, threshold: float) -> str:
     return "low"
 
 
-def incident_context(pdf: pd.DataFrame, start_ts, skip_minutes: int = 0,
-                     context_minutes: int = DEFAULTS.context_minutes) -> pd.DataFrame:
+def incident_context(
+    pdf: pd.DataFrame, start_ts, skip_minutes: int = 0, context_minutes: int = DEFAULTS.context_minutes
+) -> pd.DataFrame:
     """An entity's rows in the ``context_minutes`` ending ``skip_minutes`` before ``start_ts``: the
     level an incident's metrics are compared with (``models.explain.incident_evidence``)."""
     end = start_ts - pd.Timedelta(minutes=skip_minutes)
@@ -120,9 +121,20 @@ def incident_phases(rows: pd.DataFrame, phase_minutes: int) -> list[pd.DataFrame
     return [part for _, part in rows.groupby(step, sort=True)]
 
 
-def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *, gap_minutes: int,
-                     sampling_seconds: int, ranges=None, min_points: int = 1, context_skip_minutes: int = 0,
-                     phase_minutes: int | None = None, explain: ExplainParams = DEFAULTS) -> list[dict]:
+def entity_incidents(
+    pdf: pd.DataFrame,
+    metrics: list[str],
+    baselines,
+    spread,
+    *,
+    gap_minutes: int,
+    sampling_seconds: int,
+    ranges=None,
+    min_points: int = 1,
+    context_skip_minutes: int = 0,
+    phase_minutes: int | None = None,
+    explain: ExplainParams = DEFAULTS,
+) -> list[dict]:
     """Incidents of one entity's scored rows (time order), each with every metric ranked.
 
     Incidents with fewer than ``min_points`` flagged rows are left out (``group_incidents``).
@@ -145,8 +157,16 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
     if phase_minutes <= 0:
         raise ValueError(f"phase_minutes must be > 0, got {phase_minutes}")
 
-    found = group_incidents(pdf, score_col="score", flag_col="flagged", ts_col=TS, entity_col=ENTITY,
-                            gap_minutes=gap_minutes, sampling_seconds=sampling_seconds, min_points=min_points)
+    found = group_incidents(
+        pdf,
+        score_col="score",
+        flag_col="flagged",
+        ts_col=TS,
+        entity_col=ENTITY,
+        gap_minutes=gap_minutes,
+        sampling_seconds=sampling_seconds,
+        min_points=min_points,
+    )
     if found.empty:
         return []
     baselines = baselines() if callable(baselines) else baselines
@@ -167,15 +187,27 @@ def entity_incidents(pdf: pd.DataFrame, metrics: list[str], baselines, spread, *
         rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
         ranked, parts = ranking(rows), incident_phases(rows, phase_minutes)
         phases = [  # an incident within one phase is that phase: its ranking is the incident's
-            {"start_ts": part[TS].iloc[0], "end_ts": part[TS].iloc[-1], "n_points": int(part["flagged"].sum()),
-             "ranked": ranked if len(parts) == 1 else ranking(part)}
+            {
+                "start_ts": part[TS].iloc[0],
+                "end_ts": part[TS].iloc[-1],
+                "n_points": int(part["flagged"].sum()),
+                "ranked": ranked if len(parts) == 1 else ranking(part),
+            }
             for part in parts
         ]
-        out.append({
-            "entity_id": inc.entity_id, "start_ts": inc.start_ts, "end_ts": inc.end_ts, "n_points": int(inc.n_points),
-            "peak_score": float(inc.peak_score), "threshold": float(rows["threshold"].iloc[0]),
-            "scope": str(rows["scope"].iloc[0]), "ranked": ranked, "phases": phases,
-        })
+        out.append(
+            {
+                "entity_id": inc.entity_id,
+                "start_ts": inc.start_ts,
+                "end_ts": inc.end_ts,
+                "n_points": int(inc.n_points),
+                "peak_score": float(inc.peak_score),
+                "threshold": float(rows["threshold"].iloc[0]),
+                "scope": str(rows["scope"].iloc[0]),
+                "ranked": ranked,
+                "phases": phases,
+            }
+        )
     return out
 
 
@@ -183,13 +215,20 @@ def phases_json(phases: list[dict], top: int = DEFAULTS.top_metrics) -> str:
     """An incident's phases as the alerts table holds them: a JSON list, in time order, of
     ``{"start_ts", "end_ts"`` (ISO 8601, UTC), ``"n_points"`` (flagged rows), ``"top_metrics"``,
     ``"contributions"}`` (every metric ranked, as the alert's own ``contributions``)."""
+
     def utc(ts) -> str:
         ts = pd.Timestamp(ts)
         return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).isoformat()
 
-    return json.dumps([
-        {"start_ts": utc(p["start_ts"]), "end_ts": utc(p["end_ts"]),
-         "n_points": p["n_points"], "top_metrics": ",".join(t["metric"] for t in p["ranked"][:top]),
-         "contributions": p["ranked"]}
-        for p in phases
-    ])
+    return json.dumps(
+        [
+            {
+                "start_ts": utc(p["start_ts"]),
+                "end_ts": utc(p["end_ts"]),
+                "n_points": p["n_points"],
+                "top_metrics": ",".join(t["metric"] for t in p["ranked"][:top]),
+                "contributions": p["ranked"],
+            }
+            for p in phases
+        ]
+    )

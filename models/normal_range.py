@@ -59,7 +59,9 @@ class NormalRangeDetector(BaseDetector):
         X = np.asfortranarray(np.asarray(X, dtype=float))  # column-major, as pandas hands metric columns over
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has shape {X.shape}, expected (n, {self.n_features_in_})")
-        out = exits_array(X, self.spread_, self.low_, self.high_) + self.inside_weight * distances_array(X, self.center_, self.spread_)
+        out = exits_array(X, self.spread_, self.low_, self.high_) + self.inside_weight * distances_array(
+            X, self.center_, self.spread_
+        )
         return out.sum(axis=1)
 
     def feature_errors(self, X) -> np.ndarray:
@@ -69,22 +71,27 @@ class NormalRangeDetector(BaseDetector):
     # The learned state is small and kept as plain values in the model archive's manifest.
     @property
     def baselines(self) -> dict[str, float]:
-        return dict(zip(self.metrics_, map(float, self.center_)))
+        return dict(zip(self.metrics_, map(float, self.center_), strict=False))
 
     @property
     def spreads(self) -> dict[str, float]:
-        return {} if np.isnan(self.spread_).all() else dict(zip(self.metrics_, map(float, self.spread_)))
+        return {} if np.isnan(self.spread_).all() else dict(zip(self.metrics_, map(float, self.spread_), strict=False))
 
     @property
     def ranges(self) -> dict[str, list[float]]:
         if np.isnan(self.low_).all():
             return {}
-        return {m: [float(lo), float(hi)] for m, lo, hi in zip(self.metrics_, self.low_, self.high_)}
+        return {m: [float(lo), float(hi)] for m, lo, hi in zip(self.metrics_, self.low_, self.high_, strict=False)}
 
     def to_state(self) -> dict:
         """Parameters and learned values as JSON-ready plain values."""
-        return {"params": self.get_params(), "baselines": self.baselines, "spreads": self.spreads,
-                "normal_ranges": self.ranges, "metrics": list(self.metrics_)}
+        return {
+            "params": self.get_params(),
+            "baselines": self.baselines,
+            "spreads": self.spreads,
+            "normal_ranges": self.ranges,
+            "metrics": list(self.metrics_),
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> NormalRangeDetector:

@@ -32,7 +32,9 @@ class ShadowResult:
     timelines: pd.DataFrame
 
 
-def shadow_score(spark, spec: DatasetSpec, features_df, bundle_dir: str, settings: Settings, n_timelines: int = 3) -> ShadowResult:
+def shadow_score(
+    spark, spec: DatasetSpec, features_df, bundle_dir: str, settings: Settings, n_timelines: int = 3
+) -> ShadowResult:
     """Score a day with a bundle that is not the champion, keeping only summaries."""
     features_df = features_df.drop("dt")
     day = features_df.select(F.min(TS)).first()[0].date()
@@ -42,14 +44,24 @@ def shadow_score(spark, spec: DatasetSpec, features_df, bundle_dir: str, setting
     inc_counts = incidents.groupBy(ENTITY).agg(F.count("*").alias("incidents"))
     per_entity = (
         scores.groupBy(ENTITY, "scope")
-        .agg(F.count("*").alias("rows"), F.sum(F.col("flagged").cast("int")).alias("flagged"),
-             F.first("threshold").alias("threshold"))
-        .join(inc_counts, ENTITY, "left").fillna(0, ["incidents"])
-        .toPandas().sort_values(ENTITY).reset_index(drop=True)
+        .agg(
+            F.count("*").alias("rows"),
+            F.sum(F.col("flagged").cast("int")).alias("flagged"),
+            F.first("threshold").alias("threshold"),
+        )
+        .join(inc_counts, ENTITY, "left")
+        .fillna(0, ["incidents"])
+        .toPandas()
+        .sort_values(ENTITY)
+        .reset_index(drop=True)
     )
     total = max(int(per_entity["rows"].sum()), 1)
     fraction = min(1.0, 20_000 / total)
-    sample = scores.select(ENTITY, "score", "threshold", "iforest_score", "ae_score").sample(fraction=fraction, seed=settings.seed).toPandas()
+    sample = (
+        scores.select(ENTITY, "score", "threshold", "iforest_score", "ae_score")
+        .sample(fraction=fraction, seed=settings.seed)
+        .toPandas()
+    )
     chosen = per_entity.sort_values("incidents", ascending=False)[ENTITY].head(n_timelines).tolist()
     timelines = scores.filter(F.col(ENTITY).isin(chosen)).select(ENTITY, TS, "score", "threshold", "flagged").toPandas()
     scores.unpersist()
@@ -63,8 +75,9 @@ def shadow_score(spark, spec: DatasetSpec, features_df, bundle_dir: str, setting
     )
 
 
-def raise_thresholds(bundle, rows: pd.DataFrame, false_alerts: pd.DataFrame,
-                     *, margin: float | None = None, max_factor: float | None = None) -> dict[str, list[float]]:
+def raise_thresholds(
+    bundle, rows: pd.DataFrame, false_alerts: pd.DataFrame, *, margin: float | None = None, max_factor: float | None = None
+) -> dict[str, list[float]]:
     """Raise each entity's threshold just above the peak score of its false alerts' rows.
 
     ``rows`` are the feature rows inside the alerts (with the alert ``id``), scored here with
@@ -100,8 +113,12 @@ def labelled_precision(bundle, rows: pd.DataFrame, labelled: pd.DataFrame) -> di
     its precision is the share labelled true of those. NaN where there is nothing to divide.
     """
     n = len(labelled)
-    out = {"labelled_alerts": float(n), "champion_precision": float("nan"),
-           "challenger_precision": float("nan"), "challenger_alerts": 0.0}
+    out = {
+        "labelled_alerts": float(n),
+        "champion_precision": float("nan"),
+        "challenger_precision": float("nan"),
+        "challenger_alerts": 0.0,
+    }
     if n == 0:
         return out
     out["champion_precision"] = float(labelled["label"].astype(bool).mean())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-
 import shutil
 from dataclasses import dataclass
 
@@ -191,8 +190,11 @@ def record_decision(
     """
     c = client(settings)
     name = model_name(dataset)
-    tags = {"gate": "passed" if promoted else "not passed", "gate_incidents_per_entity_day": f"{rate:.3f}",
-            "gate_budget": f"{budget}"}
+    tags = {
+        "gate": "passed" if promoted else "not passed",
+        "gate_incidents_per_entity_day": f"{rate:.3f}",
+        "gate_budget": f"{budget}",
+    }
     tags.update({k: f"{v:.3f}" for k, v in (figures or {}).items()})
     if thresholds:
         tags["feedback_thresholds"] = json.dumps({e: [round(a, 4), round(b, 4)] for e, (a, b) in thresholds.items()})

@@ -19,8 +19,9 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_bundle.py")
 def code_version() -> str:
     """The git commit of the running code, or the package version outside a checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
         if out.returncode == 0:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -63,7 +64,7 @@ def plot_scores(shadow, out_dir: Path) -> list[Path]:
     entities = list(dict.fromkeys(shadow.timelines["entity_id"]))
     if entities:
         fig, axes = plt.subplots(len(entities), 1, figsize=(9, 2.4 * len(entities)), squeeze=False)
-        for ax, ent in zip(axes[:, 0], entities):
+        for ax, ent in zip(axes[:, 0], entities, strict=False):
             t = shadow.timelines[shadow.timelines["entity_id"] == ent].sort_values("ts")
             ax.plot(t["ts"], t["score"], lw=0.8)
             ax.axhline(float(t["threshold"].iloc[0]), color="#C44E52", ls="--", lw=1)
@@ -86,21 +87,36 @@ def log_training_run(settings: Settings, spec: DatasetSpec, view, bundle, bundle
     name = registry.model_name(spec.name)
     table = entity_table(bundle, shadow)
     window = {"window_start": str(bundle.window_start), "window_end": str(bundle.window_end)}
-    tags = {**window, "feature_view": view.ref, "code_version": code_version(),
-            "data_fingerprint": bundle.fingerprint(), "entities": str(len(bundle.entities))}
+    tags = {
+        **window,
+        "feature_view": view.ref,
+        "code_version": code_version(),
+        "data_fingerprint": bundle.fingerprint(),
+        "entities": str(len(bundle.entities)),
+    }
     with mlflow.start_run(experiment_id=exp_id, run_name=f"train {bundle.window_start}..{bundle.window_end}") as run:
         mlflow.set_tags(tags)
-        mlflow.log_params({**window, "training_window_days": settings.training_window_days,
-                           "min_history_days": settings.min_history_days, "alarm_budget": spec.alarm_budget,
-                           "feature_view": view.ref, "seed": settings.seed, **bundle.params_dict()})
-        mlflow.log_metrics({
-            "entities": len(bundle.entities),
-            "fleet_scope_entities": int((table["scope"] == "fleet").sum()),
-            "train_rows_mean": float(table["train_rows"].mean()),
-            "threshold_median": float(table["threshold"].median()),
-            "newest_day_incidents_per_entity": shadow.incidents_per_entity_day,
-            "newest_day_flagged_rate": shadow.flagged_rate,
-        })
+        mlflow.log_params(
+            {
+                **window,
+                "training_window_days": settings.training_window_days,
+                "min_history_days": settings.min_history_days,
+                "alarm_budget": spec.alarm_budget,
+                "feature_view": view.ref,
+                "seed": settings.seed,
+                **bundle.params_dict(),
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "entities": len(bundle.entities),
+                "fleet_scope_entities": int((table["scope"] == "fleet").sum()),
+                "train_rows_mean": float(table["train_rows"].mean()),
+                "threshold_median": float(table["threshold"].median()),
+                "newest_day_incidents_per_entity": shadow.incidents_per_entity_day,
+                "newest_day_flagged_rate": shadow.flagged_rate,
+            }
+        )
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             table.to_csv(out / "entity_metrics.csv", index=False)

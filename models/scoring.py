@@ -23,6 +23,7 @@ from models import registry
 from models.bundle import load_cached
 from models.frames import ENTITY, TS, canonical, one_thread_per_task
 from models.incidents import entity_incidents, phases_json, severity
+
 INCIDENT_SCHEMA = (
     "dataset string, entity_id string, dt date, start_ts timestamp, end_ts timestamp, n_points int, "
     "peak_score double, severity string, threshold double, top_metrics string, contributions string, "
@@ -33,8 +34,14 @@ INCIDENT_SCHEMA = (
 def score_schema(spec: DatasetSpec) -> str:
     metrics = spec.metric_names
     cols = [
-        "entity_id string", "ts timestamp", "scope string", "iforest_score double", "ae_score double",
-        "score double", "threshold double", "flagged boolean",
+        "entity_id string",
+        "ts timestamp",
+        "scope string",
+        "iforest_score double",
+        "ae_score double",
+        "score double",
+        "threshold double",
+        "flagged boolean",
     ]
     cols += [f"`{m}` double" for m in metrics] + [f"`err__{m}` double" for m in metrics]
     return ", ".join(cols)
@@ -77,11 +84,18 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
         if not pdf["flagged"].any():
             return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])
         explain = load_cached(bundle_dir).params.explain
-        found = entity_incidents(pdf, metrics, lambda: load_cached(bundle_dir).baselines_of(entity),
-                                 lambda: load_cached(bundle_dir).spreads_of(entity),
-                                 gap_minutes=gap_minutes, sampling_seconds=sampling, min_points=min_points,
-                                 ranges=lambda: load_cached(bundle_dir).normal_ranges_of(entity),
-                                 context_skip_minutes=spec.score_smoothing_minutes, explain=explain)
+        found = entity_incidents(
+            pdf,
+            metrics,
+            lambda: load_cached(bundle_dir).baselines_of(entity),
+            lambda: load_cached(bundle_dir).spreads_of(entity),
+            gap_minutes=gap_minutes,
+            sampling_seconds=sampling,
+            min_points=min_points,
+            ranges=lambda: load_cached(bundle_dir).normal_ranges_of(entity),
+            context_skip_minutes=spec.score_smoothing_minutes,
+            explain=explain,
+        )
         if not found:
             return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])
         records = []
@@ -90,12 +104,20 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
             threshold = inc["threshold"]
             records.append(
                 {
-                    "dataset": spec.name, "entity_id": inc["entity_id"], "dt": day,
-                    "start_ts": inc["start_ts"], "end_ts": inc["end_ts"], "n_points": inc["n_points"],
-                    "peak_score": inc["peak_score"], "severity": severity(inc["peak_score"], threshold),
-                    "threshold": threshold, "top_metrics": ",".join(t["metric"] for t in ranked[: explain.top_metrics]),
-                    "contributions": json.dumps(ranked), "phases": phases_json(inc["phases"], explain.top_metrics),
-                    "model_scope": inc["scope"], **lineage,
+                    "dataset": spec.name,
+                    "entity_id": inc["entity_id"],
+                    "dt": day,
+                    "start_ts": inc["start_ts"],
+                    "end_ts": inc["end_ts"],
+                    "n_points": inc["n_points"],
+                    "peak_score": inc["peak_score"],
+                    "severity": severity(inc["peak_score"], threshold),
+                    "threshold": threshold,
+                    "top_metrics": ",".join(t["metric"] for t in ranked[: explain.top_metrics]),
+                    "contributions": json.dumps(ranked),
+                    "phases": phases_json(inc["phases"], explain.top_metrics),
+                    "model_scope": inc["scope"],
+                    **lineage,
                 }
             )
         return pd.DataFrame.from_records(records)
@@ -111,7 +133,9 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     lake.require(lake.features(dataset, view.ref, day), f"feature partition {dataset} {view.ref} dt={day}", spark)
     champ = registry.champion(settings, dataset)
     features = canonical(OfflineStore(spark, lake).read_features(dataset, view, [day]), spec).drop("dt")
-    scores_path = write_spark_partition(lake, score_frame(features, spec, champ.bundle_dir), lake.partition("scores", dataset, day), spark)
+    scores_path = write_spark_partition(
+        lake, score_frame(features, spec, champ.bundle_dir), lake.partition("scores", dataset, day), spark
+    )
     scores = spark.read.parquet(scores_path)
     lineage = {"model_name": champ.name, "model_version": champ.version, "feature_view": view.ref, "run_id": champ.run_id}
     incidents = incidents_frame(scores, spec, champ.bundle_dir, day, lineage, spec.incident_gap(settings.incident_gap_minutes))

@@ -53,12 +53,14 @@ def window_days(settings: Settings, available: list[dt.date], day: dt.date) -> l
 
 def _payload(models: list[EntityModel]) -> pd.DataFrame:
     """Fitted models as the rows a training task returns."""
-    return pd.DataFrame({
-        "entity_id": [m.entity for m in models],
-        "scope": [m.scope for m in models],
-        "n_rows": [int(m.n_train_rows) for m in models],
-        "payload": [m.to_bytes() for m in models],
-    })
+    return pd.DataFrame(
+        {
+            "entity_id": [m.entity for m in models],
+            "scope": [m.scope for m in models],
+            "n_rows": [int(m.n_train_rows) for m in models],
+            "payload": [m.to_bytes() for m in models],
+        }
+    )
 
 
 def _fit_bucket_udf(layout: FeatureLayout, spec: DatasetSpec, params: ModelParams, seed: int):
@@ -97,7 +99,9 @@ def fit_bundle(spark, settings: Settings, spec: DatasetSpec, view, days: list[dt
     total = df.count()
     fraction = min(1.0, params.fleet_train_rows / max(total, 1))
     sample = df.sample(fraction=fraction, seed=settings.seed).withColumn("_all", F.lit(0))
-    fleet_row = sample.groupBy("_all").applyInPandas(_fit_fleet_udf(layout, spec, params, settings.seed), MODEL_SCHEMA).collect()[0]
+    fleet_row = (
+        sample.groupBy("_all").applyInPandas(_fit_fleet_udf(layout, spec, params, settings.seed), MODEL_SCHEMA).collect()[0]
+    )
 
     feature_cols = list(view.feature_columns)
     return ModelBundle(
@@ -151,7 +155,13 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
     within = registry.passes_gate(gate_rate, spec.alarm_budget)
     promoted = not has_champion or (within and precision_ok(precision))
     registry.record_decision(
-        settings, dataset, version, promoted=promoted, rate=gate_rate, budget=spec.alarm_budget, run_id=run_id,
+        settings,
+        dataset,
+        version,
+        promoted=promoted,
+        rate=gate_rate,
+        budget=spec.alarm_budget,
+        run_id=run_id,
         figures={**{f"gate_{k}": v for k, v in precision.items()}, "feedback_raised_entities": float(len(raised))},
         thresholds=raised,
     )
@@ -165,5 +175,3 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
         f"({precision['labelled_alerts']:.0f} labelled); {len(raised)} thresholds raised by false alerts: "
         f"{'champion' if promoted else 'challenger (gate not passed)'}"
     )
-
-

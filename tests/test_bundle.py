@@ -12,20 +12,25 @@ import pytest
 
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.bundle import ModelBundle, load_cached
-from models.explain import range_scores
-from models.entity_model import EntityModel, score_entity
 from models.ensemble import EnsembleDetector
+from models.entity_model import EntityModel, score_entity
+from models.explain import range_scores
 from models.fitting import fit_bucket, fit_entity, fit_fleet
-from models.params import FeatureLayout, ModelParams
 from models.incidents import group_incidents
+from models.params import FeatureLayout, ModelParams
 
 METRICS = ["cpu", "mem", "disk"]
 FEATURES = [c for m in METRICS for c in (m, f"{m}__mean_15m")]
 FEATURE_METRIC = [c.split("__")[0] for c in FEATURES]
 SPEC = DatasetSpec(name="synth", sampling_seconds=300, alarm_budget=1.0, metrics=[MetricSpec(name=m) for m in METRICS])
 PARAMS = ModelParams(
-    iforest_n_estimators=50, ae_hidden=16, ae_bottleneck=4, ae_epochs=8, ae_batch_size=128,
-    min_history_rows=300, gap_minutes=10,
+    iforest_n_estimators=50,
+    ae_hidden=16,
+    ae_bottleneck=4,
+    ae_epochs=8,
+    ae_batch_size=128,
+    min_history_rows=300,
+    gap_minutes=10,
 )
 LAYOUT = FeatureLayout(tuple(FEATURES), tuple(FEATURE_METRIC), tuple(METRICS))
 FIT = dict(layout=LAYOUT, spec=SPEC, params=PARAMS, random_state=7)
@@ -97,8 +102,12 @@ def test_fit_bucket_gives_short_entities_fleet_scope(bundle):
         # std or without both (it would keep no column); and the normal-range detector
         members = {m.name: m for m in model.ensemble.members}
         assert [(m.name, m.kind) for m in model.ensemble.members] == [
-            ("iforest", "iforest"), ("autoencoder", "autoencoder"), ("iforest-no-mean", "iforest"),
-            ("autoencoder-no-mean", "autoencoder"), ("range", "range")]
+            ("iforest", "iforest"),
+            ("autoencoder", "autoencoder"),
+            ("iforest-no-mean", "iforest"),
+            ("autoencoder-no-mean", "autoencoder"),
+            ("range", "range"),
+        ]
         assert [FEATURES[i] for i in members["iforest-no-mean"].columns] == METRICS
         assert members["range"].detector is model.profile and members["range"].weight == PARAMS.range_weight
         assert 0 < model.threshold < 10
@@ -119,8 +128,11 @@ def test_batched_autoencoders_match_a_single_entity_fit(window, bundle):
     Z = alone.scaler.transform(rows[FEATURES].to_numpy())
     for name in ("autoencoder", "autoencoder-no-mean"):
         cols = alone.ensemble.member(name).columns
-        np.testing.assert_allclose(alone.ensemble.member(name).detector.score_samples(Z[:, cols]),
-                                   in_bucket.ensemble.member(name).detector.score_samples(Z[:, cols]), rtol=1e-4)
+        np.testing.assert_allclose(
+            alone.ensemble.member(name).detector.score_samples(Z[:, cols]),
+            in_bucket.ensemble.member(name).detector.score_samples(Z[:, cols]),
+            rtol=1e-4,
+        )
     assert alone.threshold == pytest.approx(in_bucket.threshold)
 
 
@@ -165,8 +177,12 @@ def test_bundle_round_trip_scores_identically_without_pickle(bundle, new_day, tm
     for archive_path in [*folder.glob("entities/*.zip"), folder / "fleet.zip"]:
         with zipfile.ZipFile(archive_path) as archive:
             names = set(archive.namelist())
-            member_files = {"members/iforest.skops", "members/autoencoder.pt", "members/iforest-no-mean.skops",
-                            "members/autoencoder-no-mean.pt"}
+            member_files = {
+                "members/iforest.skops",
+                "members/autoencoder.pt",
+                "members/iforest-no-mean.skops",
+                "members/autoencoder-no-mean.pt",
+            }
             assert names <= {"manifest.json", "arrays.npz", *member_files}
             with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
                 assert all(npz[k].dtype != object for k in npz.files)
@@ -203,8 +219,9 @@ def test_normal_range_detector_flags_the_anomaly_and_weighs_in_the_ensemble(bund
     assert not np.allclose(full, unweighted)
     # the ensemble's score is the weighted mean: the range member counts ``range_weight`` times
     w, n = PARAMS.range_weight, len(without)
-    smoothed = a.ensemble.member("range").calibrator.transform(a.ensemble.raw_scores(
-        np.hstack([np.zeros((len(rows), len(FEATURES))), rows[METRICS].to_numpy()]))["range"])
+    smoothed = a.ensemble.member("range").calibrator.transform(
+        a.ensemble.raw_scores(np.hstack([np.zeros((len(rows), len(FEATURES))), rows[METRICS].to_numpy()]))["range"]
+    )
     np.testing.assert_allclose(full, (n * unweighted + w * smoothed) / (n + w), rtol=1e-9)
 
 
@@ -212,7 +229,8 @@ def test_entity_model_bytes_round_trip_keeps_every_part(bundle):
     model = bundle.entities["b"]
     back = EntityModel.from_bytes(model.to_bytes())
     assert [(m.name, m.kind, m.weight, m.columns.tolist()) for m in back.ensemble.members] == [
-        (m.name, m.kind, m.weight, m.columns.tolist()) for m in model.ensemble.members]
+        (m.name, m.kind, m.weight, m.columns.tolist()) for m in model.ensemble.members
+    ]
     assert (back.entity, back.scope, back.threshold, back.trained) == (model.entity, model.scope, model.threshold, model.trained)
     assert back.baselines == model.baselines and back.error_norm == model.error_norm
     assert back.spreads == model.spreads and set(back.spreads) == set(METRICS)

@@ -185,7 +185,7 @@ def test_dag_files_parse_fast_without_spark_or_mlflow(two_specs):
 
 
 def test_window_end_prefers_conf_then_drift_events_then_the_day_before():
-    events = [SimpleNamespace(extra={"day": "2026-01-03"}), SimpleNamespace(extra={"day": "2026-01-05"}), SimpleNamespace(extra={})]
+    events = [SimpleNamespace(extra=extra) for extra in ({"day": "2026-01-03"}, {"day": "2026-01-05"}, {})]
     sunday = dt.datetime(2026, 1, 11, 3, 0, tzinfo=dt.UTC)
 
     assert window_end({"day": "2026-01-07"}, events, sunday) == dt.date(2026, 1, 7)
@@ -212,8 +212,8 @@ def test_airflow_cli_lists_every_dag_and_no_import_error(two_specs):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_nightly_dag_fails_on_duplicate_rows_and_writes_no_features(settings):
-    from fleetwatch.core.lake import Lake, write_pandas_partition
     from fleetwatch.app.orchestration import last_failures, run_nightly
+    from fleetwatch.core.lake import Lake, write_pandas_partition
 
     settings = Settings(home=settings.home, spark_master="local[2]", spark_shuffle_partitions=2)
     write_spec(settings.specs_dir, DatasetSpec(name="dup", metrics=[MetricSpec(name="cpu", min=0, max=100)]))

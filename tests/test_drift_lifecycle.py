@@ -25,10 +25,19 @@ def _psi_rows(values: dict[str, dict[str, float]]) -> pd.DataFrame:
     rows = []
     for entity, by_metric in values.items():
         for metric, psi in by_metric.items():
-            rows.append({"entity_id": entity, "feature": metric, "metric": metric, "psi": psi, "drifted": psi > 0.25,
-                         "scope": "entity"})
-            rows.append({"entity_id": entity, "feature": f"{metric}__z_5m", "metric": metric, "psi": 9.0,
-                         "drifted": True, "scope": "entity"})
+            rows.append(
+                {"entity_id": entity, "feature": metric, "metric": metric, "psi": psi, "drifted": psi > 0.25, "scope": "entity"}
+            )
+            rows.append(
+                {
+                    "entity_id": entity,
+                    "feature": f"{metric}__z_5m",
+                    "metric": metric,
+                    "psi": 9.0,
+                    "drifted": True,
+                    "scope": "entity",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -36,10 +45,15 @@ def test_an_entity_drifts_when_a_metric_moves_far_beyond_the_fleets_own_wander()
     from models.drift_check import decide
 
     # mem wanders on every host (median PSI 0.8); e3's cpu and e4's mem move far beyond that
-    frame = _psi_rows({
-        "e0": {"cpu": 0.02, "mem": 0.8}, "e1": {"cpu": 0.03, "mem": 1.2}, "e2": {"cpu": 0.02, "mem": 0.5},
-        "e3": {"cpu": 0.7, "mem": 0.9}, "e4": {"cpu": 0.02, "mem": 7.7},
-    })
+    frame = _psi_rows(
+        {
+            "e0": {"cpu": 0.02, "mem": 0.8},
+            "e1": {"cpu": 0.03, "mem": 1.2},
+            "e2": {"cpu": 0.02, "mem": 0.5},
+            "e3": {"cpu": 0.7, "mem": 0.9},
+            "e4": {"cpu": 0.02, "mem": 7.7},
+        }
+    )
 
     out = decide(frame, threshold=0.25, fleet_factor=6.5)
 
@@ -67,9 +81,18 @@ def _tiny_bundle():
     params = ModelParams(ae_epochs=2, ae_hidden=4, ae_bottleneck=2, iforest_n_estimators=20, min_history_rows=100)
     kw = dict(layout=FeatureLayout(("x", "y"), ("x", "y"), ("x", "y")), spec=spec, params=params, random_state=1)
     model = fit_entity(frame, **kw)
-    bundle = ModelBundle(dataset="tiny", feature_view="v@v1", feature_cols=["x", "y"], feature_metric=["x", "y"],
-                         metrics=["x", "y"], entities={"a": model}, fleet=fit_fleet(frame, **kw),
-                         window_start=START, window_end=START, params=params)
+    bundle = ModelBundle(
+        dataset="tiny",
+        feature_view="v@v1",
+        feature_cols=["x", "y"],
+        feature_metric=["x", "y"],
+        metrics=["x", "y"],
+        entities={"a": model},
+        fleet=fit_fleet(frame, **kw),
+        window_start=START,
+        window_end=START,
+        params=params,
+    )
     return bundle, frame
 
 
@@ -101,7 +124,9 @@ def test_a_false_alert_raises_its_entitys_threshold_just_above_its_peak_at_most_
     assert not bundle.score(mild.drop(columns=["id"]))["flagged"].any()  # that alert would not come back
 
     bundle, frame = _tiny_bundle()
-    wild = _alert_rows(frame, 2, 60.0)  # a real outage labelled false by mistake: capped at feedback_max_factor times the fitted threshold
+    wild = _alert_rows(
+        frame, 2, 60.0
+    )  # a real outage labelled false by mistake: capped at feedback_max_factor times the fitted threshold
     raise_thresholds(bundle, wild, pd.DataFrame({"id": [2], "label": [False]}))
     assert bundle.entities["a"].threshold == pytest.approx(bundle.params.feedback_max_factor * fitted)
     assert bundle.score(wild.drop(columns=["id"]))["flagged"].all()
@@ -117,8 +142,12 @@ def test_precision_over_labelled_alerts_compares_challenger_with_champion():
     figures = labelled_precision(bundle, rows, labelled)
 
     # the champion raised 3 (1 true); the challenger would raise 1 and 3 only (alert 2 is normal)
-    assert figures == {"labelled_alerts": 3.0, "champion_precision": pytest.approx(1 / 3),
-                       "challenger_precision": 0.5, "challenger_alerts": 2.0}
+    assert figures == {
+        "labelled_alerts": 3.0,
+        "champion_precision": pytest.approx(1 / 3),
+        "challenger_precision": 0.5,
+        "challenger_alerts": 2.0,
+    }
     assert precision_ok(figures)
     assert not precision_ok({**figures, "challenger_precision": 0.25})
     assert precision_ok({**figures, "champion_precision": math.nan, "challenger_precision": math.nan})
@@ -164,22 +193,36 @@ def test_alerts_labelled_true_leave_the_training_window_and_false_ones_stay(spar
     ts = pd.date_range(pd.Timestamp(START, tz="UTC"), periods=10, freq="min")
     rows = pd.DataFrame({"host": ["a"] * 10 + ["b"] * 10, "time": list(ts) * 2, "cpu": np.arange(20.0)})
     store = AlertsStore(settings.alerts_db_url)
-    incidents = pd.DataFrame({
-        "dataset": "fb", "dt": START, "entity_id": ["a", "a", "b"], "start_ts": [ts[2], ts[7], ts[0]], "end_ts": [ts[4], ts[7], ts[1]],
-        "n_points": 3, "peak_score": 5.0, "severity": "high", "threshold": 3.0, "top_metrics": "cpu",
-        "contributions": "[]", "model_scope": "entity", "model_name": "m", "model_version": "1",
-        "feature_view": "v", "run_id": "r",
-    })
+    incidents = pd.DataFrame(
+        {
+            "dataset": "fb",
+            "dt": START,
+            "entity_id": ["a", "a", "b"],
+            "start_ts": [ts[2], ts[7], ts[0]],
+            "end_ts": [ts[4], ts[7], ts[1]],
+            "n_points": 3,
+            "peak_score": 5.0,
+            "severity": "high",
+            "threshold": 3.0,
+            "top_metrics": "cpu",
+            "contributions": "[]",
+            "model_scope": "entity",
+            "model_name": "m",
+            "model_version": "1",
+            "feature_view": "v",
+            "run_id": "r",
+        }
+    )
     store.publish_partition("fb", START, incidents)
     ids = store.frame("fb").set_index("start_ts")["id"]
-    store.label(int(ids[ts[2]]), True)   # a: minutes 2-4 confirmed
+    store.label(int(ids[ts[2]]), True)  # a: minutes 2-4 confirmed
     store.label(int(ids[ts[7]]), False)  # a: minute 7 a false alarm, stays
     # b's alert is unlabelled, stays
 
     kept = exclude_confirmed_anomalies(settings, spec, spark.createDataFrame(rows)).toPandas()
     kept["time"] = pd.to_datetime(kept["time"]).dt.tz_localize("UTC")  # toPandas drops the (UTC) zone
 
-    dropped = set(zip(rows["host"], rows["time"])) - set(zip(kept["host"], kept["time"]))
+    dropped = set(zip(rows["host"], rows["time"], strict=True)) - set(zip(kept["host"], kept["time"], strict=True))
     assert sorted(dropped) == [("a", ts[2]), ("a", ts[3]), ("a", ts[4])]
 
 
@@ -210,8 +253,9 @@ def _nightly_drift_only(settings: Settings, day: dt.date) -> dict[str, str]:
 
     prepare_airflow(settings)
     logical = nightly_logical_date(settings, day)
-    load_dag(nightly_dag_id(DS)).test(logical_date=logical, run_after=logical,
-                                      mark_success_pattern=r"^(validate|features|score|publish)$")
+    load_dag(nightly_dag_id(DS)).test(
+        logical_date=logical, run_after=logical, mark_success_pattern=r"^(validate|features|score|publish)$"
+    )
     return task_states(nightly_dag_id(DS), logical)
 
 
@@ -259,9 +303,9 @@ def _new_normal_incidents(incidents: pd.DataFrame, labels: pd.DataFrame) -> int:
 @pytest.mark.slow
 def test_drift_fires_on_the_drifted_entity_only_and_the_retrained_champion_accepts_the_new_normal(spark, drift_settings):
     from feature_store.pipeline import build_features
+    from fleetwatch.app.orchestration import drift_asset, last_failures, run_retrain, window_end
     from fleetwatch.core.alerts_store import AlertsStore
     from fleetwatch.core.lake import Lake, write_pandas_partition
-    from fleetwatch.app.orchestration import drift_asset, last_failures, run_retrain, window_end
     from fleetwatch.core.synthetic import generate_fleet, load_labels
     from models import registry
     from models.drift_check import check_drift, read_summary
@@ -272,8 +316,9 @@ def test_drift_fires_on_the_drifted_entity_only_and_the_retrained_champion_accep
     info = generate_fleet(s, DS, entities=6, days=5, start=START, seed=5, drift_day=3)
     assert info["drift_entities"] == [DRIFTED] and info["drift_day"] == str(DAYS[3])
     labels = load_labels(s, DS)
-    caught = labels[(labels["entity_id"] == "srv-000") & (labels["kind"] == "collective")
-                    & (labels["start_ts"].dt.date == DAYS[4])].iloc[0]  # disk_io+net_out from 06:53 on day 4
+    caught = labels[
+        (labels["entity_id"] == "srv-000") & (labels["kind"] == "collective") & (labels["start_ts"].dt.date == DAYS[4])
+    ].iloc[0]  # disk_io+net_out from 06:53 on day 4
     lake = Lake(s.lake_root)
     for day in DAYS[:3]:
         raw = pd.read_parquet(lake.raw(DS, day))
@@ -322,9 +367,11 @@ def test_drift_fires_on_the_drifted_entity_only_and_the_retrained_champion_accep
     incidents = pd.read_parquet(lake.partition("incidents", DS, DAYS[4]))
     flagged_before, flagged_after = _new_normal_flagged(before, labels), _new_normal_flagged(after, labels)
     n_before, n_after = _new_normal_incidents(before_incidents, labels), _new_normal_incidents(incidents, labels)
-    print(f"{DRIFTED} on day 4, v1 -> v2: flagged share of its new-normal rows {flagged_before:.3f} -> {flagged_after:.3f}; "
-          f"incidents on the new normal {n_before} -> {n_after}; all its incidents "
-          f"{int((before_incidents['entity_id'] == DRIFTED).sum())} -> {int((incidents['entity_id'] == DRIFTED).sum())}")
+    print(
+        f"{DRIFTED} on day 4, v1 -> v2: flagged share of its new-normal rows {flagged_before:.3f} -> {flagged_after:.3f}; "
+        f"incidents on the new normal {n_before} -> {n_after}; all its incidents "
+        f"{int((before_incidents['entity_id'] == DRIFTED).sum())} -> {int((incidents['entity_id'] == DRIFTED).sum())}"
+    )
     # v1 flags over an hour of the new normal (measured: 0.36 of the day); v2 a fifth of that at most (measured: 0.005)
     assert flagged_before > 0.05 and flagged_after < flagged_before / 5
     # an ordinary day again on the new normal: a few incidents at most (budget 1 a day), fewer than v1's

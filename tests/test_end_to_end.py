@@ -34,9 +34,9 @@ def e2e_settings(settings, pg_url, monkeypatch) -> Settings:
 
 def test_three_nights_retrain_and_rerun(e2e_settings):
     from feature_store.views import view_for
+    from fleetwatch.app.orchestration import prepare_airflow, run_nightly, run_retrain
     from fleetwatch.core.alerts_store import AlertsStore
     from fleetwatch.core.lake import Lake
-    from fleetwatch.app.orchestration import prepare_airflow, run_nightly, run_retrain
     from fleetwatch.core.specs import load_spec
     from fleetwatch.core.synthetic import generate_fleet, load_labels
     from models import registry
@@ -59,7 +59,8 @@ def test_three_nights_retrain_and_rerun(e2e_settings):
     view = view_for(load_spec(s.specs_dir, "e2e"))
     for day in DAYS[:2]:
         raw = pd.read_parquet(lake.raw("e2e", day))
-        assert sorted(pd.read_parquet(lake.features("e2e", view.ref, day))["entity_id"].unique()) == sorted(raw["entity_id"].unique())
+        featured = pd.read_parquet(lake.features("e2e", view.ref, day))
+        assert sorted(featured["entity_id"].unique()) == sorted(raw["entity_id"].unique())
         assert not Path(lake.partition("scores", "e2e", day)).exists()
     assert lake.days(lake.zone("validation", "e2e")) == DAYS[:2]
     assert run_retrain(s, "e2e", DAYS[1]) == "success"

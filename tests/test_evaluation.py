@@ -93,7 +93,8 @@ def test_events_are_ranked_by_the_phases_they_overlap():
     phases = [  # a three-hour alert: disk first, cpu in its last hour
         {"start_ts": a.isoformat(), "end_ts": b.isoformat(), "n_points": 60, "contributions": ranking(*order)}
         for (a, b), order in zip(
-            [_ts(0, 59), _ts(60, 119), _ts(120, 179)], [("disk", "io", "cpu"), ("disk", "io", "cpu"), ("cpu", "net", "disk")]
+            [_ts(0, 59), _ts(60, 119), _ts(120, 179)], [("disk", "io", "cpu"), ("disk", "io", "cpu"), ("cpu", "net", "disk")],
+            strict=True,
         )
     ]
     alerts = pd.DataFrame({
@@ -113,7 +114,7 @@ def test_events_are_ranked_by_the_phases_they_overlap():
 
 
 def test_flagged_rows_hitrate_ranks_each_detected_event_on_its_flagged_rows():
-    from fleetwatch.app.evaluation import flagged_rows_hitrate
+    from fleetwatch.app.smd_evaluation import flagged_rows_hitrate
 
     rows = pd.DataFrame({"ts": _ts(*range(200)), "a": 0.0, "b": 0.0, "c": 0.0, "flagged": False})
     rows.loc[100:110, "b"] = 5.0  # b leaves its range for the whole first event ...
@@ -156,7 +157,7 @@ def _write_mini_smd(root, machine="machine-9-1", train_rows=3 * 1440 + 300, test
 @pytest.mark.integration
 @pytest.mark.slow
 def test_evaluate_smd_on_a_mini_machine(spark, settings, tmp_path):
-    from fleetwatch.app.evaluation import evaluate_smd
+    from fleetwatch.app.smd_evaluation import evaluate_smd
 
     data = tmp_path / "smd"
     machine = _write_mini_smd(data)

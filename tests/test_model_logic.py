@@ -23,12 +23,11 @@ from models.explain import (
     spreads,
     top_contributors,
 )
-from models.params import ExplainParams, FeatureLayout, ModelParams
 from models.incidents import group_incidents, severity
+from models.params import ExplainParams, FeatureLayout, ModelParams
 from models.thresholds import threshold_for_budget
 
 EXPLAIN = ExplainParams()
-
 
 
 def minutes(*values: int, start: str = "2026-01-01") -> pd.DatetimeIndex:
@@ -275,7 +274,8 @@ def test_a_metric_that_leaves_its_normal_range_outranks_one_that_swings_as_it_al
     assert [t["metric"] for t in ranked] == ["disk", "batch"]
     assert ranked[0]["error"] > 1.0 > ranked[1]["error"] > 0.0  # inside its range: only the tie-break weight
     np.testing.assert_allclose(
-        devs["disk"], (incident["disk"] - ranges["disk"][1]) / spread["disk"] + 1e-3 * (incident["disk"] - baselines["disk"]) / spread["disk"]
+        devs["disk"],
+        (incident["disk"] - ranges["disk"][1]) / spread["disk"] + 1e-3 * (incident["disk"] - baselines["disk"]) / spread["disk"],
     )
     assert normal_ranges(train.iloc[:0], metrics) == {}
 
@@ -329,7 +329,9 @@ def test_a_metric_already_outside_its_range_before_the_incident_counts_only_how_
     first = evidence.iloc[0]
     assert first["cpu"] > 1.4 and first["disk"] == pytest.approx(1e-3 * 30 / 5)  # disk only as far out as before
     # where disk goes 3 spreads farther than it was, those 3 count (and its move, capped)
-    assert evidence.iloc[1]["disk"] == pytest.approx(3.0 + EXPLAIN.inside_range_weight * 45 / 5 + EXPLAIN.change_weight * EXPLAIN.change_cap)
+    assert evidence.iloc[1]["disk"] == pytest.approx(
+        3.0 + EXPLAIN.inside_range_weight * 45 / 5 + EXPLAIN.change_weight * EXPLAIN.change_cap
+    )
     # a few stray exits in the hour before (under a tenth of it) take nothing away
     spiky = context.assign(disk=[50.0] * 55 + [80.0] * 5)
     assert incident_evidence(incident, spiky, baselines, spread, ranges).iloc[0]["disk"] > 3.0
@@ -337,10 +339,17 @@ def test_a_metric_already_outside_its_range_before_the_incident_counts_only_how_
 
 def scored_entity(flagged: np.ndarray, **metrics: np.ndarray) -> pd.DataFrame:
     """One entity's scored rows a minute apart: score 5 where ``flagged`` (threshold 3), else 0.5."""
-    return pd.DataFrame({
-        "entity_id": "m1", "ts": minutes(*range(len(flagged))), "score": np.where(flagged, 5.0, 0.5),
-        "flagged": flagged, "threshold": 3.0, "scope": "entity", **metrics,
-    })
+    return pd.DataFrame(
+        {
+            "entity_id": "m1",
+            "ts": minutes(*range(len(flagged))),
+            "score": np.where(flagged, 5.0, 0.5),
+            "flagged": flagged,
+            "threshold": 3.0,
+            "scope": "entity",
+            **metrics,
+        }
+    )
 
 
 def entity_stats(*names: str):
@@ -361,11 +370,14 @@ def test_entity_incidents_rank_metrics_against_the_hour_before_each_incident():
     assert [r["metric"] for r in found[0]["ranked"]] == ["conn", "load"]
     # skipping 70 minutes, the context (minutes 0-49) predates load's step too: both moved, both
     # capped, and the range evidence decides
-    skipped = entity_incidents(pdf, ["conn", "load"], baselines, spread, ranges=ranges, gap_minutes=5,
-                               sampling_seconds=60, context_skip_minutes=70)
+    skipped = entity_incidents(
+        pdf, ["conn", "load"], baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60, context_skip_minutes=70
+    )
     assert [r["metric"] for r in skipped[0]["ranked"]] == ["load", "conn"]
     # the same incident with no rows before it (the day's first minutes): ranked by the range evidence alone
-    alone = entity_incidents(pdf.iloc[120:], ["conn", "load"], baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60)
+    alone = entity_incidents(
+        pdf.iloc[120:], ["conn", "load"], baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60
+    )
     assert [r["metric"] for r in alone[0]["ranked"]] == ["load", "conn"]
 
 
@@ -382,17 +394,21 @@ def test_a_long_incident_is_also_explained_hour_by_hour():
     assert [r["metric"] for r in inc["ranked"]] == ["cpu", "disk"]
     phases = inc["phases"]
     assert [(p["start_ts"], p["end_ts"], p["n_points"]) for p in phases] == [
-        (ts[60], ts[119], 60), (ts[120], ts[179], 60), (ts[180], ts[239], 60)
+        (ts[60], ts[119], 60),
+        (ts[120], ts[179], 60),
+        (ts[180], ts[239], 60),
     ]
     assert [[r["metric"] for r in p["ranked"]] for p in phases] == [["disk", "cpu"], ["disk", "cpu"], ["cpu", "disk"]]
     stored = json.loads(phases_json(phases))
     assert stored[2]["start_ts"] == "2026-01-01T03:00:00+00:00" and stored[2]["top_metrics"] == "cpu,disk"
-    halves = entity_incidents(pdf, ["disk", "cpu"], baselines, spread, ranges=ranges, gap_minutes=5,
-                              sampling_seconds=60, phase_minutes=120)
+    halves = entity_incidents(
+        pdf, ["disk", "cpu"], baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60, phase_minutes=120
+    )
     assert [p["n_points"] for p in halves[0]["phases"]] == [120, 60]
     with pytest.raises(ValueError, match="phase_minutes must be > 0, got 0"):
-        entity_incidents(pdf, ["disk", "cpu"], baselines, spread, ranges=ranges, gap_minutes=5,
-                         sampling_seconds=60, phase_minutes=0)
+        entity_incidents(
+            pdf, ["disk", "cpu"], baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60, phase_minutes=0
+        )
 
 
 def test_range_scores_sum_each_metrics_distance_outside_its_normal_range():

@@ -21,7 +21,8 @@ def match_alerts(alerts: pd.DataFrame, labels: pd.DataFrame, *, tolerance_minute
     hit_events: set[int] = set()
     true_alerts = drift_alerts = 0
     for a in alerts.itertuples(index=False):
-        ev = events[(events["entity_id"] == a.entity_id) & (events["start_ts"] - tol <= a.end_ts) & (events["end_ts"] + tol >= a.start_ts)]
+        overlaps = (events["start_ts"] - tol <= a.end_ts) & (events["end_ts"] + tol >= a.start_ts)
+        ev = events[(events["entity_id"] == a.entity_id) & overlaps]
         if len(ev):
             true_alerts += 1
             hit_events.update(ev.index.tolist())

@@ -1,20 +1,25 @@
-"""The ``fleetwatch`` command: thin commands over the same library code the DAGs run."""
+"""The ``fleetwatch`` command: thin commands over the same library code the DAGs run.
+
+A command imports the library code that pulls in pandas, SQLAlchemy, PySpark or scikit-learn when
+it runs (marked ``# lazy``), so ``fleetwatch --help`` and a mistyped option answer at once.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from fleetwatch.app.orchestration import last_failures, run_nightly
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import parse_day
+from fleetwatch.core.quality import validate_partition
 from fleetwatch.core.settings import get_settings
+from fleetwatch.core.spark import get_spark
 
 app = typer.Typer(help="FleetWatch: nightly anomaly detection for fleets of entities.", no_args_is_help=True)
 alerts_app = typer.Typer(help="Read and label alerts.", no_args_is_help=True)
@@ -36,12 +41,17 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _alerts_store():
+    """The alerts store of the current settings."""
+    from fleetwatch.core.alerts_store import AlertsStore  # lazy: pandas and SQLAlchemy
+
+    return AlertsStore(get_settings().alerts_db_url)
+
+
 def _spark_step(step, dataset: str, date: str):
     settings = get_settings()
     try:
         day = parse_day(date)
-        from fleetwatch.core.spark import get_spark
-
         with console.status(f"running on Spark ({settings.spark_master})..."):
             spark = get_spark(settings)
             result = step(spark, settings, dataset, day)
@@ -72,7 +82,7 @@ def generate(
     seed: int = typer.Option(7, help="Seed: the same seed gives the same fleet."),
 ) -> None:
     """Generate a synthetic fleet with labelled anomalies and a drift event into the lake."""
-    from fleetwatch.core.synthetic import generate_fleet
+    from fleetwatch.core.synthetic import generate_fleet  # lazy: pandas and SciPy
 
     try:
         summary = generate_fleet(get_settings(), dataset, entities=entities, days=days, start=parse_day(start), seed=seed)
@@ -84,15 +94,13 @@ def generate(
 @app.command()
 def validate(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Validate one raw partition (Great Expectations); quarantine it if it fails."""
-    from fleetwatch.core.quality import validate_partition
-
     _spark_step(validate_partition, dataset, date)
 
 
 @app.command()
 def features(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Compute the feature view of one partition (with lookback into the day before)."""
-    from feature_store.pipeline import build_features
+    from feature_store.pipeline import build_features  # lazy: PySpark
 
     _spark_step(build_features, dataset, date)
 
@@ -100,7 +108,7 @@ def features(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 @app.command()
 def train(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Train the model bundle on the window ending at DATE and register it in MLflow."""
-    from models.training import train_models
+    from models.training import train_models  # lazy: pandas
 
     _spark_step(train_models, dataset, date)
 
@@ -108,7 +116,7 @@ def train(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 @app.command()
 def score(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Score one feature partition with the champion bundle and group incidents."""
-    from models.scoring import score_partition
+    from models.scoring import score_partition  # lazy: pandas
 
     _spark_step(score_partition, dataset, date)
 
@@ -116,7 +124,7 @@ def score(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 @app.command()
 def drift(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Check one feature partition for drift against the champion's training window."""
-    from models.drift_check import check_drift
+    from models.drift_check import check_drift  # lazy: pandas
 
     _spark_step(check_drift, dataset, date)
 
@@ -124,7 +132,7 @@ def drift(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 @app.command()
 def publish(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Publish one partition's incidents to the alerts table (replaces that partition's rows)."""
-    from fleetwatch.core.publishing import publish_alerts
+    from fleetwatch.core.publishing import publish_alerts  # lazy: pandas and SQLAlchemy
 
     try:
         n = publish_alerts(get_settings(), dataset, parse_day(date))
@@ -136,8 +144,6 @@ def publish(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 @app.command()
 def night(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Run the whole nightly DAG for one date through Airflow (dag.test, in-process)."""
-    from fleetwatch.app.orchestration import last_failures, run_nightly
-
     try:
         state = run_nightly(get_settings(), dataset, parse_day(date))
     except FleetWatchError as exc:
@@ -156,7 +162,7 @@ def demo(
     dataset: str = typer.Option("demo", help="Dataset name."),
 ) -> None:
     """Generate a fleet and run it night by night through the real Airflow DAGs."""
-    from fleetwatch.app.demo import run_demo
+    from fleetwatch.app.demo import run_demo  # lazy: pandas and SciPy
 
     try:
         run_demo(get_settings(), dataset=dataset, entities=entities, days=days, console=console)
@@ -167,10 +173,8 @@ def demo(
 @app.command()
 def sql(query: str = typer.Argument(..., help="A SQL statement to run against the alerts database.")) -> None:
     """Run SQL against the alerts database and print the rows."""
-    from fleetwatch.core.alerts_store import AlertsStore
-
     try:
-        columns, rows = AlertsStore(get_settings().alerts_db_url).query(query)
+        columns, rows = _alerts_store().query(query)
     except FleetWatchError as exc:
         _fail(exc)
     table = Table(*columns)
@@ -181,14 +185,12 @@ def sql(query: str = typer.Argument(..., help="A SQL statement to run against th
 
 @alerts_app.command("list")
 def alerts_list(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Only this dataset."),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Only this dataset."),
     limit: int = typer.Option(20, min=1, help="How many, newest first."),
 ) -> None:
     """Show the most recent alerts."""
-    from fleetwatch.core.alerts_store import AlertsStore
-
     try:
-        frame = AlertsStore(get_settings().alerts_db_url).list_recent(limit=limit, dataset=dataset)
+        frame = _alerts_store().list_recent(limit=limit, dataset=dataset)
     except FleetWatchError as exc:
         _fail(exc)
     cols = ["id", "dataset", "entity_id", "start_ts", "end_ts", "peak_score", "severity", "top_metrics", "label"]
@@ -201,12 +203,8 @@ def alerts_list(
 @alerts_app.command("show")
 def alerts_show(alert_id: int = typer.Argument(..., help="Alert id (column id).")) -> None:
     """One alert: its metrics ranked, then hour by hour (its phases)."""
-    import json
-
-    from fleetwatch.core.alerts_store import AlertsStore
-
     try:
-        alert = AlertsStore(get_settings().alerts_db_url).get(alert_id)
+        alert = _alerts_store().get(alert_id)
     except FleetWatchError as exc:
         _fail(exc)
     label = {True: "true", False: "false"}.get(alert["label"], "unlabelled")
@@ -233,12 +231,10 @@ def alerts_label(
     value: str = typer.Argument(..., help="true (a real anomaly) or false (a false alarm)."),
 ) -> None:
     """Mark an alert as a true or a false positive."""
-    from fleetwatch.core.alerts_store import AlertsStore
-
     if value.lower() not in ("true", "false"):
         _fail(FleetWatchError(f"label must be true or false, not {value!r}"))
     try:
-        AlertsStore(get_settings().alerts_db_url).label(alert_id, value.lower() == "true")
+        _alerts_store().label(alert_id, value.lower() == "true")
     except FleetWatchError as exc:
         _fail(exc)
     console.print(f"alert {alert_id} labelled {value.lower()}")
@@ -247,7 +243,7 @@ def alerts_label(
 @models_app.command("list")
 def models_list() -> None:
     """Registered models with their versions, aliases and training windows."""
-    from models.registry import list_versions
+    from models.registry import list_versions  # lazy: pandas
 
     try:
         frame = list_versions(get_settings())
@@ -262,7 +258,7 @@ def models_list() -> None:
 @models_app.command("rollback")
 def models_rollback(dataset: str = DatasetOpt) -> None:
     """Point `champion` back at the previous champion version."""
-    from models.registry import rollback
+    from models.registry import rollback  # lazy: pandas
 
     try:
         version = rollback(get_settings(), dataset)
@@ -274,12 +270,12 @@ def models_rollback(dataset: str = DatasetOpt) -> None:
 @ingest_app.command("smd")
 def ingest_smd_cmd(
     data: Path = typer.Option(..., "--data", help="Folder with train/, test/, test_label/, interpretation_label/."),
-    machines: Optional[list[str]] = typer.Option(None, "--machines", help="Machines to load (default: all)."),
+    machines: list[str] | None = typer.Option(None, "--machines", help="Machines to load (default: all)."),
     start: str = typer.Option("2026-01-01", help="Date of the first training minute."),
     dataset: str = typer.Option("smd", help="Dataset name to create."),
 ) -> None:
     """Load Server Machine Dataset files into a dataset spec and raw lake partitions."""
-    from fleetwatch.core.datasets.smd import ingest_smd
+    from fleetwatch.core.datasets.smd import ingest_smd  # lazy: pandas
 
     try:
         summary = ingest_smd(get_settings(), Path(data), machines=machines, start=parse_day(start), dataset=dataset)
@@ -291,12 +287,12 @@ def ingest_smd_cmd(
 @evaluate_app.command("smd")
 def evaluate_smd_cmd(
     data: Path = typer.Option(..., "--data", help="Folder of the SMD files."),
-    machines: Optional[list[str]] = typer.Option(None, "--machines", help="Machines to evaluate (default: all)."),
+    machines: list[str] | None = typer.Option(None, "--machines", help="Machines to evaluate (default: all)."),
     out: Path = typer.Option(Path("report.json"), "--out", help="Where to write the JSON report."),
     start: str = typer.Option("2026-01-01", help="Date of the first training minute."),
 ) -> None:
     """Ingest SMD, run the nightly and retrain paths, and compare alerts with the labels."""
-    from fleetwatch.app.evaluation import evaluate_smd
+    from fleetwatch.app.smd_evaluation import evaluate_smd  # lazy: PySpark, pandas and scikit-learn
 
     try:
         report = evaluate_smd(get_settings(), Path(data), machines=machines, out=out, start=parse_day(start), console=console)

@@ -9,9 +9,15 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
+from fleetwatch.app.alert_quality import match_alerts
+from fleetwatch.app.orchestration import prepare_airflow, run_nightly, run_retrain
+from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import load_spec
+from fleetwatch.core.synthetic import generate_fleet, load_labels
+from models import registry
 
 START = dt.date(2026, 1, 1)
 
@@ -22,13 +28,6 @@ def history_days(settings: Settings, days: int) -> int:
 
 
 def run_demo(settings: Settings, *, dataset: str, entities: int, days: int, console: Console) -> dict:
-    from fleetwatch.app.alert_quality import match_alerts
-    from fleetwatch.core.alerts_store import AlertsStore
-    from fleetwatch.app.orchestration import prepare_airflow, run_nightly, run_retrain
-    from fleetwatch.core.specs import load_spec
-    from fleetwatch.core.synthetic import generate_fleet, load_labels
-    from models import registry
-
     t0 = time.time()
     console.rule(f"FleetWatch demo: {entities} entities x {days} days ({dataset})")
     gen = generate_fleet(settings, dataset, entities=entities, days=days, start=START, seed=settings.seed)
@@ -71,9 +70,14 @@ def run_demo(settings: Settings, *, dataset: str, entities: int, days: int, cons
 
     ok = sum(1 for s in states.values() if s == "success")
     console.rule("Result")
-    console.print(f"partitions processed: {ok} of {len(states)} nights succeeded; quarantined: {len(quarantined)} {[str(d) for d in quarantined]}")
+    console.print(
+        f"partitions processed: {ok} of {len(states)} nights succeeded; "
+        f"quarantined: {len(quarantined)} {[str(d) for d in quarantined]}"
+    )
     for row in versions.itertuples(index=False):
-        console.print(f"registered model: {row.model} version {row.version} aliases [{row.aliases}] window {row.window}", markup=False)
+        console.print(
+            f"registered model: {row.model} version {row.version} aliases [{row.aliases}] window {row.window}", markup=False
+        )
     console.print(f"alerts written: {len(alerts)} over {len(scored)} scored nights")
     console.print(
         f"precision {quality['precision']:.2f} ({quality['true_alerts']}/{quality['alerts']} alerts on injected anomalies; "
@@ -84,7 +88,17 @@ def run_demo(settings: Settings, *, dataset: str, entities: int, days: int, cons
     )
     console.print(f"wall time: {elapsed:.0f} s")
     console.rule("Look around")
-    console.print(f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}  (then open http://127.0.0.1:5000)", highlight=False)
-    console.print(f"alerts (SQL): .venv/bin/fleetwatch sql \"select entity_id, start_ts, end_ts, severity, top_metrics from alerts where dataset = '{dataset}' order by peak_score desc limit 10\"", highlight=False)
-    console.print(f"or:           sqlite3 {settings.alerts_db_url.removeprefix('sqlite:///')} 'select count(*) from alerts'", highlight=False)
+    console.print(
+        f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}  (then open http://127.0.0.1:5000)",
+        highlight=False,
+    )
+    console.print(
+        "alerts (SQL): .venv/bin/fleetwatch sql \"select entity_id, start_ts, end_ts, severity, top_metrics from alerts "
+        f"where dataset = '{dataset}' order by peak_score desc limit 10\"",
+        highlight=False,
+    )
+    console.print(
+        f"or:           sqlite3 {settings.alerts_db_url.removeprefix('sqlite:///')} 'select count(*) from alerts'",
+        highlight=False,
+    )
     return {"states": states, "quarantined": quarantined, "alerts": len(alerts), "quality": quality, "seconds": elapsed}

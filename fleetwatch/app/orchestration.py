@@ -18,7 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from croniter import croniter
+
+import jobs
 from fleetwatch.core.errors import FleetWatchError
+from fleetwatch.core.lake import parse_day
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.spark import spark_env
 from fleetwatch.core.specs import load_spec
@@ -61,15 +65,13 @@ def drift_asset(dataset: str):
     The emitting task sets the event's extra to ``{"day": "YYYY-MM-DD"}`` (the drifted
     partition), which the retrain run takes as the end of its training window.
     """
-    from airflow.sdk import Asset
+    from airflow.sdk import Asset  # lazy: Airflow reads its configuration at first import (prepare_airflow sets it)
 
     return Asset(f"{DRIFT_ASSET_PREFIX}{dataset}")
 
 
 def job_path(name: str) -> str:
     """The spark-submit application file of job ``name`` in the installed ``jobs`` package."""
-    import jobs
-
     path = Path(jobs.__file__).resolve().parent / f"{name}.py"
     if not path.is_file():
         raise FleetWatchError(f"spark job {name!r} not found at {path}")
@@ -126,7 +128,7 @@ def prepare_airflow(settings: Settings) -> dict[str, str]:
     home = Path(settings.airflow_home)
     home.mkdir(parents=True, exist_ok=True)
     if "airflow.settings" in sys.modules:
-        from airflow import settings as airflow_settings
+        from airflow import settings as airflow_settings  # lazy: imported already (checked above), so only re-pointed
 
         airflow_settings.configure_vars()
         airflow_settings.reconfigure_orm()
@@ -149,8 +151,6 @@ def _migrate_once(home: Path) -> None:
 
 def nightly_logical_date(settings: Settings, day: dt.date) -> dt.datetime:
     """Logical date of the nightly run that processes partition ``day`` (its ``{{ ds }}``)."""
-    from croniter import croniter
-
     start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     return croniter(settings.nightly_cron, start - dt.timedelta(seconds=1)).get_next(dt.datetime)
 
@@ -162,8 +162,6 @@ def window_end(conf: dict | None, asset_events: list, fallback: dt.datetime) -> 
     the triggering drift events' extras; else the day before ``fallback`` (the logical date or
     run-after time of a scheduled run, when that day's partition may not be complete).
     """
-    from fleetwatch.core.lake import parse_day
-
     if conf and conf.get("day"):
         return parse_day(conf["day"])
     days = [parse_day(e.extra["day"]) for e in asset_events if (e.extra or {}).get("day")]
@@ -201,7 +199,7 @@ def _run_dag(settings: Settings, dataset: str, dag_id: str, logical_date: dt.dat
 
 def load_dag(dag_id: str):
     """The DAG ``dag_id`` parsed from the DAG folder, with the folder's import errors if missing."""
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag  # lazy: Airflow reads its configuration at first import
 
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
     if bag.import_errors:
@@ -216,7 +214,7 @@ def load_dag(dag_id: str):
 def task_states(dag_id: str, logical_date: dt.datetime) -> dict[str, str]:
     """Task id -> state (``success``, ``skipped``, ``failed``, ``upstream_failed``...) of the run of
     ``dag_id`` at ``logical_date`` in this process's Airflow metadata DB."""
-    from airflow.models.dagrun import DagRun
+    from airflow.models.dagrun import DagRun  # lazy: Airflow reads its configuration at first import
 
     runs = DagRun.find(dag_id=dag_id, logical_date=logical_date)
     if not runs:

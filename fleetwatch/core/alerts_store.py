@@ -22,7 +22,7 @@ from fleetwatch.core.lake import parse_day
 
 SEVERITIES = ("low", "medium", "high", "critical")
 MODEL_SCOPES = ("entity", "fleet")
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 
 
 def partition_lock_key(table: str, dataset: str, day: dt.date) -> int:

@@ -23,9 +23,9 @@ _ROW_COUNT = "expect_table_row_count_to_be_between"
 
 def build_suite(spec: DatasetSpec, day: dt.date) -> list:
     """The expectations a raw partition of ``spec`` for ``day`` must meet, in reporting order."""
-    import great_expectations.expectations as gxe
+    import great_expectations.expectations as gxe  # lazy: Great Expectations takes seconds to import
 
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     entity, ts = spec.entity_column, spec.timestamp_column
     suite = [
         gxe.ExpectTableColumnsToMatchSet(column_set=spec.columns, exact_match=True),
@@ -66,7 +66,7 @@ def validate_partition(spark, settings, dataset: str, day: dt.date) -> str:
     not exist and ``ValidationFailed`` (after moving the partition to quarantine) when it breaks
     an expectation. The result is kept under ``validation/<dataset>/dt=<day>/`` either way.
     """
-    from pyspark.errors import AnalysisException
+    from pyspark.errors import AnalysisException  # lazy: PySpark loads slowly; the CLI imports this module
 
     lake = Lake(settings.lake_root)
     spec = load_spec(settings.specs_dir, dataset)
@@ -167,8 +167,8 @@ def _runnable(expectations: list, schema: dict[str, str]) -> tuple[list, list[di
 
 def _run_suite(dataset: str, day: dt.date, expectations: list, df):
     """Run ``expectations`` on the Spark frame ``df`` in an ephemeral GE context."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import (
+    import great_expectations as gx  # lazy: Great Expectations takes seconds to import
+    from great_expectations.data_context.types.base import (  # lazy: as above
         DataContextConfig,
         InMemoryStoreBackendDefaults,
         ProgressBarsConfig,
@@ -230,8 +230,8 @@ def _failure(outcome) -> dict:
 
 def _keep_result(lake: Lake, final: str, summary: dict, result) -> None:
     """Write ``result.json`` (summary plus GE's result) and GE's HTML page as one partition."""
-    from great_expectations.render.renderer import ValidationResultsPageRenderer
-    from great_expectations.render.view import DefaultJinjaPageView
+    from great_expectations.render.renderer import ValidationResultsPageRenderer  # lazy: Great Expectations is slow
+    from great_expectations.render.view import DefaultJinjaPageView  # lazy: as above
 
     staging = lake.staging_path(final)
     ge_result = result.to_json_dict() if result is not None else None

@@ -41,13 +41,15 @@ class Settings(BaseSettings):
     incident_gap_minutes: int = Field(5, ge=0, description="Gap tolerated inside one incident.")
     drift_psi_threshold: float = Field(0.25, gt=0, description="PSI above which a feature drifted.")
     drift_fleet_factor: float = Field(
-        6.5, ge=1, description="A metric of an entity drifted when its PSI also exceeds this many times the fleet's median PSI of it that day."
+        6.5, ge=1, description=(
+            "A metric of an entity drifted when its PSI also exceeds this many times the fleet's median PSI of it that day."
+        ),
     )
     train_entities_per_task: int = Field(32, ge=1, description="Entities whose models one Spark task fits together.")
     seed: int = Field(42, description="Run seed; per-entity seeds derive from it.")
 
     @model_validator(mode="after")
-    def _fill_defaults(self) -> "Settings":
+    def _fill_defaults(self) -> Settings:
         home = self.home.expanduser().absolute()
         self.home = home
         if not self.lake_root:
@@ -69,7 +71,7 @@ class Settings(BaseSettings):
 
     def public_items(self) -> dict[str, str]:
         """Settings as strings, with passwords in URLs hidden, for ``fleetwatch config``."""
-        from fleetwatch.core.alerts_store import redact_url
+        from fleetwatch.core.alerts_store import redact_url  # lazy: pandas, SQLAlchemy; settings load everywhere, DAGs too
 
         out = {}
         for name in type(self).model_fields:

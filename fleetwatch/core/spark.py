@@ -59,7 +59,7 @@ def get_spark(settings: Settings, app_name: str = "fleetwatch"):
     """The active session, or a new one on ``settings.spark_master``."""
     check_java()
     os.environ.update(spark_env())
-    from pyspark.sql import SparkSession
+    from pyspark.sql import SparkSession  # lazy: PySpark loads slowly, and after spark_env() is set
 
     active = SparkSession.getActiveSession()
     if active is not None:

@@ -39,7 +39,7 @@ class MetricSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _range(self) -> "MetricSpec":
+    def _range(self) -> MetricSpec:
         if self.min > self.max:
             raise ValueError(f"metric {self.name!r}: min {self.min} is above max {self.max}")
         return self
@@ -85,7 +85,7 @@ class DatasetSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _unique_columns(self) -> "DatasetSpec":
+    def _unique_columns(self) -> DatasetSpec:
         names = [m.name for m in self.metrics] + [self.entity_column, self.timestamp_column]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -102,7 +102,9 @@ def available_machines(data_dir: Path) -> list[str]:
     """Machines that have a training file, in natural order (machine-1-2 before machine-1-10)."""
     train = Path(data_dir) / "train"
     if not train.is_dir():
-        raise FleetWatchError(f"SMD folder {data_dir} has no train/ folder (expected train/, test/, test_label/, interpretation_label/)")
+        raise FleetWatchError(
+            f"SMD folder {data_dir} has no train/ folder (expected train/, test/, test_label/, interpretation_label/)"
+        )
     names = {p.name.removesuffix(".gz").removesuffix(".txt") for p in train.iterdir() if p.name.endswith(_SUFFIXES)}
     return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
 
@@ -127,7 +129,9 @@ def _read_matrix(path: Path) -> np.ndarray:
     values = frame.to_numpy()
     bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
     if bad.size:
-        raise FleetWatchError(f"SMD file {path}: line {bad[0] + 1} has a missing or non-numeric value (expected {len(SMD_METRICS)} numbers)")
+        raise FleetWatchError(
+            f"SMD file {path}: line {bad[0] + 1} has a missing or non-numeric value (expected {len(SMD_METRICS)} numbers)"
+        )
     return values
 
 
@@ -283,7 +287,9 @@ def ingest_smd(settings, data_dir: Path, *, machines: list[str] | None = None, s
         raise FleetWatchError(f"SMD folder {data_dir / 'train'} holds no machine-*.txt(.gz) files")
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise FleetWatchError(f"SMD machine {', '.join(map(repr, unknown))} is not in {data_dir / 'train'} (available: {', '.join(available)})")
+        raise FleetWatchError(
+            f"SMD machine {', '.join(map(repr, unknown))} is not in {data_dir / 'train'} (available: {', '.join(available)})"
+        )
     loaded = [read_smd_machine(data_dir, name) for name in names]
     origin = pd.Timestamp(parse_day(start)).tz_localize("UTC")
 
@@ -321,5 +327,7 @@ def smd_labels(settings, dataset: str = "smd") -> tuple[pd.DataFrame, pd.DataFra
     paths = [labels_dir / POINTS_FILE, labels_dir / EVENTS_FILE]
     for path in paths:
         if not path.is_file():
-            raise FleetWatchError(f"no SMD labels for dataset {dataset!r} at {path}: run `fleetwatch ingest smd --data DIR` first")
+            raise FleetWatchError(
+                f"no SMD labels for dataset {dataset!r} at {path}: run `fleetwatch ingest smd --data DIR` first"
+            )
     return pd.read_parquet(paths[0]), pd.read_parquet(paths[1])

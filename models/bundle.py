@@ -1,52 +1,58 @@
-"""The model bundle: every entity's models for one training window, saved as one folder.
+"""The model bundle: every entity's models for one training window.
 
-A registered MLflow model version is one bundle, however many entities it holds. The folder is
-``manifest.json`` (what the bundle is and which file holds which entity), ``fleet.zip`` and one
-``entities/<escaped id>.zip`` per entity, so a Spark worker loads only the entities it scores,
-each once per process (:func:`load_cached`).
+A registered MLflow model version is one bundle, however many entities it holds. Its models live
+in the model store (``models.model_store``): part files written by the training tasks, and a
+``manifest.json`` that says what the bundle is and, for every entity, which part and entry hold
+its model, with the model's checksum, scope, threshold and training rows. The manifest logged to
+MLflow names the store location. A Spark worker reads only the entities it scores, each once per
+process (:func:`load_cached`); the driver never loads them all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
-import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
-from urllib.parse import quote
 
 import pandas as pd
 
+from models import model_store
 from models.entity_model import EntityModel, score_entity
 from models.params import FeatureLayout, ModelParams
 
-MANIFEST = "manifest.json"
-FLEET_FILE = "fleet.zip"
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 SCORE_COLUMNS = ["entity_id", "ts", "iforest_score", "ae_score", "score", "threshold", "flagged", "scope"]
+INFO_COLUMNS = ["scope", "n_rows", "threshold", "fingerprint", "file", "entry", "sha256", "bytes"]
 
 
 class _LazyEntities(Mapping):
-    """Entity models read from a bundle folder on first access, then kept."""
+    """Entity models read from the store's parts on first access, then kept."""
 
-    def __init__(self, root: Path, files: dict[str, str]):
-        self._root = root
-        self._files = files
+    def __init__(self, reader: model_store.PartReader, info: dict[str, dict]):
+        self._reader = reader
+        self._info = info
         self._loaded: dict[str, EntityModel] = {}
 
     def __getitem__(self, entity: str) -> EntityModel:
         if entity not in self._loaded:
-            self._loaded[entity] = EntityModel.from_bytes((self._root / self._files[entity]).read_bytes())
+            info = self._info[entity]
+            model = self._reader.read(entity, info)
+            if info["threshold"] != model.threshold and info["threshold"] == info["threshold"]:
+                model = dataclasses.replace(model, threshold=info["threshold"])  # raised by feedback
+            self._loaded[entity] = model
         return self._loaded[entity]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._files)
+        return iter(self._info)
 
     def __len__(self) -> int:
-        return len(self._files)
+        return len(self._info)
+
+    def replace(self, entity: str, model: EntityModel) -> None:
+        self._loaded[entity] = model
 
 
 @dataclass
@@ -64,11 +70,31 @@ class ModelBundle:
     window_end: dt.date
     params: ModelParams
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
-    scopes: dict[str, str] = field(default_factory=dict, repr=False)
+    info: dict[str, dict] = field(default_factory=dict, repr=False)
+    location: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.scopes:
-            self.scopes = {entity: model.scope for entity, model in self.entities.items()}
+        if not self.info:
+            self.info = {e: _info_of(m) for e, m in self.entities.items()}
+
+    @property
+    def scopes(self) -> dict[str, str]:
+        return {e: i["scope"] for e, i in self.info.items()}
+
+    def entity_info(self) -> pd.DataFrame:
+        """One row per entity from the manifest (no model is loaded): scope, training rows, threshold."""
+        rows = [{"entity_id": e, "scope": i["scope"], "train_rows": int(i["n_rows"]), "threshold": float(i["threshold"])}
+                for e, i in sorted(self.info.items())]
+        return pd.DataFrame(rows, columns=["entity_id", "scope", "train_rows", "threshold"])
+
+    def set_threshold(self, entity: str, threshold: float) -> None:
+        """Replace an entity's threshold (feedback from false alerts); :meth:`save_manifest` keeps it."""
+        model = dataclasses.replace(self.entities[entity], threshold=threshold)
+        if isinstance(self.entities, _LazyEntities):
+            self.entities.replace(entity, model)
+        else:
+            self.entities[entity] = model
+        self.info[entity] = {**self.info[entity], "threshold": float(threshold)}
 
     @property
     def layout(self) -> FeatureLayout:
@@ -76,7 +102,8 @@ class ModelBundle:
 
     def scope_of(self, entity: str) -> str:
         """``entity`` when the entity has its own models, else ``fleet`` (short history or new)."""
-        return "entity" if self.scopes.get(entity) == "entity" else "fleet"
+        info = self.info.get(entity)
+        return "entity" if info is not None and info["scope"] == "entity" else "fleet"
 
     def baselines_of(self, entity: str) -> dict[str, float]:
         """Training median of each metric: the entity's own, or the fleet's for a new entity."""
@@ -100,7 +127,7 @@ class ModelBundle:
 
     def fingerprint(self) -> str:
         """Hash of the training rows of every model in the bundle."""
-        parts = [f"{e}:{self.entities[e].fingerprint}" for e in sorted(self.entities)] + [self.fleet.fingerprint]
+        parts = [f"{e}:{self.info[e]['fingerprint']}" for e in sorted(self.info)] + [self.fleet.fingerprint]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     @property
@@ -126,19 +153,28 @@ class ModelBundle:
             parts.append(out)
         return pd.concat(parts).sort_index().reset_index(drop=True)[self.score_columns]
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write the bundle into ``directory`` (new or empty); the manifest goes last."""
-        root = Path(directory)
-        if root.exists() and any(root.iterdir()):
-            raise FileExistsError(f"bundle folder {root} is not empty; save a bundle into a new folder")
-        (root / "entities").mkdir(parents=True, exist_ok=True)
-        files = {}
-        for entity in sorted(self.entities):
-            files[entity] = f"entities/{quote(entity, safe='')}.zip"
-            (root / files[entity]).write_bytes(self.entities[entity].to_bytes())
-        (root / FLEET_FILE).write_bytes(self.fleet.to_bytes())
+    def save(self, location) -> str:
+        """Write every model into the store at ``location`` (new or empty) as one part, then the
+        manifest; what a Spark training job writes task by task, for a bundle fitted in-process."""
+        location = str(location)
+        if model_store.exists(f"{location}/{model_store.MANIFEST}"):
+            raise FileExistsError(f"bundle folder {location} is not empty; save a bundle into a new folder")
+        rows = model_store.write_part(location, "all", [self.entities[e] for e in sorted(self.entities)])
+        [fleet] = model_store.write_part(location, "fleet", [self.fleet])
+        self.info = {r["entity"]: {k: r[k] for k in INFO_COLUMNS} for r in rows}
+        self.location = str(location)
+        self.save_manifest(fleet)
+        return str(location)
+
+    def save_manifest(self, fleet: dict | None = None) -> None:
+        """(Re)write the manifest at the bundle's location: after the parts, and after feedback
+        raised thresholds."""
+        if self.location is None:
+            raise ValueError("the bundle has no store location: save it first")
+        previous = self._manifest_fleet if fleet is None else fleet
         manifest = {
             "format": BUNDLE_FORMAT,
+            "location": self.location,
             "dataset": self.dataset,
             "feature_view": self.feature_view,
             "feature_cols": self.feature_cols,
@@ -146,61 +182,82 @@ class ModelBundle:
             "metrics": self.metrics,
             "window_start": _day(self.window_start).isoformat(),
             "window_end": _day(self.window_end).isoformat(),
-            "params": self.params.model_dump(),
+            "params": self.params.model_dump(mode="json"),
             "created_at": self.created_at.isoformat(),
-            "entities": {e: {"scope": self.scopes[e], "file": files[e]} for e in files},
+            "entities": self.info,
+            "fleet": previous,
         }
-        (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        return root
+        model_store.write_manifest(self.location, manifest)
+        self._manifest_fleet = previous
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, entities: set[str] | None = None) -> ModelBundle:
-        """The bundle in ``directory``; only ``entities`` (all when None) are readable, each
+    def assemble(cls, location: str, manifest: dict) -> ModelBundle:
+        """The bundle whose parts a training job wrote at ``location``: writes its manifest."""
+        model_store.write_manifest(location, {"format": BUNDLE_FORMAT, "location": location, **manifest})
+        return cls.load(location)
+
+    @classmethod
+    def load(cls, directory: str, entities: set[str] | None = None) -> ModelBundle:
+        """The bundle whose manifest is in ``directory`` (a store location, or the copy MLflow
+        keeps, which names the location); only ``entities`` (all when None) are readable, each
         read on first use. Entities outside the set can still be asked for their scope."""
-        root = Path(directory)
-        path = root / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"no model bundle at {root} ({MANIFEST} missing)")
-        manifest = json.loads(path.read_text())
+        directory = str(directory)
+        if not model_store.exists(f"{directory}/{model_store.MANIFEST}"):
+            raise FileNotFoundError(f"no model bundle at {directory} ({model_store.MANIFEST} missing)")
+        manifest = model_store.read_manifest(directory)
         if manifest.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"model bundle {root} has format {manifest.get('format')}, expected {BUNDLE_FORMAT}")
+            raise ValueError(
+                f"model bundle {directory} has format {manifest.get('format')}, expected {BUNDLE_FORMAT}: "
+                "retrain the dataset (`fleetwatch train`) to rebuild it"
+            )
+        location = manifest.get("location") or directory
+        reader = model_store.PartReader(location)
         known = manifest["entities"]
         chosen = known if entities is None else {e: known[e] for e in entities if e in known}
-        return cls(
+        bundle = cls(
             dataset=manifest["dataset"],
             feature_view=manifest["feature_view"],
             feature_cols=manifest["feature_cols"],
             feature_metric=manifest["feature_metric"],
             metrics=manifest["metrics"],
-            entities=_LazyEntities(root, {e: info["file"] for e, info in chosen.items()}),
-            fleet=EntityModel.from_bytes((root / FLEET_FILE).read_bytes()),
+            entities=_LazyEntities(reader, chosen),
+            fleet=reader.read("__fleet__", manifest["fleet"]),
             window_start=dt.date.fromisoformat(manifest["window_start"]),
             window_end=dt.date.fromisoformat(manifest["window_end"]),
             params=ModelParams.model_validate(manifest["params"]),
             created_at=dt.datetime.fromisoformat(manifest["created_at"]),
-            scopes={e: info["scope"] for e, info in known.items()},
+            info=known,
+            location=location,
         )
+        bundle._manifest_fleet = manifest["fleet"]
+        return bundle
 
     def _model_for(self, entity: str) -> EntityModel | None:
         if entity in self.entities:
             return self.entities[entity]
-        if entity in self.scopes:
+        if entity in self.info:
             raise KeyError(f"entity {entity!r} is in bundle {self.dataset} but was not loaded (pass it to load(entities=...))")
         return None
 
 
-def load_cached(directory: str | os.PathLike) -> ModelBundle:
+def load_cached(directory: str) -> ModelBundle:
     """The bundle in ``directory``, loaded once per process (again only if its manifest changed)."""
-    path = Path(directory).resolve()
-    if not (path / MANIFEST).is_file():
-        return ModelBundle.load(path)  # raises, naming the folder
-    stat = (path / MANIFEST).stat()
-    return _load(str(path), stat.st_mtime_ns, stat.st_size)
+    directory = str(directory)
+    fs, path = model_store.filesystem(f"{directory}/{model_store.MANIFEST}")
+    stat = fs.get_file_info(path)
+    if stat.type == model_store.pafs.FileType.NotFound:
+        return ModelBundle.load(directory)  # raises, naming the folder
+    return _load(directory, stat.mtime_ns or 0, stat.size or 0)
 
 
 @lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int, size: int) -> ModelBundle:
     return ModelBundle.load(path)
+
+
+def _info_of(model: EntityModel) -> dict:
+    return {"scope": model.scope, "n_rows": int(model.n_train_rows), "threshold": float(model.threshold),
+            "fingerprint": model.fingerprint}
 
 
 def _day(value) -> dt.date:

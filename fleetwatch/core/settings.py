@@ -22,6 +22,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".fleetwatch"), description="Folder holding every embedded default.")
     lake_root: str = Field("", description="Lake root: a local path or a Hadoop URI (s3a://...).")
+    model_store: str = Field(
+        "", description="Where training tasks write entity models (default: the lake's models/ zone; a path or s3:// URI)."
+    )
     specs_dir: Path | None = Field(None, description="Folder of dataset spec TOML files.")
     spark_master: str = Field("local[*]", description="Spark master: local[*], spark://, yarn, k8s://.")
     spark_driver_memory: str = Field("2g", description="spark.driver.memory for jobs.")
@@ -63,6 +66,11 @@ class Settings(BaseSettings):
         if self.airflow_home is None:
             self.airflow_home = home / "airflow"
         return self
+
+    @property
+    def model_store_root(self) -> str:
+        """The model store's root: ``model_store``, else ``<lake_root>/models``."""
+        return self.model_store or f"{self.lake_root.rstrip('/')}/models"
 
     @property
     def mlflow_artifact_root(self) -> str:

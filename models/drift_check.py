@@ -211,33 +211,15 @@ def read_summary(settings: Settings, dataset: str, day: dt.date) -> DriftSummary
 
 
 def log_summary(settings: Settings, dataset: str, summary: DriftSummary) -> str:
-    """Log the night's figures to MLflow as run ``drift <day>`` (a rerun of the night reuses it)."""
-    import mlflow  # lazy: importing MLflow takes seconds, and most callers only read summaries
-
-    client = registry.client(settings)
-    exp_id = registry.ensure_experiment(settings, dataset)
-    found = client.search_runs([exp_id], f"tags.fleetwatch_kind = 'drift' and tags.day = '{summary.day}'", max_results=1)
-    run_id = found[0].info.run_id if found else None
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=f"drift {summary.day}") as run:
-        mlflow.set_tags(
-            {
-                "fleetwatch_kind": "drift",
-                "day": str(summary.day),
-                "model_version": summary.model_version,
-                "drift_entities": ",".join(summary.drift_entities),
-                "graduating": ",".join(summary.graduating),
-            }
-        )
-        mlflow.log_metrics(
-            {
-                "checked_entities": summary.checked,
-                "drifted_entities": len(summary.drift_entities),
-                "drift_share": summary.drift_share,
-                "max_psi": summary.max_psi,
-                "graduating_entities": len(summary.graduating),
-            }
-        )
-        return run.info.run_id
+    """Log the drift figures to the night's MLflow run (``models.registry.log_night``)."""
+    return registry.log_night(
+        settings, dataset, summary.day,
+        tags={"model_version": summary.model_version, "drift_entities": ",".join(summary.drift_entities),
+              "graduating": ",".join(summary.graduating)},
+        metrics={"checked_entities": summary.checked, "drifted_entities": len(summary.drift_entities),
+                 "drift_share": summary.drift_share, "max_psi": summary.max_psi,
+                 "graduating_entities": len(summary.graduating)},
+    )
 
 
 def _result_schema() -> str:

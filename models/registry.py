@@ -22,6 +22,7 @@ from fleetwatch.core.settings import Settings
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 GATE_TOLERANCE = 2.0
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def model_name(dataset: str) -> str:
@@ -43,15 +44,39 @@ def client(settings: Settings):
 
 
 def ensure_experiment(settings: Settings, dataset: str) -> str:
-    """The dataset's experiment id; artifacts stay under the FleetWatch home for a local store."""
+    """The dataset's experiment id; artifacts stay under the FleetWatch home for a local store.
+
+    It is tagged as model development, so the MLflow UI opens it on runs and models rather than
+    on the GenAI views.
+    """
     c = client(settings)
     exp = c.get_experiment_by_name(experiment_name(dataset))
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     if settings.mlflow_tracking_uri.startswith("sqlite:") or is_local(settings.mlflow_tracking_uri):
         location = f"{settings.mlflow_artifact_root}/{dataset}"
-    return c.create_experiment(experiment_name(dataset), artifact_location=location)
+    return c.create_experiment(experiment_name(dataset), artifact_location=location,
+                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def log_night(settings: Settings, dataset: str, day, *, tags: dict[str, str], metrics: dict[str, float]) -> str:
+    """Log figures of one night to its run ``night <day>``; every step of the night (drift check,
+    scoring) adds to the same run, and a rerun of the night reuses it. Returns the run id."""
+    c = client(settings)
+    exp_id = ensure_experiment(settings, dataset)
+    found = c.search_runs([exp_id], f"tags.fleetwatch_kind = 'night' and tags.day = '{day}'", max_results=1)
+    run = found[0] if found else c.create_run(exp_id, run_name=f"night {day}", tags={"fleetwatch_kind": "night", "day": str(day)})
+    run_id = run.info.run_id
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+    for key, value in metrics.items():
+        if not math.isnan(float(value)):
+            c.log_metric(run_id, key, float(value))
+    c.set_terminated(run_id)
+    return run_id
 
 
 def passes_gate(alerts_per_entity_day: float, budget: float, tolerance: float = GATE_TOLERANCE) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +35,21 @@ def entity_table(bundle, shadow) -> pd.DataFrame:
     table = bundle.entity_info()  # from the manifest: no model is loaded
     cols = ["entity_id", "rows", "flagged", "incidents"]
     return table.merge(shadow.per_entity[cols], on="entity_id", how="left")
+
+
+def bundle_signature(bundle):
+    """What the registered model takes and gives (an MLflow ``ModelSignature``): feature rows
+    (``entity_id``, ``ts`` and the view's feature columns) in, one score row per input row out."""
+    from mlflow.models import ModelSignature  # lazy: see models.registry.client
+    from mlflow.types import ColSpec, Schema  # lazy: as mlflow
+
+    inputs = Schema([ColSpec("string", "entity_id"), ColSpec("datetime", "ts")]
+                    + [ColSpec("double", c) for c in bundle.feature_cols])
+    outputs = Schema([ColSpec("string", "entity_id"), ColSpec("datetime", "ts"), ColSpec("double", "iforest_score"),
+                      ColSpec("double", "ae_score"), ColSpec("double", "score"), ColSpec("double", "threshold"),
+                      ColSpec("boolean", "flagged"), ColSpec("string", "scope")]
+                     + [ColSpec("double", f"err__{m}") for m in bundle.metrics])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def plot_scores(shadow, out_dir: Path) -> list[Path]:
@@ -74,13 +90,19 @@ def plot_scores(shadow, out_dir: Path) -> list[Path]:
     return paths
 
 
-def log_training_run(settings: Settings, spec: DatasetSpec, view, bundle, shadow) -> tuple[str, str]:
+def log_training_run(settings: Settings, spec: DatasetSpec, view, bundle, shadow, *, started: float | None = None,
+                     partitions: list[str] = ()) -> tuple[str, str]:
     """Log the run and register the bundle as one version (alias ``challenger``).
 
     The version's artifacts hold the bundle's manifest, which names the model store location of
     its models (``models.model_store``): registering copies no model, whatever the fleet's size.
+    The run starts at ``started`` (a ``time.time()``, the start of training, so the UI shows how
+    long training took), names the feature ``partitions`` of the window as its dataset inputs, and
+    the model carries a signature: feature rows in, score rows out.
     """
     import mlflow  # lazy: see models.registry.client
+    from mlflow.data.meta_dataset import MetaDataset  # lazy: as mlflow
+    from mlflow.data.spark_dataset_source import SparkDatasetSource  # lazy: as mlflow
 
     registry.client(settings)
     exp_id = registry.ensure_experiment(settings, spec.name)
@@ -94,8 +116,14 @@ def log_training_run(settings: Settings, spec: DatasetSpec, view, bundle, shadow
         "data_fingerprint": bundle.fingerprint(),
         "entities": str(len(bundle.entities)),
     }
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"train {bundle.window_start}..{bundle.window_end}") as run:
+    begun = registry.client(settings).create_run(
+        exp_id, start_time=int(1000 * (started or time.time())), run_name=f"train {bundle.window_start}..{bundle.window_end}"
+    )
+    with mlflow.start_run(run_id=begun.info.run_id) as run:
         mlflow.set_tags(tags)
+        for path in partitions:
+            source = SparkDatasetSource(path=path)
+            mlflow.log_input(MetaDataset(source, name=f"{spec.name}/{view.ref}/{path.rsplit('/', 1)[-1]}"), context="training")
         mlflow.log_params(
             {
                 **window,
@@ -130,6 +158,7 @@ def log_training_run(settings: Settings, spec: DatasetSpec, view, bundle, shadow
                 name="bundle",
                 python_model=str(PYFUNC_FILE),
                 artifacts={"bundle": str(manifest_dir)},
+                signature=bundle_signature(bundle),
                 pip_requirements=[f"fleetwatch=={__version__}"],
                 registered_model_name=name,
                 tags={**tags, "model_store": bundle.location},

@@ -142,5 +142,24 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     inc_path = write_spark_partition(lake, incidents.coalesce(1), lake.partition("incidents", dataset, day), spark)
     n_rows = scores.count()
     n_flagged = scores.filter("flagged").count()
-    n_incidents = spark.read.parquet(inc_path).count()
-    return f"scored {n_rows} rows with {champ.name} v{champ.version}: {n_flagged} flagged, {n_incidents} incidents"
+    alarm = alarm_minutes(spark.read.parquet(inc_path), spec.sampling_seconds)
+    registry.log_night(
+        settings, dataset, day,
+        tags={"model_name": champ.name, "model_version": champ.version, "model_uri": f"models:/{champ.name}/{champ.version}",
+              "feature_view": view.ref},
+        metrics={"rows_scored": n_rows, "flagged_rows": n_flagged, "alerts": float(len(alarm)),
+                 "alarm_minutes": float(alarm.sum()), "entities_in_alarm": float(alarm.index.nunique()),
+                 "alarm_minutes_max_entity": float(alarm.groupby(level=0).sum().max()) if len(alarm) else 0.0},
+    )
+    return (f"scored {n_rows} rows with {champ.name} v{champ.version}: {n_flagged} flagged, {len(alarm)} incidents, "
+            f"{alarm.sum():.0f} minutes in alarm")
+
+
+def alarm_minutes(incidents, sampling_seconds: int) -> pd.Series:
+    """Minutes each incident's alert covers (its first to its last flagged row, plus one sampling
+    interval), by incident; a Spark DataFrame of incidents in, a small pandas Series out."""
+    rows = incidents.select("entity_id", "start_ts", "end_ts").toPandas()
+    if rows.empty:
+        return pd.Series([], dtype=float)
+    span = (pd.to_datetime(rows["end_ts"]) - pd.to_datetime(rows["start_ts"])).dt.total_seconds() + sampling_seconds
+    return (span / 60.0).set_axis(rows["entity_id"].to_numpy())

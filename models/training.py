@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 
 import pandas as pd
 from pyspark.sql import functions as F
@@ -141,6 +142,7 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
     or when its incident rate is within the gate and its precision over the labelled alerts
     of that day is no worse than the champion's (:func:`labelled_precision`).
     """
+    started = time.time()
     spec = load_spec(settings.specs_dir, dataset)
     view = view_for(spec)
     lake = Lake(settings.lake_root)
@@ -164,7 +166,8 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
     shadow = shadow_score(spark, spec, canonical(newest, spec), bundle.location, settings)
     gate_rate = shadow.incidents_per_entity_day
     precision = labelled_precision(bundle, alert_rows(store, spec, view, shadow_alerts), shadow_alerts)
-    version, run_id = log_training_run(settings, spec, view, bundle, shadow)
+    partitions = [lake.features(dataset, view.ref, d) for d in days]
+    version, run_id = log_training_run(settings, spec, view, bundle, shadow, started=started, partitions=partitions)
     has_champion = registry.has_champion(settings, dataset)
     within = registry.passes_gate(gate_rate, spec.alarm_budget)
     promoted = not has_champion or (within and precision_ok(precision))

@@ -7,6 +7,8 @@ features, then skips the drift check, score and publish.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -63,8 +65,10 @@ def test_three_nights_retrain_and_rerun(e2e_settings):
         assert sorted(featured["entity_id"].unique()) == sorted(raw["entity_id"].unique())
         assert not Path(lake.partition("scores", "e2e", day)).exists()
     assert lake.days(lake.zone("validation", "e2e")) == DAYS[:2]
+    before_retrain = time.time()
     assert run_retrain(s, "e2e", DAYS[1]) == "success"
     assert str(registry.champion_version(s, "e2e")) == "1"
+    _assert_mlflow_lineage(s, view, lake, before_retrain)
 
     assert run_nightly(s, "e2e", DAYS[2]) == "success"
     store = AlertsStore(s.alerts_db_url)
@@ -82,3 +86,35 @@ def test_three_nights_retrain_and_rerun(e2e_settings):
         first[CONTENT].sort_values(["entity_id", "start_ts"]).reset_index(drop=True),
         again[CONTENT].sort_values(["entity_id", "start_ts"]).reset_index(drop=True),
     )
+    # one MLflow run per night, reused by the rerun: what was scored and how long entities were in alarm
+    client = registry.client(s)
+    exp = client.get_experiment_by_name(registry.experiment_name("e2e"))
+    nights = client.search_runs([exp.experiment_id], "tags.fleetwatch_kind = 'night'")
+    [night] = [r for r in nights if r.data.tags["day"] == str(DAYS[2])]
+    assert night.data.metrics["rows_scored"] == len(pd.read_parquet(lake.partition("scores", "e2e", DAYS[2])))
+    assert night.data.metrics["alerts"] == len(again) and night.data.metrics["alarm_minutes"] > 0
+    assert night.data.tags["model_version"] == "1" and night.data.tags["model_uri"] == "models:/fleetwatch-e2e/1"
+
+
+def _assert_mlflow_lineage(s, view, lake, before_retrain: float) -> None:
+    """The registered version as an MLflow user inspects it: signature, dataset inputs, duration,
+    the classic (non-GenAI) experiment view, and a manifest that names the model store."""
+    import mlflow
+
+    from models import registry
+
+    client = registry.client(s)
+    exp = client.get_experiment_by_name(registry.experiment_name("e2e"))
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    version = client.get_model_version(registry.model_name("e2e"), "1")
+    run = client.get_run(version.run_id)
+    assert before_retrain * 1000 <= run.info.start_time < run.info.end_time
+    inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert inputs == {f"e2e/{view.ref}/dt={d}" for d in DAYS[:2]}
+    signature = mlflow.models.get_model_info(f"models:/{registry.model_name('e2e')}/1").signature
+    assert signature.inputs.input_names()[:2] == ["entity_id", "ts"] and set(view.feature_columns) <= set(signature.inputs.input_names())
+    assert "score" in signature.outputs.input_names()
+    champ = registry.champion(s, "e2e")
+    manifest = json.loads((Path(champ.bundle_dir) / "manifest.json").read_text())
+    assert manifest["location"].startswith(f"{lake.root}/models/e2e/") and Path(manifest["location"], "parts").is_dir()
+    assert sorted(manifest["entities"]) == sorted(pd.read_parquet(lake.raw("e2e", DAYS[0]))["entity_id"].unique())

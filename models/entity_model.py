@@ -27,7 +27,7 @@ from models.scaling import RobustClipScaler
 
 FLEET = "__fleet__"
 ARCHIVE_FORMAT = 2
-_FILE_SUFFIX = {"iforest": "skops", "autoencoder": "pt"}
+_FILE_SUFFIX = {"iforest": "npz", "autoencoder": "pt"}
 
 
 @dataclass
@@ -93,8 +93,8 @@ class EntityModel:
     def to_bytes(self) -> bytes:
         """One zip archive: ``manifest.json``, ``arrays.npz`` and one file per fitted detector.
 
-        Nothing in it is a pickle: the arrays load with ``allow_pickle=False``, forests with skops'
-        trusted-type list and autoencoders with ``torch.load(weights_only=True)``.
+        Nothing in it is a pickle: the arrays load with ``allow_pickle=False``, forests from their
+        node arrays (``models.iforest``) and autoencoders with ``torch.load(weights_only=True)``.
         """
         arrays: dict[str, np.ndarray] = {}
         manifest = {

@@ -112,7 +112,8 @@ def _assert_mlflow_lineage(s, view, lake, before_retrain: float) -> None:
     inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
     assert inputs == {f"e2e/{view.ref}/dt={d}" for d in DAYS[:2]}
     signature = mlflow.models.get_model_info(f"models:/{registry.model_name('e2e')}/1").signature
-    assert signature.inputs.input_names()[:2] == ["entity_id", "ts"] and set(view.feature_columns) <= set(signature.inputs.input_names())
+    names = signature.inputs.input_names()
+    assert names[:2] == ["entity_id", "ts"] and set(view.feature_columns) <= set(names)
     assert "score" in signature.outputs.input_names()
     champ = registry.champion(s, "e2e")
     manifest = json.loads((Path(champ.bundle_dir) / "manifest.json").read_text())

@@ -105,7 +105,7 @@ def test_other_partitions_untouched(store):
     pd.testing.assert_frame_equal(store.frame("other", DAY), before_other)
 
 
-def test_labels_survive_an_identical_rerun(store):
+def test_labels_follow_their_incident_across_a_rerun(store):
     store.publish_partition("fleet", DAY, incidents())
     ids = store.frame().set_index("entity_id")["id"]
     store.label(int(ids["e1"]), True)
@@ -113,13 +113,18 @@ def test_labels_survive_an_identical_rerun(store):
     labelled_at = store.frame().set_index("entity_id")["labelled_at"]
 
     rerun = incidents()
-    rerun.loc[rerun["entity_id"] == "e2", "end_ts"] += pd.Timedelta(minutes=1)  # e2 changed
+    rerun.loc[rerun["entity_id"] == "e2", "end_ts"] += pd.Timedelta(minutes=1)  # e2 grew: the same incident
+    rerun.loc[rerun["entity_id"] == "e3", "start_ts"] += pd.Timedelta(hours=5)  # e3 moved: another incident
+    rerun.loc[rerun["entity_id"] == "e3", "end_ts"] += pd.Timedelta(hours=5)
     store.publish_partition("fleet", DAY, rerun)
 
     after = store.frame().set_index("entity_id")
-    assert after.loc[["e1", "e2", "e3"], "label"].tolist() == [True, None, None]
+    assert after.loc[["e1", "e2", "e3"], "label"].tolist() == [True, False, None]
+    assert after.loc[["e1", "e2"], "id"].tolist() == ids[["e1", "e2"]].tolist()
+    assert after.loc["e3", "id"] not in set(ids)
     assert after.loc["e1", "labelled_at"] == labelled_at["e1"]
-    assert pd.isna(after.loc["e2", "labelled_at"])
+    assert after.loc["e2", "labelled_at"] == labelled_at["e2"]
+    assert after.loc["e2", "end_ts"] == rerun.set_index("entity_id").loc["e2", "end_ts"]
 
 
 def test_label_by_sql_shows_in_list_recent(store):

@@ -25,6 +25,9 @@ import sqlalchemy as sa
 
 from fleetwatch.core.errors import AlertsStoreError
 from fleetwatch.core.lake import parse_day
+from fleetwatch.core.secrets import redact_url
+
+__all__ = ["ALERT_COLUMNS", "AlertsStore", "DRIFT_COLUMNS", "alerts", "drift", "partition_lock_key", "redact_url"]
 
 SEVERITIES = ("low", "medium", "high", "critical")
 MODEL_SCOPES = ("entity", "fleet")
@@ -34,14 +37,6 @@ _UTC = dt.UTC
 def partition_lock_key(table: str, dataset: str, day: dt.date) -> int:
     """The PostgreSQL advisory lock that serialises writers of one (table, dataset, day)."""
     return zlib.crc32(f"{table}/{dataset}/{parse_day(day)}".encode())
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (unchanged when it is not a URL)."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
 
 
 class UtcDateTime(sa.types.TypeDecorator):

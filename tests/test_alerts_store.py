@@ -17,6 +17,7 @@ from fleetwatch.core.alerts_store import ALERT_COLUMNS, AlertsStore, partition_l
 from fleetwatch.core.errors import AlertsStoreError, PartitionNotFound
 from fleetwatch.core.lake import Lake, write_pandas_partition
 from fleetwatch.core.publishing import publish_alerts
+from fleetwatch.core.specs import DatasetSpec, MetricSpec, write_spec
 
 DAY = dt.date(2026, 1, 2)
 NEXT = dt.date(2026, 1, 3)
@@ -342,6 +343,7 @@ def test_cli_list_label_and_sql(settings, monkeypatch):
 
     # the CLI's console fixes its width when COLUMNS is set at import (pytest-xdist workers set 80)
     monkeypatch.setattr(cli.console, "_width", 250)
+    write_spec(settings.specs_dir, DatasetSpec(name="fleet", metrics=[MetricSpec(name="cpu")]))  # --dataset must be known
     store = AlertsStore(settings.alerts_db_url)
     store.publish_partition("fleet", DAY, incidents())
     target = int(store.frame().set_index("entity_id").loc["e2", "id"])
@@ -372,3 +374,7 @@ def test_cli_list_label_and_sql(settings, monkeypatch):
     total = runner.invoke(app, ["sql", "select count(*) as n, count(label) as labelled from alerts"])
     assert total.exit_code == 0, total.output
     assert table_rows(total.output) == [["n", "labelled"], ["3", "1"]]
+
+    refused = runner.invoke(app, ["sql", "update alerts set label = false"])  # read-only: labels go through `alerts label`
+    assert refused.exit_code == 2 and "read-only" in refused.output
+    assert store.frame()["label"].tolist() == [None, True, None]

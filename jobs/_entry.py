@@ -10,6 +10,7 @@ from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import parse_day
 from fleetwatch.core.settings import get_settings
 from fleetwatch.core.spark import get_spark
+from fleetwatch.core.specs import require_dataset
 
 
 def run_job(name: str, step: Callable, argv: list[str] | None = None) -> int:
@@ -20,6 +21,7 @@ def run_job(name: str, step: Callable, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
+        require_dataset(settings.specs_dir, args.dataset)
         day = parse_day(args.date)
         spark = get_spark(settings, app_name=f"fleetwatch-{name}-{args.dataset}-{day}")
         result = step(spark, settings, args.dataset, day)

@@ -3,6 +3,11 @@
 Labels reach training in two ways: rows inside alerts labelled true are left out of the training
 window (an anomaly must not become normal), and alerts labelled false raise their entities'
 thresholds (``models.promotion.raise_thresholds``).
+
+Labels that cannot be read stop training with one line: a model trained as if nobody had labelled
+anything would quietly learn confirmed anomalies as normal. ``settings.train_feedback = False``
+(``fleetwatch train --no-feedback``, ``FLEETWATCH_TRAIN_FEEDBACK=false``) is the explicit way
+round: no label is read and the alerts database is not touched.
 """
 
 from __future__ import annotations
@@ -19,12 +24,32 @@ from fleetwatch.core.specs import DatasetSpec
 from models.frames import ENTITY, TS, canonical
 
 
-def labelled_alerts(settings: Settings, dataset: str, value: bool | None, days: list[dt.date]) -> pd.DataFrame:
-    """Alerts of ``days`` labelled ``value`` (either label when None); empty without a database."""
-    store = AlertsStore(settings.alerts_db_url)
+class FeedbackUnavailable(FleetWatchError):
+    """The labels users gave alerts could not be read for training."""
+
+
+def read_labels(settings: Settings, dataset: str, value: bool) -> pd.DataFrame | None:
+    """Alerts of ``dataset`` labelled ``value``; None when training runs without feedback.
+
+    Raises ``FeedbackUnavailable`` (one line: the database, why, what to do) when the labels
+    cannot be read.
+    """
+    if not settings.train_feedback:
+        return None
     try:
-        frames = [store.labelled(dataset, v) for v in ((True, False) if value is None else (value,))]
-    except FleetWatchError:
+        return AlertsStore(settings.alerts_db_url).labelled(dataset, value)
+    except FleetWatchError as exc:
+        raise FeedbackUnavailable(
+            f"the alert labels of {dataset} could not be read for training ({exc}); fix the alerts database, "
+            "or train without labels with `fleetwatch train --no-feedback` (FLEETWATCH_TRAIN_FEEDBACK=false)"
+        ) from None
+
+
+def labelled_alerts(settings: Settings, dataset: str, value: bool | None, days: list[dt.date]) -> pd.DataFrame:
+    """Alerts of ``days`` labelled ``value`` (either label when None); empty without feedback."""
+    frames = [read_labels(settings, dataset, v) for v in ((True, False) if value is None else (value,))]
+    frames = [f for f in frames if f is not None]
+    if not frames:
         return pd.DataFrame(columns=["id", "entity_id", "dt", "start_ts", "end_ts", "label"])
     alerts = pd.concat(frames, ignore_index=True)
     return alerts[pd.to_datetime(alerts["dt"]).dt.date.isin(set(days))].reset_index(drop=True)
@@ -45,11 +70,8 @@ def alert_rows(store, spec: DatasetSpec, view, alerts: pd.DataFrame) -> pd.DataF
 
 def exclude_confirmed_anomalies(settings: Settings, spec: DatasetSpec, features_df):
     """Drop rows inside alerts users labelled true, so anomalies do not become normal."""
-    try:
-        confirmed = AlertsStore(settings.alerts_db_url).labelled(spec.name, True)
-    except FleetWatchError:
-        return features_df
-    if confirmed.empty:
+    confirmed = read_labels(settings, spec.name, True)
+    if confirmed is None or confirmed.empty:
         return features_df
     spark = features_df.sparkSession
     spans = spark.createDataFrame(confirmed[["entity_id", "start_ts", "end_ts"]])

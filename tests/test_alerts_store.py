@@ -17,6 +17,7 @@ from fleetwatch.core.alerts_store import ALERT_COLUMNS, AlertsStore, partition_l
 from fleetwatch.core.errors import AlertsStoreError, PartitionNotFound
 from fleetwatch.core.lake import Lake, write_pandas_partition
 from fleetwatch.core.publishing import publish_alerts
+from fleetwatch.core.specs import DatasetSpec, MetricSpec, write_spec
 
 DAY = dt.date(2026, 1, 2)
 NEXT = dt.date(2026, 1, 3)
@@ -105,7 +106,7 @@ def test_other_partitions_untouched(store):
     pd.testing.assert_frame_equal(store.frame("other", DAY), before_other)
 
 
-def test_labels_survive_an_identical_rerun(store):
+def test_labels_follow_their_incident_across_a_rerun(store):
     store.publish_partition("fleet", DAY, incidents())
     ids = store.frame().set_index("entity_id")["id"]
     store.label(int(ids["e1"]), True)
@@ -113,13 +114,18 @@ def test_labels_survive_an_identical_rerun(store):
     labelled_at = store.frame().set_index("entity_id")["labelled_at"]
 
     rerun = incidents()
-    rerun.loc[rerun["entity_id"] == "e2", "end_ts"] += pd.Timedelta(minutes=1)  # e2 changed
+    rerun.loc[rerun["entity_id"] == "e2", "end_ts"] += pd.Timedelta(minutes=1)  # e2 grew: the same incident
+    rerun.loc[rerun["entity_id"] == "e3", "start_ts"] += pd.Timedelta(hours=5)  # e3 moved: another incident
+    rerun.loc[rerun["entity_id"] == "e3", "end_ts"] += pd.Timedelta(hours=5)
     store.publish_partition("fleet", DAY, rerun)
 
     after = store.frame().set_index("entity_id")
-    assert after.loc[["e1", "e2", "e3"], "label"].tolist() == [True, None, None]
+    assert after.loc[["e1", "e2", "e3"], "label"].tolist() == [True, False, None]
+    assert after.loc[["e1", "e2"], "id"].tolist() == ids[["e1", "e2"]].tolist()
+    assert after.loc["e3", "id"] not in set(ids)
     assert after.loc["e1", "labelled_at"] == labelled_at["e1"]
-    assert pd.isna(after.loc["e2", "labelled_at"])
+    assert after.loc["e2", "labelled_at"] == labelled_at["e2"]
+    assert after.loc["e2", "end_ts"] == rerun.set_index("entity_id").loc["e2", "end_ts"]
 
 
 def test_label_by_sql_shows_in_list_recent(store):
@@ -337,6 +343,7 @@ def test_cli_list_label_and_sql(settings, monkeypatch):
 
     # the CLI's console fixes its width when COLUMNS is set at import (pytest-xdist workers set 80)
     monkeypatch.setattr(cli.console, "_width", 250)
+    write_spec(settings.specs_dir, DatasetSpec(name="fleet", metrics=[MetricSpec(name="cpu")]))  # --dataset must be known
     store = AlertsStore(settings.alerts_db_url)
     store.publish_partition("fleet", DAY, incidents())
     target = int(store.frame().set_index("entity_id").loc["e2", "id"])
@@ -367,3 +374,7 @@ def test_cli_list_label_and_sql(settings, monkeypatch):
     total = runner.invoke(app, ["sql", "select count(*) as n, count(label) as labelled from alerts"])
     assert total.exit_code == 0, total.output
     assert table_rows(total.output) == [["n", "labelled"], ["3", "1"]]
+
+    refused = runner.invoke(app, ["sql", "update alerts set label = false"])  # read-only: labels go through `alerts label`
+    assert refused.exit_code == 2 and "read-only" in refused.output
+    assert store.frame()["label"].tolist() == [None, True, None]

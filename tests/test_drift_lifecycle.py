@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from fleetwatch.core.settings import Settings
-from fleetwatch.core.specs import DatasetSpec, MetricSpec
+from fleetwatch.core.specs import DatasetSpec, MetricSpec, write_spec
 
 START = dt.date(2026, 1, 1)
 
@@ -163,6 +163,7 @@ def test_models_rollback_command_swaps_champion_and_previous_champion(settings, 
     from fleetwatch.app.cli import app
     from models import registry
 
+    write_spec(settings.specs_dir, DatasetSpec(name="roll", metrics=[MetricSpec(name="cpu")]))  # --dataset must be known
     c = registry.client(settings)
     name = registry.model_name("roll")
     c.create_registered_model(name)
@@ -178,7 +179,7 @@ def test_models_rollback_command_swaps_champion_and_previous_champion(settings, 
     assert registry.champion_version(settings, "roll") == "1"
     assert str(c.get_model_version_by_alias(name, registry.PREVIOUS).version) == "2"
     again = CliRunner().invoke(app, ["models", "rollback", "--dataset", "nothing"])
-    assert again.exit_code != 0 and "fleetwatch-nothing" in again.output
+    assert again.exit_code == 2 and "no dataset spec for 'nothing'" in again.output  # an unknown dataset: one line
 
 
 # -- confirmed anomalies leave training ----------------------------------------------------------

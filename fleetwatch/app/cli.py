@@ -20,25 +20,50 @@ from fleetwatch.core.lake import parse_day
 from fleetwatch.core.quality import validate_partition
 from fleetwatch.core.settings import get_settings
 from fleetwatch.core.spark import get_spark
+from fleetwatch.core.specs import check_dataset_name, require_dataset
 
 app = typer.Typer(help="FleetWatch: nightly anomaly detection for fleets of entities.", no_args_is_help=True)
 alerts_app = typer.Typer(help="Read and label alerts.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered model versions and aliases.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Turn upstream data sets into dataset specs and lake partitions.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Run the platform on a labelled data set and report quality.", no_args_is_help=True)
+db_app = typer.Typer(help="The alerts database: tables and roles.", no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(evaluate_app, name="evaluate")
 console = Console()
 
-DatasetOpt = typer.Option(..., "--dataset", "-d", help="Dataset name (its spec is <specs_dir>/<name>.toml).")
-DateOpt = typer.Option(..., "--date", help="Partition date, YYYY-MM-DD.")
 
 
 def _fail(exc: Exception) -> None:
     console.print(f"[red]error:[/red] {exc}", highlight=False)
     raise typer.Exit(2)
+
+
+def _known_dataset(value: str | None) -> str | None:
+    """Every ``--dataset`` of an existing dataset passes here: malformed or unknown is one line, exit 2."""
+    if value is not None:
+        try:
+            require_dataset(get_settings().specs_dir, value)
+        except FleetWatchError as exc:
+            _fail(exc)
+    return value
+
+
+def _new_dataset(value: str) -> str:
+    """A ``--dataset`` a command creates: its name must be well formed."""
+    try:
+        return check_dataset_name(value)
+    except FleetWatchError as exc:
+        _fail(exc)
+
+
+DatasetOpt = typer.Option(
+    ..., "--dataset", "-d", callback=_known_dataset, help="Dataset name (its spec is <specs_dir>/<name>.toml)."
+)
+DateOpt = typer.Option(..., "--date", help="Partition date, YYYY-MM-DD.")
 
 
 def _alerts_store():
@@ -48,8 +73,8 @@ def _alerts_store():
     return AlertsStore(get_settings().alerts_db_url)
 
 
-def _spark_step(step, dataset: str, date: str):
-    settings = get_settings()
+def _spark_step(step, dataset: str, date: str, **overrides):
+    settings = get_settings(**overrides)
     try:
         day = parse_day(date)
         with console.status(f"running on Spark ({settings.spark_master})..."):
@@ -75,7 +100,7 @@ def config() -> None:
 
 @app.command()
 def generate(
-    dataset: str = typer.Option("fleet", "--dataset", "-d", help="Name of the dataset to create."),
+    dataset: str = typer.Option("fleet", "--dataset", "-d", callback=_new_dataset, help="Name of the dataset to create."),
     entities: int = typer.Option(20, min=1, help="Number of entities."),
     days: int = typer.Option(21, min=1, help="Number of daily partitions."),
     start: str = typer.Option("2026-01-01", help="First partition date, YYYY-MM-DD."),
@@ -106,11 +131,18 @@ def features(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 
 
 @app.command()
-def train(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
+def train(
+    dataset: str = DatasetOpt,
+    date: str = DateOpt,
+    feedback: bool = typer.Option(
+        True, "--feedback/--no-feedback",
+        help="Use users' alert labels (the default; fails when they cannot be read). --no-feedback trains without them.",
+    ),
+) -> None:
     """Train the model bundle on the window ending at DATE and register it in MLflow."""
     from models.training import train_models  # lazy: pandas
 
-    _spark_step(train_models, dataset, date)
+    _spark_step(train_models, dataset, date, **({} if feedback else {"train_feedback": False}))
 
 
 @app.command()
@@ -159,7 +191,7 @@ def night(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 def demo(
     entities: int = typer.Option(20, min=2, help="Entities in the synthetic fleet."),
     days: int = typer.Option(7, min=4, help="Days in the synthetic fleet (the default run takes 9 to 20 minutes on 2 cores)."),
-    dataset: str = typer.Option("demo", help="Dataset name."),
+    dataset: str = typer.Option("demo", callback=_new_dataset, help="Dataset name."),
 ) -> None:
     """Generate a fleet and run it night by night through the real Airflow DAGs."""
     from fleetwatch.app.demo import run_demo  # lazy: pandas and SciPy
@@ -171,10 +203,14 @@ def demo(
 
 
 @app.command()
-def sql(query: str = typer.Argument(..., help="A SQL statement to run against the alerts database.")) -> None:
-    """Run SQL against the alerts database and print the rows."""
+def sql(query: str = typer.Argument(..., help="One read-only SQL statement against the alerts database.")) -> None:
+    """Run one read-only SQL statement against the alerts database and print the rows.
+
+    Nothing it runs can change the database (a read-only file or transaction, as the analyst
+    role where there is one); label alerts with `fleetwatch alerts label`.
+    """
     try:
-        columns, rows = _alerts_store().query(query)
+        columns, rows = _alerts_store().read_query(query, role=get_settings().alerts_analyst_role)
     except FleetWatchError as exc:
         _fail(exc)
     table = Table(*columns)
@@ -183,9 +219,38 @@ def sql(query: str = typer.Argument(..., help="A SQL statement to run against th
     console.print(table)
 
 
+@db_app.command("init")
+def db_init(
+    writer_password: str | None = typer.Option(
+        None, envvar="ALERTS_WRITER_PASSWORD", show_default=False,
+        help="Password of the writer role (env ALERTS_WRITER_PASSWORD).",
+    ),
+    analyst_password: str | None = typer.Option(
+        None, envvar="ALERTS_ANALYST_PASSWORD", show_default=False,
+        help="Password of the analyst role (env ALERTS_ANALYST_PASSWORD).",
+    ),
+) -> None:
+    """Create the alerts tables and, on PostgreSQL, a writer role that owns them and a read-only analyst role.
+
+    Run it once as a database administrator (FLEETWATCH_ALERTS_DB_URL with a user that may create
+    roles); running it again changes nothing.
+    """
+    from fleetwatch.core.db_roles import init_roles  # lazy: SQLAlchemy
+
+    settings = get_settings()
+    try:
+        lines = init_roles(
+            _alerts_store(), settings.alerts_writer_role, settings.alerts_analyst_role, writer_password, analyst_password
+        )
+    except FleetWatchError as exc:
+        _fail(exc)
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
 @alerts_app.command("list")
 def alerts_list(
-    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Only this dataset."),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", callback=_known_dataset, help="Only this dataset."),
     limit: int = typer.Option(20, min=1, help="How many, newest first."),
 ) -> None:
     """Show the most recent alerts."""
@@ -272,7 +337,7 @@ def ingest_smd_cmd(
     data: Path = typer.Option(..., "--data", help="Folder with train/, test/, test_label/, interpretation_label/."),
     machines: list[str] | None = typer.Option(None, "--machines", help="Machines to load (default: all)."),
     start: str = typer.Option("2026-01-01", help="Date of the first training minute."),
-    dataset: str = typer.Option("smd", help="Dataset name to create."),
+    dataset: str = typer.Option("smd", callback=_new_dataset, help="Dataset name to create."),
 ) -> None:
     """Load Server Machine Dataset files into a dataset spec and raw lake partitions."""
     from fleetwatch.core.datasets.smd import ingest_smd  # lazy: pandas

@@ -14,6 +14,7 @@ from fleetwatch.app.orchestration import prepare_airflow, run_nightly, run_retra
 from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import Lake
+from fleetwatch.core.secrets import redact_url
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import load_spec
 from fleetwatch.core.synthetic import generate_fleet, load_labels
@@ -89,7 +90,7 @@ def run_demo(settings: Settings, *, dataset: str, entities: int, days: int, cons
     console.print(f"wall time: {elapsed:.0f} s")
     console.rule("Look around")
     console.print(
-        f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}  (then open http://127.0.0.1:5000)",
+        f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri {redact_url(settings.mlflow_tracking_uri)}  (then open http://127.0.0.1:5000)",
         highlight=False,
     )
     console.print(

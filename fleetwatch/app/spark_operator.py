@@ -9,8 +9,10 @@ import os
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.log import mask_secret
 
 from fleetwatch.app.orchestration import job_path
+from fleetwatch.core.secrets import secrets_in
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.spark import spark_conf, spark_env
 
@@ -25,6 +27,11 @@ class SparkJobOperator(SparkSubmitOperator):
     setting, password included, is stored with the serialized DAG). A user error (exit code 2:
     an invalid or missing partition) fails the task at once with the job's one-line error:
     retrying cannot fix the data. Other failures are retried as ``retries`` says.
+
+    Every password in what is passed on (URL passwords in ``FLEETWATCH_*`` values, values of
+    ``*PASSWORD*`` variables) is registered with Airflow's secrets masker before spark-submit
+    runs, so no log line shows it: not the hook's ``Spark-Submit cmd`` (where YARN and
+    Kubernetes get the environment as ``--conf spark.yarn.appMasterEnv.*``), not the job's output.
     """
 
     def __init__(self, *, job: str, dataset: str, settings: Settings, date: str = "{{ ds }}", **kwargs):
@@ -41,6 +48,7 @@ class SparkJobOperator(SparkSubmitOperator):
     def execute(self, context):
         fleetwatch_env = {k: v for k, v in os.environ.items() if k.startswith("FLEETWATCH_")}
         self.env_vars = {**(self.env_vars or {}), **fleetwatch_env}
+        mask_passed_secrets(self.env_vars, self.conf or {})
         try:
             return super().execute(context)
         except Exception:
@@ -52,3 +60,11 @@ class SparkJobOperator(SparkSubmitOperator):
     def _user_error_line(self) -> str:
         lines = [line for line in self._hook._last_submit_log_lines if line.startswith("error: ")]
         return lines[-1].removeprefix("error: ") if lines else f"{self.task_id} failed with a user error"
+
+
+def mask_passed_secrets(env: dict[str, str], conf: dict[str, str]) -> list[str]:
+    """Register the secrets in ``env`` and ``conf`` with Airflow's log masker; returns them."""
+    secrets = secrets_in({**env, **conf})
+    for secret in secrets:
+        mask_secret(secret)
+    return secrets

@@ -5,11 +5,17 @@ Users read and label alerts with plain SQL, so the tables are simple: comma-sepa
 ``top_metrics`` for ``LIKE`` filters, ``contributions`` and ``phases`` (the same ranking for each
 hour of the incident) as JSON text, timestamps in UTC. Columns added since a table was made are
 added to it on first use, empty for the rows already there.
+
+An alert keeps its id across reruns of its partition while its incident is the same one (same
+entity, overlapping span), and its label goes with it; ids are never reused for other incidents.
+``read_query`` (``fleetwatch sql``) is read-only by construction: a read-only SQLite file, or a
+read-only PostgreSQL transaction (as the analyst role where there is one), one statement a call.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +25,9 @@ import sqlalchemy as sa
 
 from fleetwatch.core.errors import AlertsStoreError
 from fleetwatch.core.lake import parse_day
+from fleetwatch.core.secrets import redact_url
+
+__all__ = ["ALERT_COLUMNS", "AlertsStore", "DRIFT_COLUMNS", "alerts", "drift", "partition_lock_key", "redact_url"]
 
 SEVERITIES = ("low", "medium", "high", "critical")
 MODEL_SCOPES = ("entity", "fleet")
@@ -28,14 +37,6 @@ _UTC = dt.UTC
 def partition_lock_key(table: str, dataset: str, day: dt.date) -> int:
     """The PostgreSQL advisory lock that serialises writers of one (table, dataset, day)."""
     return zlib.crc32(f"{table}/{dataset}/{parse_day(day)}".encode())
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (unchanged when it is not a URL)."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
 
 
 class UtcDateTime(sa.types.TypeDecorator):
@@ -92,6 +93,7 @@ alerts = sa.Table(
     _in("model_scope", MODEL_SCOPES),
     sa.Index("ix_alerts_dataset_dt", "dataset", "dt"),
     sa.Index("ix_alerts_dataset_entity_start", "dataset", "entity_id", "start_ts"),
+    sqlite_autoincrement=True,  # SQLite would otherwise hand a deleted alert's id to the next new one
 )
 
 drift = sa.Table(
@@ -112,18 +114,25 @@ drift = sa.Table(
 _GENERATED = {"id", "created_at", "label", "labelled_at"}
 ALERT_COLUMNS = [c.name for c in alerts.columns if c.name not in _GENERATED]
 DRIFT_COLUMNS = [c.name for c in drift.columns if c.name not in _GENERATED]
-_INCIDENT_KEY = ("entity_id", "start_ts", "end_ts")
+_CREATE_LOCK = zlib.crc32(b"fleetwatch/create-tables")
 # columns added after the first release: nullable, added to an older table by ``create``, and
 # optional in what is published (incident partitions written before them lack them)
 _ADDED_COLUMNS = {"alerts": ("phases",)}
 
 
 class AlertsStore:
-    """Alerts and drift tables behind one SQLAlchemy URL; the engine is made on first use."""
+    """Alerts and drift tables behind one SQLAlchemy URL; the engine is made on first use.
 
-    def __init__(self, url: str):
+    A database that does not answer is tried ``connect_attempts`` times, waiting
+    ``connect_backoff_s`` and then twice as long each time, before the error names it.
+    """
+
+    def __init__(self, url: str, *, connect_attempts: int = 3, connect_backoff_s: float = 0.5):
         self.url = url
+        self.connect_attempts = max(1, connect_attempts)
+        self.connect_backoff_s = connect_backoff_s
         self._engine: sa.Engine | None = None
+        self._read_engine: sa.Engine | None = None
         self._created = False
 
     # -- connection -------------------------------------------------------------------------
@@ -134,19 +143,27 @@ class AlertsStore:
             self._engine = self._make_engine()
         return self._engine
 
-    def _make_engine(self) -> sa.Engine:
+    def _parsed_url(self) -> sa.URL:
         try:
-            url = sa.make_url(self.url)
+            return sa.make_url(self.url)
         except sa.exc.ArgumentError:
             raise AlertsStoreError(
                 f"alerts database URL {redact_url(self.url)!r} is not a SQLAlchemy URL; "
                 "set FLEETWATCH_ALERTS_DB_URL (e.g. postgresql+psycopg://user:pass@host/db)"
             ) from None
+
+    def _make_engine(self, read_only: bool = False) -> sa.Engine:
+        url = self._parsed_url()
         connect_args = {}
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(url.database).expanduser().absolute()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if read_only:  # the file opened read-only: no statement can change it
+                url = url.set(database=f"file:{path}", query={**url.query, "mode": "ro", "uri": "true"})
         elif url.get_backend_name() == "postgresql":
             connect_args["connect_timeout"] = 5
+            if read_only:
+                connect_args["options"] = "-c default_transaction_read_only=on"
         try:
             return sa.create_engine(url, connect_args=connect_args)
         except (ImportError, sa.exc.NoSuchModuleError) as exc:
@@ -155,28 +172,44 @@ class AlertsStore:
                 "set FLEETWATCH_ALERTS_DB_URL with an installed driver, e.g. postgresql+psycopg://"
             ) from None
 
+    def _connect(self, engine: sa.Engine) -> sa.Connection:
+        """A connection, after bounded retries with backoff; else one line naming the database."""
+        for attempt in range(self.connect_attempts):
+            try:
+                return engine.connect()
+            except sa.exc.OperationalError as exc:
+                if attempt + 1 < self.connect_attempts:
+                    time.sleep(self.connect_backoff_s * 2**attempt)
+                    continue
+                reason = str(exc.orig or exc).strip().splitlines()[0]
+                raise AlertsStoreError(
+                    f"cannot reach the alerts database at {redact_url(self.url)} after {self.connect_attempts} "
+                    f"attempts ({reason}); start it or set FLEETWATCH_ALERTS_DB_URL to a reachable database"
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
     @contextmanager
     def _transaction(self):
         """A connection inside one transaction: committed on success, rolled back on error."""
-        try:
-            conn = self.engine.connect()
-        except sa.exc.OperationalError as exc:
-            reason = str(exc.orig or exc).strip().splitlines()[0]
-            raise AlertsStoreError(
-                f"cannot reach the alerts database at {redact_url(self.url)} ({reason}); "
-                "start it or set FLEETWATCH_ALERTS_DB_URL to a reachable database"
-            ) from None
-        with conn, conn.begin():
+        with self._connect(self.engine) as conn, conn.begin():
             yield conn
 
     def dispose(self) -> None:
         """Close pooled connections (before dropping the database, or at process end)."""
-        if self._engine is not None:
-            self._engine.dispose()
+        for engine in (self._engine, self._read_engine):
+            if engine is not None:
+                engine.dispose()
 
     def create(self) -> None:
-        """Create the tables and indexes that are missing; safe to call any number of times."""
-        with self._transaction() as conn:
+        """Create the tables and indexes that are missing; safe to call any number of times.
+
+        On PostgreSQL an advisory lock makes concurrent first users (four publishers of a fresh
+        database) create the tables once; the others wait and find them made.
+        """
+        with self._guard("creating the alerts tables"), self._transaction() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CREATE_LOCK)))
+            _autoincrement_alert_ids(conn)
             metadata.create_all(conn, checkfirst=True)
             for table, names in _ADDED_COLUMNS.items():
                 have = {c["name"] for c in sa.inspect(conn).get_columns(table)}
@@ -196,8 +229,10 @@ class AlertsStore:
     def publish_partition(self, dataset: str, day: dt.date, incidents: pd.DataFrame) -> int:
         """Replace the alerts of ``(dataset, day)`` with ``incidents`` in one transaction.
 
-        Labels (and their times) carry over to incidents that are identical in the rerun:
-        same entity, start and end. Returns the number of alerts written.
+        An incident that is the same one as an alert already there (same entity, overlapping
+        span) updates that alert in place: it keeps its id, its label and the label's time.
+        Alerts no incident matches are deleted, new incidents get new ids (never a deleted one's).
+        Returns the number of alerts written.
         """
         day = parse_day(day)
         rows = _records(incidents, ALERT_COLUMNS, dataset, day, "alerts")
@@ -205,18 +240,18 @@ class AlertsStore:
         where = sa.and_(alerts.c.dataset == dataset, alerts.c.dt == day)
         with self._guard(f"publishing alerts of {dataset} {day}"), self._transaction() as conn:
             _lock(conn, "alerts", dataset, day)
-            labelled = sa.select(
-                *(alerts.c[k] for k in _INCIDENT_KEY), alerts.c.label, alerts.c.labelled_at
-            ).where(where, alerts.c.label.is_not(None))
-            kept = {
-                tuple(r[k] for k in _INCIDENT_KEY): (r["label"], r["labelled_at"])
-                for r in conn.execute(labelled).mappings()
-            }
-            for row in rows:
-                row["label"], row["labelled_at"] = kept.get(tuple(row[k] for k in _INCIDENT_KEY), (None, None))
-            conn.execute(sa.delete(alerts).where(where))
-            if rows:
-                conn.execute(sa.insert(alerts), rows)
+            old = conn.execute(
+                sa.select(alerts.c.id, alerts.c.entity_id, alerts.c.start_ts, alerts.c.end_ts).where(where)
+            ).mappings().all()
+            matched = _match_incidents(old, rows)
+            gone = [r["id"] for r in old if r["id"] not in matched.values()]
+            if gone:
+                conn.execute(sa.delete(alerts).where(alerts.c.id.in_(gone)))
+            for i, alert_id in matched.items():
+                conn.execute(sa.update(alerts).where(alerts.c.id == alert_id).values(**rows[i]))
+            new = [row for i, row in enumerate(rows) if i not in matched]
+            if new:
+                conn.execute(sa.insert(alerts), new)
         return len(rows)
 
     def publish_drift(self, dataset: str, day: dt.date, frame: pd.DataFrame) -> int:
@@ -274,7 +309,10 @@ class AlertsStore:
         return self._read(stmt)
 
     def query(self, sql: str) -> tuple[list[str], list[tuple]]:
-        """Run one SQL statement as written (committed); rows, or the count of rows changed."""
+        """Run one SQL statement as written (committed); rows, or the count of rows changed.
+
+        For the platform's own code and tests; users get :meth:`read_query`.
+        """
         self._ensure()
         with self._guard("SQL failed"), self._transaction() as conn:
             # no_parameters: the text goes to the driver untouched, so '%' and ':' need no escaping
@@ -282,6 +320,36 @@ class AlertsStore:
             if result.returns_rows:
                 return list(result.keys()), [tuple(r) for r in result]
             return ["rows_affected"], [(result.rowcount,)]
+
+    def read_query(self, sql: str, role: str | None = None) -> tuple[list[str], list[tuple]]:
+        """Run one SQL statement that cannot change anything; its columns and rows.
+
+        Read-only by construction, not by reading the SQL: SQLite opens the file read-only
+        (``mode=ro``); PostgreSQL runs it in a read-only transaction (the session default too)
+        that is rolled back, as ``role`` when that role exists and the user may take it. The
+        statement goes alone to the database, which refuses more than one (SQLite's driver, a
+        PostgreSQL prepared statement).
+        """
+        self._ensure()
+        if self._read_engine is None:
+            self._read_engine = self._make_engine(read_only=True)
+        with self._guard("SQL failed (fleetwatch sql is read-only; label alerts with `fleetwatch alerts label`)"):
+            with self._connect(self._read_engine) as conn:
+                try:
+                    if conn.dialect.name == "postgresql":
+                        return _read_postgresql(conn, sql, role)
+                    result = conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+                    if not result.returns_rows:
+                        return [], []
+                    return list(result.keys()), [tuple(r) for r in result]
+                except sa.exc.DBAPIError as exc:
+                    if _is_several_statements(exc):
+                        raise AlertsStoreError(
+                            "fleetwatch sql runs one statement per call: run each statement on its own (nothing was run)"
+                        ) from None
+                    raise
+                finally:
+                    conn.rollback()
 
     def _read(self, stmt) -> pd.DataFrame:
         self._ensure()
@@ -302,6 +370,75 @@ class AlertsStore:
                 raise
             reason = " ".join(str(exc.orig).split())
             raise AlertsStoreError(f"{what}: {reason} (nothing was changed)") from None
+
+
+def _read_postgresql(conn: sa.Connection, sql: str, role: str | None) -> tuple[list[str], list[tuple]]:
+    """``sql`` in a read-only transaction, as ``role`` when it can be taken, as one prepared statement."""
+    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+    if role and conn.execute(
+        sa.text("SELECT pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = :r"), {"r": role}
+    ).scalar():
+        conn.exec_driver_sql(f"SET LOCAL ROLE {conn.dialect.identifier_preparer.quote(role)}")
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(sql, prepare=True)  # a prepared statement holds exactly one command
+        if cursor.description is None:
+            return [], []
+        return [d.name for d in cursor.description], [tuple(r) for r in cursor.fetchall()]
+    except Exception as exc:  # the driver's error, as SQLAlchemy would wrap it
+        raise sa.exc.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error) from None
+    finally:
+        cursor.close()
+
+
+def _is_several_statements(exc: sa.exc.DBAPIError) -> bool:
+    text = str(exc.orig)
+    return "one statement at a time" in text or "multiple commands into a prepared statement" in text
+
+
+def _overlap(a: dict, b: dict) -> dt.timedelta | None:
+    """How long the spans of ``a`` and ``b`` overlap (zero when they touch), None when apart."""
+    start, end = max(a["start_ts"], b["start_ts"]), min(a["end_ts"], b["end_ts"])
+    return end - start if start <= end else None
+
+
+def _match_incidents(old: list, rows: list[dict]) -> dict[int, int]:
+    """Which new row (by position) is the same incident as which stored alert (by id).
+
+    Same entity and overlapping spans; each alert and each row pairs at most once, the longest
+    overlaps first (then the earliest starts), so a rerun that shifts or splits an incident keeps
+    its id on the part that overlaps it most.
+    """
+    pairs = []
+    for i, row in enumerate(rows):
+        for alert in old:
+            if alert["entity_id"] == row["entity_id"]:
+                span = _overlap(row, alert)
+                if span is not None:
+                    pairs.append((-span, alert["start_ts"], row["start_ts"], i, alert["id"]))
+    matched, used = {}, set()
+    for *_, i, alert_id in sorted(pairs):
+        if i not in matched and alert_id not in used:
+            matched[i] = alert_id
+            used.add(alert_id)
+    return matched
+
+
+def _autoincrement_alert_ids(conn: sa.Connection) -> None:
+    """Rebuild an SQLite alerts table made without AUTOINCREMENT, so no id is handed out twice."""
+    if conn.dialect.name != "sqlite":
+        return
+    made = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'alerts'").scalar()
+    if made is None or "AUTOINCREMENT" in made.upper():
+        return
+    have = [c["name"] for c in sa.inspect(conn).get_columns("alerts")]
+    for index in sa.inspect(conn).get_indexes("alerts"):
+        conn.exec_driver_sql(f'DROP INDEX "{index["name"]}"')
+    conn.exec_driver_sql("ALTER TABLE alerts RENAME TO alerts_before_autoincrement")
+    alerts.create(conn)
+    names = ", ".join(have)
+    conn.exec_driver_sql(f"INSERT INTO alerts ({names}) SELECT {names} FROM alerts_before_autoincrement")
+    conn.exec_driver_sql("DROP TABLE alerts_before_autoincrement")
 
 
 def _lock(conn: sa.Connection, table: str, dataset: str, day: dt.date) -> None:

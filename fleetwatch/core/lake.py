@@ -8,12 +8,13 @@ Layout under the lake root (local path or any Hadoop-compatible URI)::
     scores/<dataset>/dt=.../                per-row scores of the champion
     incidents/<dataset>/dt=.../             flagged rows grouped into incidents
     drift/<dataset>/dt=.../                 per-entity, per-feature drift of the partition
-    quarantine/<dataset>/dt=.../            raw partitions that failed validation
+    quarantine/<dataset>/dt=.../<UTC time>/ raw partitions that failed validation, one copy per failure
     validation/<dataset>/dt=.../            validation results (JSON, HTML)
 
 A partition is written under a hidden ``_staging-*`` folder beside its final place and then
 renamed into place, so a crash mid-write leaves no half partition visible and a rerun
-replaces the partition whole.
+replaces the partition whole. Staging (and ``_trash-*``) folders a crashed run left behind are
+removed by the next write beside them once they are older than ``stale_staging_after``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from fleetwatch.core.errors import FleetWatchError, PartitionNotFound
+from fleetwatch.core.specs import check_dataset_name
 
 _DT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+_LEFTOVERS = ("_staging-", "_trash-")
+STALE_STAGING_AFTER = dt.timedelta(hours=12)  # longer than any run: a younger folder may be a live write
 
 
 def parse_day(value: str | dt.date) -> dt.date:
@@ -54,8 +58,9 @@ def local_path(uri: str) -> Path:
 class Lake:
     """Paths of the lake's zones; jobs ask it for places and never build paths themselves."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, *, stale_staging_after: dt.timedelta = STALE_STAGING_AFTER):
         self.root = str(root).rstrip("/")
+        self.stale_staging_after = stale_staging_after
 
     def _join(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -65,7 +70,7 @@ class Lake:
         return f"dt={parse_day(day).isoformat()}"
 
     def zone(self, zone: str, dataset: str, *more: str) -> str:
-        return self._join(zone, dataset, *more)
+        return self._join(zone, check_dataset_name(dataset), *more)  # never a path outside the zone
 
     def raw(self, dataset: str, day=None) -> str:
         return self.zone("raw", dataset) if day is None else self.zone("raw", dataset, self._dt(day))
@@ -79,6 +84,27 @@ class Lake:
 
     def partition(self, zone: str, dataset: str, day) -> str:
         return self.zone(zone, dataset, self._dt(day))
+
+    def quarantine_copy(self, dataset: str, day) -> str:
+        """A new place under ``quarantine/<dataset>/dt=<day>/`` named by the UTC time: every copy is kept."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        return f"{self.partition('quarantine', dataset, day)}/{stamp}-{uuid.uuid4().hex[:4]}"
+
+    def data_files(self, path: str, spark=None) -> list[str]:
+        """The data files of a partition folder (Spark's hidden ``_*`` and ``.*`` files left out), sorted."""
+        if is_local(path):
+            base = local_path(path)
+            return sorted(
+                str(p) for p in base.rglob("*")
+                if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(base).parts)
+            )
+        fs, p = _hadoop(spark, path)
+        files, it = [], fs.listFiles(p, True)
+        while it.hasNext():
+            f = it.next().getPath()
+            if not f.getName().startswith(("_", ".")):
+                files.append(f.toString())
+        return sorted(files)
 
     # -- filesystem operations (local paths here; Hadoop URIs through a Spark session) ---------
 
@@ -102,9 +128,35 @@ class Lake:
         if not self.exists(path, spark):
             raise PartitionNotFound(f"{what} does not exist at {path}")
 
-    def staging_path(self, final: str) -> str:
+    def staging_path(self, final: str, spark=None) -> str:
+        """A new hidden folder beside ``final`` to write into; stale leftovers beside it are removed first."""
         parent, _, name = final.rstrip("/").rpartition("/")
+        self.remove_stale_staging(parent, spark)
         return f"{parent}/_staging-{name}-{uuid.uuid4().hex[:8]}"
+
+    def remove_stale_staging(self, parent: str, spark=None) -> list[str]:
+        """Remove the ``_staging-*`` and ``_trash-*`` folders in ``parent`` older than ``stale_staging_after``.
+
+        A crashed run leaves them; a younger one may belong to a write in progress and is kept.
+        Returns the paths removed.
+        """
+        cutoff = dt.datetime.now(dt.UTC).timestamp() - self.stale_staging_after.total_seconds()
+        removed = []
+        if is_local(parent):
+            base = local_path(parent)
+            for p in base.iterdir() if base.is_dir() else []:
+                if p.name.startswith(_LEFTOVERS) and p.stat().st_mtime < cutoff:
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(str(p))
+            return removed
+        fs, base = _hadoop(spark, parent)
+        if fs.exists(base):
+            for status in fs.listStatus(base):
+                p = status.getPath()
+                if p.getName().startswith(_LEFTOVERS) and status.getModificationTime() / 1000 < cutoff:
+                    fs.delete(p, True)
+                    removed.append(p.toString())
+        return removed
 
     def publish(self, staging: str, final: str, spark=None) -> None:
         """Move a fully written staging folder into place, replacing what was there whole."""
@@ -133,7 +185,7 @@ class Lake:
             fs.delete(p, True)
 
     def move(self, src: str, dst: str, spark=None) -> None:
-        """Move a partition folder to another zone (quarantine), replacing the target."""
+        """Move a partition folder to another zone (a new quarantine copy), replacing the target."""
         self.publish(src, dst, spark)
 
     def write_text(self, path: str, text: str) -> None:
@@ -147,7 +199,7 @@ class Lake:
 
 def write_spark_partition(lake: Lake, df, final: str, spark) -> str:
     """Write a Spark DataFrame as the partition at ``final`` atomically; returns ``final``."""
-    staging = lake.staging_path(final)
+    staging = lake.staging_path(final, spark)
     try:
         df.write.mode("overwrite").parquet(staging)
         lake.publish(staging, final, spark)

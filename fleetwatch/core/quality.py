@@ -1,7 +1,9 @@
 """Data quality gate of raw partitions: a Great Expectations suite derived from the dataset spec.
 
-A partition that breaks the suite is moved to ``quarantine/`` before the error is raised, so no
-later step can read it; every run (pass or fail) leaves its result under ``validation/``.
+A partition that breaks the suite, or holds a file that is not readable Parquet (truncated,
+corrupt), is moved to a new copy under ``quarantine/`` before the error is raised, so no later
+step (nor the next day's lookback) can read it; every run (pass or fail) leaves its result under
+``validation/``.
 Expectations on a column that is missing or of the wrong type are skipped rather than run
 (they would crash on the data); the column-set or type expectation already reports the problem.
 """
@@ -13,12 +15,14 @@ import json
 import time
 
 from fleetwatch.core.errors import PartitionNotFound, ValidationFailed
-from fleetwatch.core.lake import Lake
+from fleetwatch.core.lake import Lake, is_local, local_path
 from fleetwatch.core.specs import DatasetSpec, load_spec
 
 _SPARK_TYPE_NAMES = {"double": "DoubleType", "float": "FloatType", "long": "LongType", "int": "IntegerType"}
 _FINITE_RULE = "no NaN or infinite value"
 _ROW_COUNT = "expect_table_row_count_to_be_between"
+_NOT_NULL = "expect_column_values_to_not_be_null"
+_READABLE = "readable_parquet"
 
 
 def build_suite(spec: DatasetSpec, day: dt.date) -> list:
@@ -41,6 +45,8 @@ def build_suite(spec: DatasetSpec, day: dt.date) -> list:
     ]
     for m in spec.metrics:
         suite.append(gxe.ExpectColumnValuesToBeOfType(column=m.name, type_=_SPARK_TYPE_NAMES[m.dtype]))
+        if m.max_null_share < 1:
+            suite.append(gxe.ExpectColumnValuesToNotBeNull(column=m.name, mostly=1 - m.max_null_share))
         low = m.min if m.min > -float("inf") else None
         high = m.max if m.max < float("inf") else None
         if low is not None or high is not None:
@@ -70,31 +76,33 @@ def validate_partition(spark, settings, dataset: str, day: dt.date) -> str:
 
     lake = Lake(settings.lake_root)
     spec = load_spec(settings.specs_dir, dataset)
-    raw, quarantine = lake.raw(dataset, day), lake.partition("quarantine", dataset, day)
+    raw, quarantined = lake.raw(dataset, day), lake.partition("quarantine", dataset, day)
     if not lake.exists(raw, spark):
         hint = ""
-        if lake.exists(quarantine, spark):
-            hint = f" (it is quarantined at {quarantine}: fix it and move it back)"
+        if lake.exists(quarantined, spark):
+            hint = f" (it is quarantined at {quarantined}: fix it and move it back)"
         raise PartitionNotFound(f"raw partition {dataset} dt={day} does not exist at {raw}{hint}")
 
     started = time.monotonic()
-    try:
-        df = spark.read.parquet(raw)
-    except AnalysisException as exc:  # e.g. a folder without parquet files
-        reason = str(exc).splitlines()[0]
-        result, to_run, skipped, rows = None, [], [], None
-        failure = {"expectation": "readable_parquet", "column": None, "count": None}
-        failures = [{**failure, "message": f"readable_parquet: {reason}"}]
+    result, to_run, skipped, rows = None, [], [], None
+    unreadable = _unreadable_file(lake, raw, spark)
+    if unreadable is not None:
+        name, reason = unreadable
+        failures = [{
+            "expectation": _READABLE, "column": None, "count": None, "file": name,
+            "message": f"{_READABLE}: file {name} is not readable Parquet ({reason})",
+        }]
     else:
-        result, to_run, skipped = _evaluate(build_suite(spec, day), dataset, day, df)
-        order = {e.id: i for i, e in enumerate(to_run)}
-        outcomes = sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order)))
-        failures = [_failure(r) for r in outcomes if not r.success]
-        rows = next(
-            (r.result.get("observed_value") for r in outcomes if r.expectation_config.type == _ROW_COUNT),
-            None,
-        )
+        try:
+            df = spark.read.parquet(raw)
+        except AnalysisException as exc:  # e.g. a folder without parquet files
+            reason = str(exc).splitlines()[0]
+            failure = {"expectation": _READABLE, "column": None, "count": None}
+            failures = [{**failure, "message": f"{_READABLE}: {reason}"}]
+        else:
+            result, to_run, skipped, failures, rows = _validate_frame(spec, dataset, day, df)
 
+    quarantine = lake.quarantine_copy(dataset, day) if failures else None
     if failures:
         lake.move(raw, quarantine, spark)
     summary = {
@@ -115,6 +123,41 @@ def validate_partition(spark, settings, dataset: str, day: dt.date) -> str:
             f"{dataset} dt={day} failed validation: {reasons}; partition moved to {quarantine}"
         )
     return f"valid: {rows} rows, {len(to_run)} expectations"
+
+
+def _unreadable_file(lake: Lake, raw: str, spark) -> tuple[str, str] | None:
+    """The first data file of the partition that is not readable Parquet, as (name in the partition, reason).
+
+    Each file is read whole on a local lake (a truncated file fails at its footer, a corrupt one
+    at its pages); on a Hadoop URI each file's footer and schema are read through Spark.
+    """
+    import pyarrow.parquet as pq  # lazy: pyarrow loads slowly; the CLI imports this module
+
+    for path in lake.data_files(raw, spark):
+        name = path[len(raw.rstrip("/")) + 1:] if path.startswith(raw.rstrip("/")) else path.rsplit("/", 1)[-1]
+        try:
+            if is_local(path):
+                for _ in pq.ParquetFile(local_path(path)).iter_batches():
+                    pass
+            else:
+                spark.read.parquet(path).schema  # noqa: B018 - reading the footer is the check
+        except Exception as exc:  # pyarrow's and Spark's errors for a broken file have no common base
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            return name, reason
+    return None
+
+
+def _validate_frame(spec: DatasetSpec, dataset: str, day: dt.date, df):
+    """The suite on a readable partition: (GE result, run, skipped, failures, row count)."""
+    result, to_run, skipped = _evaluate(build_suite(spec, day), dataset, day, df)
+    order = {e.id: i for i, e in enumerate(to_run)}
+    outcomes = sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order)))
+    failures = [_failure(r) for r in outcomes if not r.success]
+    rows = next(
+        (r.result.get("observed_value") for r in outcomes if r.expectation_config.type == _ROW_COUNT),
+        None,
+    )
+    return result, to_run, skipped, failures, rows
 
 
 def _evaluate(expectations: list, dataset: str, day: dt.date, df):
@@ -213,6 +256,11 @@ def _failure(outcome) -> dict:
                 f"unexpected column(s) {', '.join(extra)}" if extra else "",
             ) if part
         )
+    elif kind == _NOT_NULL:
+        count = res.get("unexpected_count")
+        allowed = 1 - (kwargs.get("mostly") or 1)
+        share = (res.get("unexpected_percent") or 0) / 100
+        detail = f"{count} null values, a share of {share:.2%} where at most {allowed:.2%} is allowed (max_null_share)"
     elif kind == _ROW_COUNT:
         count = res.get("observed_value")
         detail = f"{count} rows, at least {kwargs.get('min_value')} required"

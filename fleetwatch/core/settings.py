@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleetwatch.core.secrets import redact_url
+
 
 class Settings(BaseSettings):
     """FleetWatch configuration; a misspelt ``FLEETWATCH_`` key in ``.env`` fails at start."""
@@ -32,6 +34,17 @@ class Settings(BaseSettings):
     spark_conn_id: str = Field("fleetwatch_spark", description="Airflow connection used by spark-submit.")
     mlflow_tracking_uri: str = Field("", description="MLflow tracking and registry URI.")
     alerts_db_url: str = Field("", description="SQLAlchemy URL of the alerts database.")
+    alerts_writer_role: str = Field(
+        "fleetwatch_writer", pattern=r"^[a-z_][a-z0-9_]*$",
+        description="PostgreSQL role that owns the alerts tables (`fleetwatch db init`).",
+    )
+    alerts_analyst_role: str = Field(
+        "fleetwatch_analyst", pattern=r"^[a-z_][a-z0-9_]*$",
+        description="Read-only PostgreSQL role; `fleetwatch sql` runs as it where it exists.",
+    )
+    train_feedback: bool = Field(
+        True, description="Training reads users' alert labels (fails when it cannot); false: train without them."
+    )
     airflow_home: Path | None = Field(None, description="AIRFLOW_HOME used by the demo and CLI.")
     schedule_start: dt.date = Field(dt.date(2026, 1, 1), description="First partition the nightly DAGs schedule.")
     nightly_cron: str = Field("30 1 * * *", description="UTC cron of the nightly DAGs (the run for day D starts after D ends).")
@@ -77,10 +90,13 @@ class Settings(BaseSettings):
         """Where MLflow stores artifacts when the tracking URI is a local database."""
         return (self.home / "mlartifacts").as_uri()
 
+    def __repr_args__(self):
+        """What ``repr`` (and so every log line that prints settings) shows: URLs without passwords."""
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if isinstance(value, str) else value
+
     def public_items(self) -> dict[str, str]:
         """Settings as strings, with passwords in URLs hidden, for ``fleetwatch config``."""
-        from fleetwatch.core.alerts_store import redact_url  # lazy: pandas, SQLAlchemy; settings load everywhere, DAGs too
-
         out = {}
         for name in type(self).model_fields:
             value = getattr(self, name)

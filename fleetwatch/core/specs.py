@@ -22,7 +22,7 @@ SPARK_TYPES = {"double": "double", "float": "float", "long": "bigint", "int": "i
 
 
 class MetricSpec(BaseModel):
-    """One metric column: its dtype and the range a valid value lies in."""
+    """One metric column: its dtype, the range a valid value lies in, and how many nulls it may hold."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -30,6 +30,9 @@ class MetricSpec(BaseModel):
     dtype: Literal["double", "float", "long", "int"] = "double"
     min: float = -math.inf
     max: float = math.inf
+    max_null_share: float = Field(
+        0.0, ge=0, le=1, description="Largest share of a partition's rows whose value may be null (missing); 0: none."
+    )
 
     @field_validator("name")
     @classmethod
@@ -126,6 +129,8 @@ class DatasetSpec(BaseModel):
                 lines.append(f"min = {m.min}")
             if math.isfinite(m.max):
                 lines.append(f"max = {m.max}")
+            if m.max_null_share:
+                lines.append(f"max_null_share = {m.max_null_share}")
         return "\n".join(lines) + "\n"
 
 
@@ -155,8 +160,29 @@ def load_spec_file(path: Path) -> DatasetSpec:
     return spec
 
 
+def check_dataset_name(dataset: str) -> str:
+    """``dataset`` if it is a well-formed dataset name (it becomes a folder and a file name), else ``SpecError``."""
+    if not isinstance(dataset, str) or not _NAME.match(dataset):
+        raise SpecError(
+            f"dataset name {dataset!r} is malformed: use letters, digits and _ (a letter first), "
+            "e.g. the name of a spec in the specs folder"
+        )
+    return dataset
+
+
+def require_dataset(specs_dir: Path, dataset: str) -> str:
+    """``dataset`` if its name is well formed and it has a spec; else ``SpecError`` saying which datasets exist.
+
+    The one check every command runs on the dataset it is given, before any path is built.
+    """
+    check_dataset_name(dataset)
+    if not spec_path(specs_dir, dataset).is_file():
+        load_spec(specs_dir, dataset)  # raises, listing the known datasets
+    return dataset
+
+
 def spec_path(specs_dir: Path, dataset: str) -> Path:
-    return Path(specs_dir) / f"{dataset}.toml"
+    return Path(specs_dir) / f"{check_dataset_name(dataset)}.toml"
 
 
 def load_spec(specs_dir: Path, dataset: str) -> DatasetSpec:

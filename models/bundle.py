@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import pandas as pd
 
+from fleetwatch.core.errors import CorruptModel
 from models import model_store
 from models.entity_model import EntityModel, score_entity
 from models.params import FeatureLayout, ModelParams
@@ -171,7 +173,7 @@ class ModelBundle:
         raised thresholds."""
         if self.location is None:
             raise ValueError("the bundle has no store location: save it first")
-        previous = self._manifest_fleet if fleet is None else fleet
+        previous = getattr(self, "_manifest_fleet", None) if fleet is None else fleet
         manifest = {
             "format": BUNDLE_FORMAT,
             "location": self.location,
@@ -232,6 +234,28 @@ class ModelBundle:
         bundle._manifest_fleet = manifest["fleet"]
         return bundle
 
+    def verify(self, version: str = "") -> ModelBundle:
+        """Check that every part file the manifest names is there and holds each of its entries
+        whole (sizes from the zip directory, read without the models); raises ``CorruptModel``
+        naming the version and the file. Checksums are checked as each model is read."""
+        what = f"{self.dataset} model {version or self.location}"
+        expected: dict[str, dict[str, int]] = {}
+        for info in [*self.info.values(), getattr(self, "_manifest_fleet", None) or {}]:
+            if info.get("file"):
+                expected.setdefault(info["file"], {})[info["entry"]] = info["bytes"]
+        for file, entries in sorted(expected.items()):
+            path = f"{self.location}/{file}"
+            try:
+                fs, inner = model_store.filesystem(path)
+                with fs.open_input_file(inner) as handle, zipfile.ZipFile(handle) as part:
+                    sizes = {i.filename: i.file_size for i in part.infolist()}
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise CorruptModel(f"{what}: {path} is missing or unreadable ({exc}); retrain or roll back") from None
+            wrong = [e for e, n in entries.items() if sizes.get(e) != n]
+            if wrong:
+                raise CorruptModel(f"{what}: {path} lacks or truncates {len(wrong)} models ({wrong[0]}...); retrain or roll back")
+        return self
+
     def _model_for(self, entity: str) -> EntityModel | None:
         if entity in self.entities:
             return self.entities[entity]
@@ -253,6 +277,17 @@ def load_cached(directory: str) -> ModelBundle:
 @lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int, size: int) -> ModelBundle:
     return ModelBundle.load(path)
+
+
+def open_checked(directory: str, what: str) -> ModelBundle:
+    """:func:`load_cached` and :meth:`ModelBundle.verify`, with any failure as one ``CorruptModel``
+    line naming ``what`` (the model version) and the file."""
+    try:
+        return load_cached(directory).verify(what)
+    except CorruptModel:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise CorruptModel(f"{what} at {directory} cannot be loaded: {exc}; retrain or roll back") from None
 
 
 def _info_of(model: EntityModel) -> dict:

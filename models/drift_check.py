@@ -35,7 +35,7 @@ from fleetwatch.core.lake import Lake, is_local, local_path, write_spark_partiti
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import load_spec
 from models import registry
-from models.bundle import load_cached
+from models.bundle import load_cached, open_checked
 from models.drift import psi
 from models.feedback import exclude_confirmed_anomalies
 from models.frames import canonical
@@ -180,6 +180,7 @@ def check_drift(spark, settings: Settings, dataset: str, day: dt.date) -> str:
     if not registry.has_champion(settings, dataset):
         return f"{dataset} has no champion model yet: drift check skipped"
     champ = registry.champion(settings, dataset)
+    open_checked(champ.bundle_dir, f"{champ.name} v{champ.version}")
     features = canonical(OfflineStore(spark, lake).read_features(dataset, view, [day]), spec).drop("dt")
     rows = psi_frame(features, champ.bundle_dir, settings.drift_psi_threshold).toPandas()
     result = decide(rows, threshold=settings.drift_psi_threshold, fleet_factor=settings.drift_fleet_factor)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fleetwatch.core.errors import ModelNotFound
+from fleetwatch.core.errors import CorruptModel, ModelNotFound
 from fleetwatch.core.lake import is_local
 from fleetwatch.core.settings import Settings
 
@@ -161,14 +161,24 @@ def champion(settings: Settings, dataset: str, alias: str = CHAMPION) -> Champio
         ) from None
     cache = settings.home / "model_cache" / name / str(mv.version)
     bundle = cache / "artifacts" / "bundle"
-    if not (bundle / "manifest.json").is_file():
+    if _readable_manifest(bundle) is None:  # not cached yet, or a damaged copy: fetch it again
         tmp = cache.with_name(f".{cache.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp))
         shutil.rmtree(cache, ignore_errors=True)
         tmp.rename(cache)
+        if _readable_manifest(bundle) is None:
+            raise CorruptModel(f"{name} v{mv.version}: its manifest {bundle / 'manifest.json'} is missing or not valid JSON "
+                               "in the registry too: retrain, or roll back (`fleetwatch models rollback`)")
     return ChampionRef(name, str(mv.version), mv.run_id or "", str(bundle), mv.tags.get("feature_view", ""))
+
+
+def _readable_manifest(folder) -> dict | None:
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def list_versions(settings: Settings) -> pd.DataFrame:

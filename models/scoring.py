@@ -20,7 +20,7 @@ from fleetwatch.core.lake import Lake, write_spark_partition
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec, load_spec
 from models import registry
-from models.bundle import load_cached
+from models.bundle import load_cached, open_checked
 from models.frames import ENTITY, TS, canonical, one_thread_per_task
 from models.incidents import entity_incidents, phases_json, severity
 
@@ -132,6 +132,7 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     lake = Lake(settings.lake_root)
     lake.require(lake.features(dataset, view.ref, day), f"feature partition {dataset} {view.ref} dt={day}", spark)
     champ = registry.champion(settings, dataset)
+    open_checked(champ.bundle_dir, f"{champ.name} v{champ.version}")
     features = canonical(OfflineStore(spark, lake).read_features(dataset, view, [day]), spec).drop("dt")
     scores_path = write_spark_partition(
         lake, score_frame(features, spec, champ.bundle_dir), lake.partition("scores", dataset, day), spark

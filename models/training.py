@@ -134,15 +134,17 @@ def fit_bundle(spark, settings: Settings, spec: DatasetSpec, view, days: list[dt
     return ModelBundle.assemble(location, manifest)
 
 
-def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, params=None) -> str:
+def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, params=None, feedback: bool = True) -> str:
     """Train on the window ending at ``day``, register a version, gate it; returns a summary.
 
     False alerts of the window raise their entities' thresholds (:func:`raise_thresholds`);
     the challenger is shadow-scored on the newest day and promoted when there is no champion,
     or when its incident rate is within the gate and its precision over the labelled alerts
-    of that day is no worse than the champion's (:func:`labelled_precision`).
+    of that day is no worse than the champion's (:func:`labelled_precision`). ``feedback=False``
+    trains without reading user labels (the explicit way round an alerts database that is down).
     """
     started = time.time()
+    settings = settings if feedback else settings.model_copy(update={"train_feedback": False})
     spec = load_spec(settings.specs_dir, dataset)
     view = view_for(spec)
     lake = Lake(settings.lake_root)

@@ -269,3 +269,23 @@ def test_a_raised_threshold_is_kept_in_the_manifest_and_applied_on_load(bundle, 
     assert again.entities["a"].threshold == 2 * fitted
     assert again.entity_info().set_index("entity_id").loc["a", "threshold"] == 2 * fitted
     assert again.entities["b"].threshold == bundle.entities["b"].threshold
+
+
+def test_a_truncated_or_missing_part_is_one_line_naming_the_version_and_file(bundle, tmp_path):
+    from fleetwatch.core.errors import CorruptModel
+    from models.bundle import open_checked
+
+    folder = Path(bundle.save(tmp_path / "bundle"))
+    assert open_checked(str(folder), "fleetwatch-synth v3").dataset == "synth"
+    part = folder / "parts" / "all.zip"
+    whole = part.read_bytes()
+    part.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CorruptModel, match=r"fleetwatch-synth v3: .*parts/all.zip (is missing or unreadable|lacks or trunc)") as err:
+        open_checked(str(folder), "fleetwatch-synth v3")
+    assert "\n" not in str(err.value)
+    part.unlink()
+    with pytest.raises(CorruptModel, match=r"fleetwatch-synth v4: .*parts/all.zip is missing"):
+        open_checked(str(folder), "fleetwatch-synth v4")
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(CorruptModel, match="fleetwatch-synth v5 at .* cannot be loaded"):
+        open_checked(str(folder), "fleetwatch-synth v5")

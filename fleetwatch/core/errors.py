@@ -27,3 +27,7 @@ class ModelNotFound(FleetWatchError):
 
 class EnvironmentProblem(FleetWatchError):
     """Something the platform needs on this machine is missing (e.g. Java 17)."""
+
+
+class CorruptModel(FleetWatchError):
+    """A model version whose files are missing, truncated or do not match their checksums."""

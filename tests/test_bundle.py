@@ -280,7 +280,8 @@ def test_a_truncated_or_missing_part_is_one_line_naming_the_version_and_file(bun
     part = folder / "parts" / "all.zip"
     whole = part.read_bytes()
     part.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(CorruptModel, match=r"fleetwatch-synth v3: .*parts/all.zip (is missing or unreadable|lacks or trunc)") as err:
+    damaged = r"fleetwatch-synth v3: .*parts/all.zip (is missing or unreadable|lacks or trunc)"
+    with pytest.raises(CorruptModel, match=damaged) as err:
         open_checked(str(folder), "fleetwatch-synth v3")
     assert "\n" not in str(err.value)
     part.unlink()

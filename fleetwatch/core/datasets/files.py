@@ -91,11 +91,11 @@ def _typed(frame, spec: DatasetSpec):
 
     for m in spec.metrics:
         target = SPARK_TYPES[m.dtype]
-        src = F.col(m.name)
+        frame = frame.withColumn(f"__src_{m.name}", F.col(m.name))  # parsed and checked from here, never overwritten
+        src = F.col(f"__src_{m.name}")
         text = F.trim(src.cast("string"))
         value = (text if types.get(m.name) == "string" else src).try_cast(target)
         empty = src.isNull() | (text == "")
-        frame = frame.withColumn(f"__src_{m.name}", src.cast("string"))
         if m.dtype in _FLOAT:
             frame = frame.withColumn(m.name, F.when(empty, F.lit(float("nan")).cast(target)).otherwise(value))
             bad[m.name] = (~empty & value.isNull(), "is not a number")

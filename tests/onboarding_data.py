@@ -12,10 +12,10 @@ ROWS_PER_DAY = 24 * 60 // STEP_MIN
 ENTITIES = {"web-01": 0, "web-02": 0, "db-01": 1}  # entity -> first day (db-01 starts a day late)
 # entity, first row, rows, metric, shift (in units of the metric's noise)
 ANOMALIES = [
-    ("web-01", 5 * ROWS_PER_DAY + 120, 8, "cpu_pct", 40.0),
-    ("db-01", 6 * ROWS_PER_DAY + 60, 8, "mem_mb", 900.0),
+    ("web-01", 4 * ROWS_PER_DAY + 120, 8, "cpu_pct", 40.0),
+    ("db-01", 5 * ROWS_PER_DAY + 60, 8, "mem_mb", 900.0),
 ]
-GAP = ("web-02", 4 * ROWS_PER_DAY + 30, 6)  # 30 minutes with no rows
+GAP = ("web-02", 2 * ROWS_PER_DAY + 30, 6)  # 30 minutes with no rows
 
 
 def series(days: int, seed: int = 3) -> dict[str, pd.DataFrame]:
@@ -37,7 +37,7 @@ def series(days: int, seed: int = 3) -> dict[str, pd.DataFrame]:
                 frame.loc[row : row + length - 1, metric] += shift
         frame.loc[:, "cpu_pct"] = frame["cpu_pct"].clip(0, 100)
         if entity == GAP[0]:
-            frame = frame.drop(index=range(GAP[1], GAP[1] + GAP[2]))
+            frame = frame.drop(index=[i for i in range(GAP[1], GAP[1] + GAP[2]) if i in frame.index])
         out[entity] = frame[frame["ts"] >= START + pd.Timedelta(days=first_day)].reset_index(drop=True)
     return out
 

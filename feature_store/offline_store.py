@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from feature_store.views import FeatureView
 from fleetwatch.core.errors import FleetWatchError, PartitionNotFound
 from fleetwatch.core.lake import Lake, write_spark_partition
+from fleetwatch.core.raw_location import raw_partition
 from fleetwatch.core.specs import SPARK_TYPES, DatasetSpec
 
 
@@ -36,7 +37,7 @@ class OfflineStore:
         The day before is optional (the first partition of a dataset has none); ``day`` itself
         must exist, else ``PartitionNotFound`` names the dataset, the date and the path.
         """
-        path = self.lake.raw(spec.name, day)
+        path = raw_partition(self.lake, spec, day)
         if not self.lake.exists(path, self.spark):
             quarantined = self.lake.exists(self.lake.partition("quarantine", spec.name, day), self.spark)
             why = "it was quarantined by validation" if quarantined else "it never landed"
@@ -44,7 +45,7 @@ class OfflineStore:
         start = day_start(day)
         rows = self._read_raw(spec, day, path)
         previous = day - dt.timedelta(days=1)
-        prev_path = self.lake.raw(spec.name, previous)
+        prev_path = raw_partition(self.lake, spec, previous)
         if self.lake.exists(prev_path, self.spark):
             ts = F.col(spec.timestamp_column)
             since = start - dt.timedelta(minutes=view.lookback_minutes)

@@ -114,7 +114,7 @@ def test_events_are_ranked_by_the_phases_they_overlap():
 
 
 def test_flagged_rows_hitrate_ranks_each_detected_event_on_its_flagged_rows():
-    from fleetwatch.app.smd_evaluation import flagged_rows_hitrate
+    from fleetwatch.app.backtest import flagged_rows_hitrate
 
     rows = pd.DataFrame({"ts": _ts(*range(200)), "a": 0.0, "b": 0.0, "c": 0.0, "flagged": False})
     rows.loc[100:110, "b"] = 5.0  # b leaves its range for the whole first event ...

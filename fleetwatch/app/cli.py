@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fleetwatch.app.cli_groups import DatasetOrCommand
 from fleetwatch.app.orchestration import last_failures, run_nightly
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import parse_day
@@ -26,7 +27,12 @@ app = typer.Typer(help="FleetWatch: nightly anomaly detection for fleets of enti
 alerts_app = typer.Typer(help="Read and label alerts.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered model versions and aliases.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Turn upstream data sets into dataset specs and lake partitions.", no_args_is_help=True)
-evaluate_app = typer.Typer(help="Run the platform on a labelled data set and report quality.", no_args_is_help=True)
+evaluate_app = typer.Typer(
+    help="Run the platform on a labelled data set and report quality: `evaluate NAME --labels FILE` for any dataset, "
+    "`evaluate smd --data DIR` for SMD.",
+    no_args_is_help=True,
+    cls=DatasetOrCommand,
+)
 db_app = typer.Typer(help="The alerts database: tables and roles.", no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(db_app, name="db")
@@ -361,6 +367,73 @@ def evaluate_smd_cmd(
 
     try:
         report = evaluate_smd(get_settings(), Path(data), machines=machines, out=out, start=parse_day(start), console=console)
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(json.dumps({k: v for k, v in report.items() if k.endswith("_mean")}, indent=2))
+
+
+dataset_app = typer.Typer(help="Describe a team's own data as a dataset spec.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("init")
+def dataset_init_cmd(
+    name: str = typer.Argument(..., help="Dataset name (the spec becomes <specs_dir>/<name>.toml)."),
+    source: str = typer.Option(..., "--from", help="CSV or Parquet file, folder of them, or a dt= lake folder (s3a:// too)."),
+    entity_column: str | None = typer.Option(None, "--entity-column", help="The column naming each entity."),
+    timestamp_column: str | None = typer.Option(None, "--timestamp-column", help="The column of timestamps."),
+    sampling_seconds: int | None = typer.Option(None, "--sampling-seconds", min=1, help="Seconds between an entity's rows."),
+    metrics: str | None = typer.Option(None, "--metrics", help="Comma-separated metric columns (default: every numeric one)."),
+    sample_rows: int = typer.Option(200_000, "--sample-rows", min=100, help="Rows read to infer the spec."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing spec."),
+) -> None:
+    """Infer a dataset spec from a sample of your data; each value's evidence is a comment in the TOML."""
+    from fleetwatch.core.datasets.dataset_init import init_dataset  # lazy: PySpark and pandas
+
+    try:
+        summary = init_dataset(
+            get_settings(), name, [source], entity_column=entity_column, timestamp_column=timestamp_column,
+            sampling_seconds=sampling_seconds, metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
+            sample_rows=sample_rows, force=force,
+        )
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(summary, highlight=False)
+    console.print(f"review {summary['spec']}: each inferred value's evidence is the comment beside it", highlight=False)
+
+
+@ingest_app.command("files")
+def ingest_files_cmd(
+    name: str = typer.Argument(..., help="Dataset name (its spec must exist: `fleetwatch dataset init`)."),
+    paths: list[str] = typer.Argument(..., help="CSV or Parquet files or folders (s3a:// too)."),
+) -> None:
+    """Write CSV or Parquet files into the dataset's daily raw partitions (idempotent; a dt= lake is read in place)."""
+    from fleetwatch.core.datasets.files import ingest_files  # lazy: PySpark
+
+    try:
+        summary = ingest_files(get_settings(), name, paths)
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(summary, highlight=False)
+
+
+@evaluate_app.command("dataset", hidden=True)
+def evaluate_dataset_cmd(
+    name: str = typer.Argument(..., help="Dataset name."),
+    labels: Path = typer.Option(..., "--labels", help="CSV or Parquet of entity_id, start, end[, metrics]."),
+    train_days: int | None = typer.Option(None, "--train-days", min=1, help="Train on the first N days."),
+    train_until: str | None = typer.Option(None, "--train-until", help="Train on the days up to DATE (YYYY-MM-DD)."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write the JSON report (default <name>_report.json)."),
+) -> None:
+    """Backtest a dataset: run the nightly and retrain paths over its history and compare with labels."""
+    from fleetwatch.app.labelled_evaluation import evaluate_labelled  # lazy: PySpark, pandas and scikit-learn
+
+    try:
+        report = evaluate_labelled(
+            get_settings(), name, labels, train_days=train_days,
+            train_until=parse_day(train_until) if train_until else None,
+            out=out or Path(f"{name}_report.json"), console=console,
+        )
     except FleetWatchError as exc:
         _fail(exc)
     console.print(json.dumps({k: v for k, v in report.items() if k.endswith("_mean")}, indent=2))

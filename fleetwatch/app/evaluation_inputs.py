@@ -7,6 +7,8 @@ import pandas as pd
 
 from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.lake import Lake, local_path
+from fleetwatch.core.raw_location import raw_partition
+from fleetwatch.core.specs import load_spec
 
 
 def read_scores(settings, dataset: str, days) -> pd.DataFrame:
@@ -19,9 +21,12 @@ def read_scores(settings, dataset: str, days) -> pd.DataFrame:
 
 
 def read_raw(settings, dataset: str, days) -> pd.DataFrame:
-    """The raw partitions of ``days`` (local lake): what the reference detectors see."""
+    """The raw partitions of ``days`` (local lake): what the reference detectors see, with the
+    spec's entity and timestamp columns named ``entity_id`` and ``ts``."""
     lake = Lake(settings.lake_root)
-    raw = pd.concat([pd.read_parquet(local_path(lake.raw(dataset, d))) for d in days], ignore_index=True)
+    spec = load_spec(settings.specs_dir, dataset)
+    raw = pd.concat([pd.read_parquet(local_path(raw_partition(lake, spec, d))) for d in days], ignore_index=True)
+    raw = raw[spec.columns].rename(columns={spec.entity_column: "entity_id", spec.timestamp_column: "ts"})
     raw["ts"] = as_utc(raw["ts"])
     return raw.sort_values(["entity_id", "ts"], kind="mergesort").reset_index(drop=True)
 

@@ -117,11 +117,13 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def markdown(report: dict, plots: list[Path]) -> str:
-    """The report as a Markdown page: means vs references vs goals, per-machine table, plots."""
+def markdown(report: dict, plots: list[Path], title: str | None = None) -> str:
+    """The report as a Markdown page: means vs references vs goals, per-machine table, plots.
+
+    ``title`` heads the page (default: SMD's, "FleetWatch on SMD: N machines")."""
     ref = report["reference"]
     lines = [
-        f"# FleetWatch on SMD: {len(report['machines'])} machines",
+        f"# {title}" if title else f"# FleetWatch on SMD: {len(report['machines'])} machines",
         "",
         f"Trained on {report['train_days'][0]}..{report['train_days'][1]}, scored "
         f"{report['test_days'][0]}..{report['test_days'][1]} one nightly partition at a time; test rows only, "

@@ -16,6 +16,7 @@ import time
 
 from fleetwatch.core.errors import PartitionNotFound, ValidationFailed
 from fleetwatch.core.lake import Lake, is_local, local_path
+from fleetwatch.core.raw_location import raw_partition
 from fleetwatch.core.specs import DatasetSpec, load_spec
 
 _SPARK_TYPE_NAMES = {"double": "DoubleType", "float": "FloatType", "long": "LongType", "int": "IntegerType"}
@@ -76,7 +77,7 @@ def validate_partition(spark, settings, dataset: str, day: dt.date) -> str:
 
     lake = Lake(settings.lake_root)
     spec = load_spec(settings.specs_dir, dataset)
-    raw, quarantined = lake.raw(dataset, day), lake.partition("quarantine", dataset, day)
+    raw, quarantined = raw_partition(lake, spec, day), lake.partition("quarantine", dataset, day)
     if not lake.exists(raw, spark):
         hint = ""
         if lake.exists(quarantined, spark):

@@ -7,6 +7,7 @@ over specs; nothing downstream is hard-coded to one dataset.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -70,6 +71,12 @@ class DatasetSpec(BaseModel):
         1, ge=1, description="Fewest flagged minutes an incident needs to be raised: shorter blips raise no alert."
     )
     metrics: list[MetricSpec] = Field(min_length=1)
+    raw_path: str | None = Field(
+        None, description="Folder of the dataset's dt= raw partitions when they are read in place; unset: <lake>/raw/<name>."
+    )
+    entity_from: Literal["column", "file_name"] = Field(
+        "column", description="Where `ingest files` finds the entity: the entity column, or each file's name."
+    )
 
     def incident_gap(self, default: int) -> int:
         """Minutes between flagged rows that still make one incident: the spec's own, else ``default``."""
@@ -123,6 +130,10 @@ class DatasetSpec(BaseModel):
             lines.append(f"incident_gap_minutes = {self.incident_gap_minutes}")
         if self.min_incident_minutes != 1:
             lines.append(f"min_incident_minutes = {self.min_incident_minutes}")
+        if self.raw_path is not None:
+            lines.append(f"raw_path = {json.dumps(self.raw_path)}")
+        if self.entity_from != "column":
+            lines.append(f'entity_from = "{self.entity_from}"')
         for m in self.metrics:
             lines += ["", "[[metrics]]", f'name = "{m.name}"', f'dtype = "{m.dtype}"']
             if math.isfinite(m.min):

@@ -60,6 +60,17 @@ def test_event_recall_and_false_incidents():
     assert M.false_incidents_per_day(alerts, events, 4.0) == pytest.approx(0.5)
     assert M.event_recall(events, alerts.iloc[:0]) == 0.0
     assert math.isnan(M.event_recall(events.iloc[:0], alerts))
+    assert M.alert_precision(alerts, events) == pytest.approx(2 / 4)
+    assert math.isnan(M.alert_precision(alerts.iloc[:0], events))
+
+
+def test_alarm_share_counts_normal_rows_inside_alerts_only():
+    ts = pd.Series(_ts(*range(10)))
+    labels = [0, 0, 1, 1, 0, 0, 0, 0, 0, 0]
+    # the alert covers minutes 2..5: two labelled rows (not counted) and two of the 8 normal ones
+    assert M.alarm_share_normal(ts, labels, _spans((2, 5))) == pytest.approx(2 / 8)
+    assert M.alarm_share_normal(ts, labels, _spans((2, 5)).iloc[:0]) == 0.0
+    assert M.alarm_share_normal(ts, labels, _spans((0, 9))) == 1.0
 
 
 def test_hitrate_uses_the_ceil_rule():
@@ -167,7 +178,8 @@ def test_evaluate_smd_on_a_mini_machine(spark, settings, tmp_path):
 
     on_disk = json.loads(out.read_text())
     for key in ("auprc_mean", "roc_auc_mean", "best_f1_mean", "f1_at_threshold_mean", "event_recall_mean",
-                "false_incidents_per_day_mean", "hitrate_150_mean", "reference", "machines", "settings", "wall_time_s"):
+                "false_incidents_per_day_mean", "hitrate_150_mean", "alarm_share_normal_mean", "alarm_share_normal_max",
+                "alert_precision_mean", "reference", "machines", "settings", "wall_time_s"):
         assert key in on_disk, key
     assert set(on_disk["reference"]) == {"pca", "iforest"}
     assert list(on_disk["machines"]) == [machine]

@@ -236,6 +236,8 @@ def evaluate_machine(
             "f1_at_threshold": M.f1_at_threshold(y, rows["flagged"].to_numpy(dtype=bool)),
             "event_recall": M.event_recall(segs, mine_alerts),
             "false_incidents_per_day": M.false_incidents_per_day(mine_alerts, segs, test_days),
+            "alarm_share_normal": M.alarm_share_normal(rows["ts"], y, mine_alerts),
+            "alert_precision": M.alert_precision(mine_alerts, segs),
             "hitrate_150": hr_all,
             "hitrate_150_detected": hr_detected,
             "hitrate_150_whole_alert": whole,

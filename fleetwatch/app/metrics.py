@@ -115,6 +115,26 @@ def false_incidents_per_day(alerts: pd.DataFrame, events: pd.DataFrame, days: fl
     return false_incidents(alerts, events) / days
 
 
+def alert_precision(alerts: pd.DataFrame, events: pd.DataFrame) -> float:
+    """Share of alerts that touch a labelled segment (NaN without alerts)."""
+    if len(alerts) == 0:
+        return float("nan")
+    return float(overlaps(alerts, events).any(axis=1).mean())
+
+
+def alarm_share_normal(ts: pd.Series, labels, alerts: pd.DataFrame) -> float:
+    """Share of the normal (unlabelled) rows that lie inside an alert's span: how much of an
+    entity's ordinary time the on-call spends with an alert open (NaN without normal rows)."""
+    y = np.asarray(labels).astype(bool)
+    if (~y).sum() == 0:
+        return float("nan")
+    t = pd.to_datetime(pd.Series(ts).reset_index(drop=True), utc=True)
+    inside = np.zeros(len(t), dtype=bool)
+    for start, end in zip(pd.to_datetime(alerts["start_ts"], utc=True), pd.to_datetime(alerts["end_ts"], utc=True), strict=True):
+        inside |= ((t >= start) & (t <= end)).to_numpy()
+    return float(inside[~y].mean())
+
+
 def hitrate(true_metrics: Sequence[str], ranked_metrics: Sequence[str], p: float = 1.5) -> float:
     """HitRate@P: share of the true metrics among the top ``ceil(p * |true|)`` ranked ones."""
     true = set(true_metrics)

@@ -78,18 +78,6 @@ class EntityModel:
     def fingerprint(self) -> str:
         return self.trained.fingerprint
 
-    def score(
-        self,
-        frame: pd.DataFrame,
-        layout: FeatureLayout,
-        fleet: EntityModel | None,
-        *,
-        entity_col: str = "entity_id",
-        ts_col: str = "ts",
-    ) -> pd.DataFrame:
-        """Calibrated scores of this entity's rows, in the frame's row order (see :func:`score_entity`)."""
-        return score_entity(self, frame, layout, fleet, entity_col=entity_col, ts_col=ts_col)
-
     def to_bytes(self) -> bytes:
         """One zip archive: ``manifest.json``, ``arrays.npz`` and one file per fitted detector.
 

@@ -114,7 +114,8 @@ def write_config(settings: Settings, *, port: int = DEFAULT_PORT, db_url: str | 
         "execution_api_server_url": f"{base}/execution/",
     }
     cfg["database"] = {"sql_alchemy_conn": url}
-    cfg["logging"] = {"base_log_folder": str(home / "logs")}
+    # the scheduler serves its tasks' logs to the UI; beside the UI's port, so two stacks on one machine do not collide
+    cfg["logging"] = {"base_log_folder": str(home / "logs"), "worker_log_server_port": str(port + 1)}
     cfg["api"] = {
         "host": "127.0.0.1",
         "port": str(port),

@@ -20,6 +20,7 @@ from fleetwatch.core.lake import parse_day
 from fleetwatch.core.quality import validate_partition
 from fleetwatch.core.settings import get_settings
 from fleetwatch.core.spark import get_spark
+from fleetwatch.core.specs import list_specs, load_spec
 
 app = typer.Typer(help="FleetWatch: nightly anomaly detection for fleets of entities.", no_args_is_help=True)
 alerts_app = typer.Typer(help="Read and label alerts.", no_args_is_help=True)
@@ -51,6 +52,7 @@ def _alerts_store():
 def _spark_step(step, dataset: str, date: str):
     settings = get_settings()
     try:
+        load_spec(settings.specs_dir, dataset)  # an unknown dataset fails here, before Spark starts
         day = parse_day(date)
         with console.status(f"running on Spark ({settings.spark_master})..."):
             spark = get_spark(settings)
@@ -134,8 +136,10 @@ def publish(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Publish one partition's incidents to the alerts table (replaces that partition's rows)."""
     from fleetwatch.core.publishing import publish_alerts  # lazy: pandas and SQLAlchemy
 
+    settings = get_settings()
     try:
-        n = publish_alerts(get_settings(), dataset, parse_day(date))
+        load_spec(settings.specs_dir, dataset)
+        n = publish_alerts(settings, dataset, parse_day(date))
     except FleetWatchError as exc:
         _fail(exc)
     console.print(f"{dataset} {date}: {n} alerts published")
@@ -190,14 +194,28 @@ def alerts_list(
 ) -> None:
     """Show the most recent alerts."""
     try:
-        frame = _alerts_store().list_recent(limit=limit, dataset=dataset)
+        store = _alerts_store()
+        frame = store.list_recent(limit=limit, dataset=dataset)
+        if dataset is not None and frame.empty:
+            _check_dataset(dataset, store)
     except FleetWatchError as exc:
         _fail(exc)
     cols = ["id", "dataset", "entity_id", "start_ts", "end_ts", "peak_score", "severity", "top_metrics", "label"]
     table = Table(*cols)
     for rec in frame.to_dict("records"):
-        table.add_row(*(str(rec.get(c, "")) for c in cols))
+        table.add_row(*(f"{rec[c]:.3g}" if c == "peak_score" else str(rec.get(c, "")) for c in cols))
     console.print(table)
+
+
+def _check_dataset(dataset: str, store) -> None:
+    """An error naming the known datasets when ``dataset`` has neither a spec nor any alert."""
+    specs = list_specs(get_settings().specs_dir)
+    if dataset in specs:
+        return
+    _, rows = store.query("select distinct dataset from alerts")
+    known = sorted(set(specs) | {r[0] for r in rows})
+    if dataset not in known:
+        raise FleetWatchError(f"unknown dataset {dataset!r}: no spec and no alerts (known: {', '.join(known) or 'none'})")
 
 
 @alerts_app.command("show")
@@ -260,8 +278,10 @@ def models_rollback(dataset: str = DatasetOpt) -> None:
     """Point `champion` back at the previous champion version."""
     from models.registry import rollback  # lazy: pandas
 
+    settings = get_settings()
     try:
-        version = rollback(get_settings(), dataset)
+        load_spec(settings.specs_dir, dataset)
+        version = rollback(settings, dataset)
     except FleetWatchError as exc:
         _fail(exc)
     console.print(f"{dataset}: champion is now version {version}")

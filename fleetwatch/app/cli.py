@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleetwatch.app.orchestration import last_failures, run_nightly
+from fleetwatch.app.orchestration import last_failures, last_tasks, run_nightly
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import parse_day
 from fleetwatch.core.quality import validate_partition
@@ -148,11 +148,19 @@ def publish(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 @app.command()
 def night(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Run the whole nightly DAG for one date through Airflow (dag.test, in-process)."""
+    from fleetwatch.app.run_output import console_beside, output_to, task_lines  # lazy: the CLI's start
+
+    settings = get_settings()
+    log = Path(settings.home) / "logs" / f"night-{dataset}-{date}.log"
+    out = console_beside(console)
     try:
-        state = run_nightly(get_settings(), dataset, parse_day(date))
+        with out.status(f"nightly {dataset} {date}: running (Airflow and Spark log to {log})"), output_to(log):
+            state = run_nightly(settings, dataset, parse_day(date))
     except FleetWatchError as exc:
         _fail(exc)
-    console.print(f"nightly {dataset} {date}: {state}")
+    out.print(f"nightly {dataset} {date}: {state} (log: {log})", highlight=False, soft_wrap=True)
+    for line in task_lines(last_tasks()):
+        out.print(line, highlight=False, soft_wrap=True)
     if state != "success":
         for task_id, error in last_failures().items():
             console.print(f"[red]{task_id} failed:[/red] {error}", highlight=False)

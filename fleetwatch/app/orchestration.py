@@ -33,6 +33,7 @@ DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 NIGHTLY_PREFIX, RETRAIN_PREFIX = "fleetwatch_nightly__", "fleetwatch_retrain__"
 DRIFT_ASSET_PREFIX = "fleetwatch://drift/"
 _FAILURES: dict[str, str] = {}  # task id -> error, of the last in-process run
+_TASKS: list[tuple[str, str, float | None]] = []  # (task id, state, seconds) of the last in-process run
 
 
 def record_failure(context) -> None:
@@ -204,6 +205,12 @@ def run_retrain(settings: Settings, dataset: str, day: dt.date) -> str:
     return _run_dag(settings, dataset, retrain_dag_id(dataset), logical, {"day": day.isoformat()})
 
 
+def last_tasks() -> list[tuple[str, str, float | None]]:
+    """``(task id, state, seconds)`` of each task of the last in-process run, in the order they started
+    (tasks that never started, such as skipped ones, last)."""
+    return list(_TASKS)
+
+
 def last_failures() -> dict[str, str]:
     """Task id -> one-line error of each task that failed in the last in-process run."""
     return dict(_FAILURES)
@@ -221,9 +228,11 @@ def _run_dag(
     prepare_airflow(settings)
     dag = load_dag(dag_id)
     _FAILURES.clear()
+    _TASKS.clear()
     started = dt.datetime.now(dt.UTC)
     run = dag.test(logical_date=logical_date, run_after=started, run_conf=conf)
     _record_run_dates(dag_id, run.run_id, started, interval)
+    _TASKS.extend(_timings(run))
     for task_id in failed_tasks(run):
         _FAILURES.setdefault(task_id, "failed (no error recorded)")
     return _state(run.state)
@@ -273,6 +282,15 @@ def task_states(dag_id: str, logical_date: dt.datetime) -> dict[str, str]:
     if not runs:
         raise FleetWatchError(f"no run of DAG {dag_id!r} at {logical_date.isoformat()}")
     return _states_of(runs[0])
+
+
+def _timings(run) -> list[tuple[str, str, float | None]]:
+    tis = sorted(run.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date or 0, ti.task_id))
+    out = []
+    for ti in tis:
+        ran = ti.start_date is not None and ti.end_date is not None and _state(ti.state) != "skipped"
+        out.append((ti.task_id, _state(ti.state), (ti.end_date - ti.start_date).total_seconds() if ran else None))
+    return out
 
 
 def failed_tasks(run) -> list[str]:

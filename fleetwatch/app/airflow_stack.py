@@ -76,8 +76,23 @@ def _pid_file(settings: Settings, name: str) -> Path:
 
 
 def metadata_db_url(settings: Settings, db_url: str | None) -> str:
-    """The metadata DB: ``db_url`` (PostgreSQL in a team), else a SQLite file in the Airflow home."""
-    return db_url or f"sqlite:///{airflow_home(settings) / 'airflow.db'}"
+    """The metadata DB: ``db_url`` (PostgreSQL in a team), else a SQLite file in the Airflow home.
+
+    A PostgreSQL URL without a driver gets psycopg (3), the driver FleetWatch installs.
+    """
+    if not db_url:
+        return f"sqlite:///{airflow_home(settings) / 'airflow.db'}"
+    scheme, rest = db_url.split("://", 1)
+    return f"postgresql+psycopg://{rest}" if scheme in ("postgres", "postgresql") else db_url
+
+
+def async_db_url(db_url: str) -> str | None:
+    """The URL of Airflow's async engine when Airflow's own guess needs a driver FleetWatch lacks.
+
+    Airflow maps ``postgresql`` to asyncpg, which is not installed; psycopg (3) is async too.
+    """
+    scheme, rest = db_url.split("://", 1)
+    return f"postgresql+psycopg://{rest}" if scheme.split("+")[0] == "postgresql" else None
 
 
 def parallelism(db_url: str) -> int:
@@ -114,6 +129,8 @@ def write_config(settings: Settings, *, port: int = DEFAULT_PORT, db_url: str | 
         "execution_api_server_url": f"{base}/execution/",
     }
     cfg["database"] = {"sql_alchemy_conn": url}
+    if async_db_url(url):
+        cfg["database"]["sql_alchemy_conn_async"] = async_db_url(url)
     # the scheduler serves its tasks' logs to the UI; beside the UI's port, so two stacks on one machine do not collide
     cfg["logging"] = {"base_log_folder": str(home / "logs"), "worker_log_server_port": str(port + 1)}
     cfg["api"] = {

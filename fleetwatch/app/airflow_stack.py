@@ -309,15 +309,18 @@ def down(settings: Settings, *, wait_s: float = 30.0) -> list[str]:
 
 
 def _stop_group(pid: int, wait_s: float) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if not _group_alive(pid):
-            return
-        time.sleep(0.5)
+    """SIGTERM to the process (Airflow then stops its own children), then to what is left of its
+    group, then SIGKILL."""
+    for send, wait in ((lambda: os.kill(pid, signal.SIGTERM), wait_s), (lambda: os.killpg(pid, signal.SIGTERM), 5.0)):
+        try:
+            send()
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _group_alive(pid):
+                return
+            time.sleep(0.5)
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:

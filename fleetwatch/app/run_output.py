@@ -15,17 +15,19 @@ from rich.console import Console
 
 @contextlib.contextmanager
 def output_to(path: Path) -> Iterator[None]:
-    """Send all this process writes to stdout and stderr to ``path`` (appended) while inside.
+    """Send what this process and its children write to stdout and stderr to ``path`` (appended) while inside.
 
-    Redirects the file descriptors, not just ``sys.stdout``: Airflow configures its loggers
-    with the streams of their time, and child processes inherit descriptors. Where stdout has no
-    descriptor (a test's captured output) nothing is redirected.
+    Redirects the file descriptors (1, 2 and those of ``sys.stdout`` and ``sys.stderr``, which differ
+    under a test's capture), not just the Python streams: Airflow configures its loggers with the
+    streams of their time, and child processes inherit descriptors.
     """
-    try:
-        fds = (sys.stdout.fileno(), sys.stderr.fileno())
-    except (AttributeError, ValueError, io.UnsupportedOperation):
-        yield
-        return
+    fds = {1, 2}
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fds.add(stream.fileno())
+        except (AttributeError, ValueError, io.UnsupportedOperation):
+            pass
+    fds = sorted(fds)
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()

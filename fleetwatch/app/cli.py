@@ -286,10 +286,8 @@ def models_rollback(dataset: str = DatasetOpt) -> None:
     """Point `champion` back at the previous champion version."""
     from models.registry import rollback  # lazy: pandas
 
-    settings = get_settings()
     try:
-        load_spec(settings.specs_dir, dataset)
-        version = rollback(settings, dataset)
+        version = rollback(get_settings(), dataset)
     except FleetWatchError as exc:
         _fail(exc)
     console.print(f"{dataset}: champion is now version {version}")

@@ -6,8 +6,10 @@ spec, builds its features, and, once the dataset has a champion model, checks th
 drift against the champion's training window, scores it and publishes its incidents to the
 alerts table.
 
-- `{{ ds }}` is the partition date: the run for the interval [D 01:30, D+1 01:30) UTC has
-  logical date D, so it starts after day D is complete.
+- The partition date D: the scheduled run for the interval [D 01:30, D+1 01:30) UTC has
+  logical date D 01:30, so it starts after day D is complete. A manual run takes the `day` of
+  its conf (the trigger form's field), else its logical date's day, else, without a logical
+  date, yesterday (UTC): the newest complete partition.
 - Runs go one at a time and catch up from `FLEETWATCH_SCHEDULE_START`: the features of D
   read the tail of D-1.
 - A partition that fails validation fails the run at once (it is quarantined and its report
@@ -15,7 +17,7 @@ alerts table.
   or a rerun gives the same result.
 - Before the first training (no champion yet) the run only validates and builds features;
   `has_champion` skips the drift check, score and publish and says so in its log.
-- `request_retrain` emits the Asset event `fleetwatch://drift/<dataset>` (extra `{"day": ds}`),
+- `request_retrain` emits the Asset event `fleetwatch://drift/<dataset>` (extra `{"day": D}`),
   which triggers the retrain DAG, when the drift check found drifted entities or entities
   ready to graduate from the fleet model to their own; otherwise it is skipped (no event).
 """
@@ -25,11 +27,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from fleetwatch.app import dag_tasks
-from fleetwatch.app.orchestration import DEFAULT_ARGS, drift_asset, nightly_dag_id
+from fleetwatch.app.orchestration import DEFAULT_ARGS, drift_asset, nightly_dag_id, partition_day
 from fleetwatch.app.spark_operator import SparkJobOperator
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ def nightly(settings: dag_tasks.Settings, dataset: str):
         default_args=DEFAULT_ARGS,
         tags=["fleetwatch", dataset],
         doc_md=__doc__,
+        params={"day": Param(None, type=["null", "string"], format="date",
+                             description="Partition to process (YYYY-MM-DD); empty: the run's logical date, else yesterday.")},
     )
     def pipeline():
         validate = SparkJobOperator(task_id="validate", job="validate_partition", dataset=dataset, settings=settings)
@@ -60,11 +64,12 @@ def nightly(settings: dag_tasks.Settings, dataset: str):
             return found
 
         @task
-        def publish(ds: str | None = None) -> int:
-            return dag_tasks.publish(settings, dataset, ds)
+        def publish(dag_run=None) -> int:
+            return dag_tasks.publish(settings, dataset, partition_day(dag_run))
 
         @task(outlets=[drift_asset(dataset)])
-        def request_retrain(ds: str | None = None, outlet_events=None) -> str:
+        def request_retrain(dag_run=None, outlet_events=None) -> str:
+            ds = partition_day(dag_run)
             summary = dag_tasks.drift_summary(settings, dataset, ds)
             if summary is None or not summary.retrain:
                 raise AirflowSkipException(f"{dataset} dt={ds}: no drift and no entity ready to graduate; no retrain")

@@ -18,7 +18,9 @@ from fleetwatch.app.orchestration import (
     DAGS_FOLDER,
     airflow_env,
     nightly_dag_id,
+    nightly_interval,
     nightly_logical_date,
+    partition_day,
     retrain_dag_id,
     settings_env,
     task_states,
@@ -130,7 +132,7 @@ def test_dag_bag_has_one_nightly_and_one_retrain_dag_per_spec(dag_bag, two_specs
                          ("drift_check", "check_drift"), ("score", "score_partition")]:
         task = nightly.task_dict[task_id]
         assert Path(task.application).name == f"{job}.py" and Path(task.application).is_file()
-        assert task.application_args == ["--dataset", "alpha", "--date", "{{ ds }}"]
+        assert task.application_args == ["--dataset", "alpha", "--date", "{{ partition_day }}"]
         assert task._conn_id == settings.spark_conn_id
         assert task.env_vars["PYSPARK_PYTHON"] == sys.executable
 
@@ -184,6 +186,17 @@ def test_dag_files_parse_fast_without_spark_or_mlflow(two_specs):
     assert all(seconds < 1.0 for seconds in result["seconds"].values()), result["seconds"]
 
 
+def test_partition_day_is_the_conf_day_then_the_logical_date_then_yesterday():
+    """A manual run from the UI has no logical date (Airflow 3): it takes the conf's day, else yesterday."""
+    logical = dt.datetime(2026, 1, 4, 1, 30, tzinfo=dt.UTC)
+    ran = dt.datetime(2026, 3, 10, 0, 20, tzinfo=dt.UTC)
+
+    assert partition_day(SimpleNamespace(conf={}, logical_date=logical, run_after=ran)) == "2026-01-04"
+    assert partition_day(SimpleNamespace(conf={"day": "2026-01-02"}, logical_date=logical, run_after=ran)) == "2026-01-02"
+    assert partition_day(SimpleNamespace(conf={"day": None}, logical_date=None, run_after=ran)) == "2026-03-09"
+    assert partition_day(SimpleNamespace(conf=None, logical_date=None, run_after=ran)) == "2026-03-09"
+
+
 def test_window_end_prefers_conf_then_drift_events_then_the_day_before():
     events = [SimpleNamespace(extra=extra) for extra in ({"day": "2026-01-03"}, {"day": "2026-01-05"}, {})]
     sunday = dt.datetime(2026, 1, 11, 3, 0, tzinfo=dt.UTC)
@@ -217,6 +230,7 @@ def test_nightly_dag_fails_on_duplicate_rows_and_writes_no_features(settings):
 
     settings = Settings(home=settings.home, spark_master="local[2]", spark_shuffle_partitions=2)
     write_spec(settings.specs_dir, DatasetSpec(name="dup", metrics=[MetricSpec(name="cpu", min=0, max=100)]))
+    before = dt.datetime.now(dt.UTC)
     ts = pd.date_range(pd.Timestamp(DAY, tz="UTC"), periods=3, freq="min")
     rows = pd.DataFrame({"entity_id": ["a", "a", "a", "a"], "ts": [*ts, ts[0]], "cpu": [1.0, 2.0, 3.0, 1.0]})
     lake = Lake(settings.lake_root)
@@ -237,8 +251,30 @@ def test_nightly_dag_fails_on_duplicate_rows_and_writes_no_features(settings):
         "score": "upstream_failed",
         "publish": "upstream_failed",
     }
+    _assert_run_continues_like_a_scheduled_one(settings, "dup", before)
     assert not Path(lake.features("dup", "x", DAY)).parent.parent.exists()
     assert not Path(lake.raw("dup", DAY)).exists() and Path(lake.partition("quarantine", "dup", DAY)).exists()
+
+
+def _assert_run_continues_like_a_scheduled_one(settings: Settings, dataset: str, before: dt.datetime) -> None:
+    """The in-process run started now (not at its logical date) and has a scheduled run's interval,
+    so a scheduler's next run after it is the next day's, not the same logical date again."""
+    from airflow.models.dagrun import DagRun
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    from fleetwatch.app.orchestration import load_dag
+
+    run = DagRun.find(dag_id=nightly_dag_id(dataset), logical_date=nightly_logical_date(settings, DAY))[0]
+    assert run.start_date >= before and run.end_date >= run.start_date
+    assert (run.data_interval_start, run.data_interval_end) == nightly_interval(settings, DAY)
+    timetable = coerce_to_core_timetable(load_dag(nightly_dag_id(dataset)).timetable)
+    start = dt.datetime.combine(settings.schedule_start, dt.time(), tzinfo=dt.UTC)
+    following = timetable.next_dagrun_info(
+        last_automated_data_interval=DataInterval(run.data_interval_start, run.data_interval_end),
+        restriction=TimeRestriction(earliest=start, latest=None, catchup=True),
+    )
+    assert following.logical_date == nightly_logical_date(settings, DAY + dt.timedelta(days=1))
 
 
 @pytest.mark.integration

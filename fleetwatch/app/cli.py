@@ -15,13 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetwatch.app.cli_groups import DatasetOrCommand
-from fleetwatch.app.orchestration import last_failures, run_nightly
+from fleetwatch.app.orchestration import last_failures, last_tasks, run_nightly
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import parse_day
 from fleetwatch.core.quality import validate_partition
 from fleetwatch.core.settings import get_settings
 from fleetwatch.core.spark import get_spark
-from fleetwatch.core.specs import check_dataset_name, require_dataset
+from fleetwatch.core.specs import check_dataset_name, list_specs, load_spec, require_dataset
 
 app = typer.Typer(help="FleetWatch: nightly anomaly detection for fleets of entities.", no_args_is_help=True)
 alerts_app = typer.Typer(help="Read and label alerts.", no_args_is_help=True)
@@ -82,6 +82,7 @@ def _alerts_store():
 def _spark_step(step, dataset: str, date: str, **overrides):
     settings = get_settings(**overrides)
     try:
+        load_spec(settings.specs_dir, dataset)  # an unknown dataset fails here, before Spark starts
         day = parse_day(date)
         with console.status(f"running on Spark ({settings.spark_master})..."):
             spark = get_spark(settings)
@@ -172,8 +173,10 @@ def publish(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Publish one partition's incidents to the alerts table (replaces that partition's rows)."""
     from fleetwatch.core.publishing import publish_alerts  # lazy: pandas and SQLAlchemy
 
+    settings = get_settings()
     try:
-        n = publish_alerts(get_settings(), dataset, parse_day(date))
+        load_spec(settings.specs_dir, dataset)
+        n = publish_alerts(settings, dataset, parse_day(date))
     except FleetWatchError as exc:
         _fail(exc)
     console.print(f"{dataset} {date}: {n} alerts published")
@@ -182,11 +185,19 @@ def publish(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
 @app.command()
 def night(dataset: str = DatasetOpt, date: str = DateOpt) -> None:
     """Run the whole nightly DAG for one date through Airflow (dag.test, in-process)."""
+    from fleetwatch.app.run_output import console_beside, output_to, task_lines  # lazy: the CLI's start
+
+    settings = get_settings()
+    log = Path(settings.home) / "logs" / f"night-{dataset}-{date}.log"
+    out = console_beside(console)
     try:
-        state = run_nightly(get_settings(), dataset, parse_day(date))
+        with out.status(f"nightly {dataset} {date}: running (Airflow and Spark log to {log})"), output_to(log):
+            state = run_nightly(settings, dataset, parse_day(date))
     except FleetWatchError as exc:
         _fail(exc)
-    console.print(f"nightly {dataset} {date}: {state}")
+    out.print(f"nightly {dataset} {date}: {state} (log: {log})", highlight=False, soft_wrap=True)
+    for line in task_lines(last_tasks()):
+        out.print(line, highlight=False, soft_wrap=True)
     if state != "success":
         for task_id, error in last_failures().items():
             console.print(f"[red]{task_id} failed:[/red] {error}", highlight=False)
@@ -261,14 +272,28 @@ def alerts_list(
 ) -> None:
     """Show the most recent alerts."""
     try:
-        frame = _alerts_store().list_recent(limit=limit, dataset=dataset)
+        store = _alerts_store()
+        frame = store.list_recent(limit=limit, dataset=dataset)
+        if dataset is not None and frame.empty:
+            _check_dataset(dataset, store)
     except FleetWatchError as exc:
         _fail(exc)
     cols = ["id", "dataset", "entity_id", "start_ts", "end_ts", "peak_score", "severity", "top_metrics", "label"]
     table = Table(*cols)
     for rec in frame.to_dict("records"):
-        table.add_row(*(str(rec.get(c, "")) for c in cols))
+        table.add_row(*(f"{rec[c]:.3g}" if c == "peak_score" else str(rec.get(c, "")) for c in cols))
     console.print(table)
+
+
+def _check_dataset(dataset: str, store) -> None:
+    """An error naming the known datasets when ``dataset`` has neither a spec nor any alert."""
+    specs = list_specs(get_settings().specs_dir)
+    if dataset in specs:
+        return
+    _, rows = store.query("select distinct dataset from alerts")
+    known = sorted(set(specs) | {r[0] for r in rows})
+    if dataset not in known:
+        raise FleetWatchError(f"unknown dataset {dataset!r}: no spec and no alerts (known: {', '.join(known) or 'none'})")
 
 
 @alerts_app.command("show")
@@ -437,6 +462,65 @@ def evaluate_dataset_cmd(
     except FleetWatchError as exc:
         _fail(exc)
     console.print(json.dumps({k: v for k, v in report.items() if k.endswith("_mean")}, indent=2))
+
+
+airflow_app = typer.Typer(help="A real Airflow (scheduler, DAG processor, API server) over the FleetWatch DAGs.",
+                          no_args_is_help=True)
+app.add_typer(airflow_app, name="airflow")
+
+
+@airflow_app.command("up")
+def airflow_up(
+    port: int = typer.Option(8080, help="Port of the Airflow UI and API (127.0.0.1)."),
+    db_url: str | None = typer.Option(
+        None, "--db-url", envvar="FLEETWATCH_AIRFLOW_DB_URL",
+        help="Airflow metadata DB (e.g. postgresql+psycopg://user@host/airflow); default: a SQLite file in the Airflow home.",
+    ),
+) -> None:
+    """Write airflow.cfg, migrate the metadata DB, start scheduler, dag-processor and api-server."""
+    from fleetwatch.app.airflow_stack import up  # lazy: the CLI's start
+    from fleetwatch.core.alerts_store import redact_url  # lazy: pandas and SQLAlchemy
+
+    settings = get_settings()
+    try:
+        with console.status("starting Airflow (migrating the metadata DB, then scheduler, dag-processor, api-server)..."):
+            info = up(settings, port=port, db_url=db_url)
+    except FleetWatchError as exc:
+        _fail(exc)
+    console.print(f"Airflow UI:  {info.url}   user {info.user}   password {info.password}", highlight=False, soft_wrap=True)
+    console.print(f"executor:    {info.executor}; metadata DB {redact_url(info.db_url)}", highlight=False, soft_wrap=True)
+    console.print(f"config:      {info.config}; environment for a shell: set -a; . {info.env_file}", highlight=False,
+                  soft_wrap=True)
+    for proc in info.processes:
+        console.print(f"{proc.name:<14} pid {proc.pid}  log {proc.log}", highlight=False, soft_wrap=True)
+    console.print("DAGs start paused: unpause one in the UI; a nightly DAG then catches up from FLEETWATCH_SCHEDULE_START.",
+                  highlight=False, soft_wrap=True)
+
+
+@airflow_app.command("down")
+def airflow_down() -> None:
+    """Stop the scheduler, dag-processor and api-server started by `up`."""
+    from fleetwatch.app.airflow_stack import down  # lazy: the CLI's start
+
+    stopped = down(get_settings())
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@airflow_app.command("status")
+def airflow_status() -> None:
+    """Which stack processes run, their PIDs and logs, and the API server's health report."""
+    from fleetwatch.app.airflow_stack import health, read_port, status  # lazy: the CLI's start
+
+    settings = get_settings()
+    procs = status(settings)
+    for proc in procs:
+        state = f"running  pid {proc.pid}" if proc.running else "stopped"
+        console.print(f"{proc.name:<14} {state:<16} log {proc.log}", highlight=False, soft_wrap=True)
+    if any(p.running for p in procs):
+        url = f"http://127.0.0.1:{read_port(settings)}"
+        report = health(url)
+        states = ", ".join(f"{k} {v.get('status')}" for k, v in (report or {}).items() if isinstance(v, dict))
+        console.print(f"{url}: {states or 'not answering'}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console script

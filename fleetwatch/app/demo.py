@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
-from rich.progress import Progress
 
 from fleetwatch.app.alert_quality import match_alerts
-from fleetwatch.app.orchestration import prepare_airflow, run_nightly, run_retrain
+from fleetwatch.app.orchestration import last_tasks, prepare_airflow, run_nightly, run_retrain
+from fleetwatch.app.run_output import console_beside, output_to, task_lines
 from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import Lake
@@ -29,33 +31,74 @@ def history_days(settings: Settings, days: int) -> int:
 
 
 def run_demo(settings: Settings, *, dataset: str, entities: int, days: int, console: Console) -> dict:
-    t0 = time.time()
-    console.rule(f"FleetWatch demo: {entities} entities x {days} days ({dataset})")
-    gen = generate_fleet(settings, dataset, entities=entities, days=days, start=START, seed=settings.seed)
-    console.print(f"generated: {gen}", highlight=False)
-    all_days = [START + dt.timedelta(days=i) for i in range(days)]
-    n_hist = history_days(settings, days)
-    # the first retrain sees exactly the history nights; jobs read these settings from the environment
-    settings = settings.model_copy(update={"training_window_days": n_hist,
-                                           "min_history_days": min(settings.min_history_days, n_hist)})
-    prepare_airflow(settings)
-    history, scored = all_days[:n_hist], all_days[n_hist:]
-    states: dict[dt.date, str] = {}
-    with Progress(console=console, transient=False) as progress:
-        task = progress.add_task("nightly DAG (history)", total=len(all_days) + 1)
-        for day in history:
-            states[day] = run_nightly(settings, dataset, day)
-            progress.advance(task)
-        progress.update(task, description="retrain DAG")
-        retrain_state = run_retrain(settings, dataset, history[-1])
-        progress.advance(task)
-        if retrain_state != "success":
-            raise FleetWatchError(f"the retrain DAG for {dataset} ended {retrain_state}")
-        progress.update(task, description="nightly DAG (scoring)")
-        for day in scored:
-            states[day] = run_nightly(settings, dataset, day)
-            progress.advance(task)
+    """Generate a fleet, run its nights and a retrain through the DAGs in-process, print the result.
 
+    Airflow's and Spark's output goes to ``<home>/logs/demo-<dataset>.log``; the console gets one
+    line per task with its duration, a live line while a DAG runs, and the result.
+    """
+    t0 = time.time()
+    out = console_beside(console)
+    log = Path(settings.home) / "logs" / f"demo-{dataset}.log"
+    out.rule(f"FleetWatch demo: {entities} entities x {days} days ({dataset})")
+    out.print(f"Airflow and Spark logs: {log}", highlight=False, soft_wrap=True)
+    with output_to(log):
+        gen = generate_fleet(settings, dataset, entities=entities, days=days, start=START, seed=settings.seed)
+        injected = ", ".join(f"{n} {kind}" for kind, n in gen["anomalies"].items())
+        out.print(f"generated: {gen['rows']} rows, {gen['first_day']} .. {gen['last_day']}; injected anomalies: {injected}",
+                  highlight=False, soft_wrap=True)
+        all_days = [START + dt.timedelta(days=i) for i in range(days)]
+        n_hist = history_days(settings, days)
+        # the first retrain sees exactly the history nights; jobs read these settings from the environment
+        settings = settings.model_copy(update={"training_window_days": n_hist,
+                                               "min_history_days": min(settings.min_history_days, n_hist)})
+        prepare_airflow(settings)
+        history, scored = all_days[:n_hist], all_days[n_hist:]
+        states: dict[dt.date, str] = {}
+        for day in history:
+            states[day] = _run(out, f"nightly {day} (history)", lambda d=day: run_nightly(settings, dataset, d))
+        retrain_state = _run(out, f"retrain, window ending {history[-1]}", lambda: run_retrain(settings, dataset, history[-1]))
+        if retrain_state != "success":
+            raise FleetWatchError(f"the retrain DAG for {dataset} ended {retrain_state}: see {log}")
+        for day in scored:
+            states[day] = _run(out, f"nightly {day} (scoring)", lambda d=day: run_nightly(settings, dataset, d))
+        result = _result(settings, dataset, states, scored)
+    _print_result(out, settings, dataset, result, time.time() - t0)
+    return {**result, "states": states, "seconds": time.time() - t0, "log": log}
+
+
+def _run(out: Console, what: str, run) -> str:
+    """Run one DAG with a live line (elapsed time) on the console, then one line per task."""
+    t = time.time()
+    with out.status(f"{what}: running") as status:
+        ticker = _Ticker(status, what, t)
+        ticker.start()
+        try:
+            state = run()
+        finally:
+            ticker.stop()
+    out.print(f"{what}: {state} in {time.time() - t:.0f} s", highlight=False, soft_wrap=True)
+    for line in task_lines(last_tasks()):
+        out.print(line, highlight=False, soft_wrap=True)
+    return state
+
+
+class _Ticker(threading.Thread):
+    """Refreshes the live line with the seconds a run has taken."""
+
+    def __init__(self, status, what: str, t0: float):
+        super().__init__(daemon=True)
+        self.status, self.what, self.t0, self.done = status, what, t0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            self.status.update(f"{self.what}: running, {time.time() - self.t0:.0f} s")
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def _result(settings: Settings, dataset: str, states: dict, scored: list[dt.date]) -> dict:
     lake = Lake(settings.lake_root)
     quarantined = lake.days(lake.zone("quarantine", dataset))
     store = AlertsStore(settings.alerts_db_url)
@@ -67,39 +110,35 @@ def run_demo(settings: Settings, *, dataset: str, entities: int, days: int, cons
     quality = match_alerts(alerts, in_period, tolerance_minutes=gap)
     versions = registry.list_versions(settings)
     versions = versions[versions["model"] == registry.model_name(dataset)]
-    elapsed = time.time() - t0
+    return {"quarantined": quarantined, "alerts": len(alerts), "quality": quality, "versions": versions, "scored": scored,
+            "ok": sum(1 for s in states.values() if s == "success"), "nights": len(states)}
 
-    ok = sum(1 for s in states.values() if s == "success")
-    console.rule("Result")
-    console.print(
-        f"partitions processed: {ok} of {len(states)} nights succeeded; "
-        f"quarantined: {len(quarantined)} {[str(d) for d in quarantined]}"
-    )
-    for row in versions.itertuples(index=False):
-        console.print(
-            f"registered model: {row.model} version {row.version} aliases [{row.aliases}] window {row.window}", markup=False
-        )
-    console.print(f"alerts written: {len(alerts)} over {len(scored)} scored nights")
-    console.print(
+
+def _print_result(out: Console, settings: Settings, dataset: str, result: dict, elapsed: float) -> None:
+    """The result block; long lines are not wrapped, so commands copy-paste whole."""
+    quality, quarantined = result["quality"], result["quarantined"]
+
+    def line(text: str) -> None:
+        out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    out.rule("Result")
+    line(f"partitions processed: {result['ok']} of {result['nights']} nights succeeded; "
+         f"quarantined: {len(quarantined)} {[str(d) for d in quarantined]}")
+    for row in result["versions"].itertuples(index=False):
+        line(f"registered model: {row.model} version {row.version} aliases [{row.aliases}] window {row.window}")
+    line(f"alerts written: {result['alerts']} over {len(result['scored'])} scored nights")
+    line(
         f"precision {quality['precision']:.2f} ({quality['true_alerts']}/{quality['alerts']} alerts on injected anomalies; "
         f"{quality['alerts_on_drift']} on the drift event), recall {quality['recall']:.2f} "
         f"({quality['detected_anomalies']}/{quality['anomalies']} injected anomalies caught; by kind "
-        + ", ".join(f"{k} {v:.2f}" for k, v in quality["recall_by_kind"].items()) + ")",
-        highlight=False,
+        + ", ".join(f"{k} {v:.2f}" for k, v in quality["recall_by_kind"].items()) + ")"
     )
-    console.print(f"wall time: {elapsed:.0f} s")
-    console.rule("Look around")
-    console.print(
-        f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri {redact_url(settings.mlflow_tracking_uri)}  (then open http://127.0.0.1:5000)",
-        highlight=False,
-    )
-    console.print(
+    line(f"wall time: {elapsed:.0f} s")
+    out.rule("Look around")
+    line(f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri {redact_url(settings.mlflow_tracking_uri)}  (then open http://127.0.0.1:5000)")
+    line(
         "alerts (SQL): .venv/bin/fleetwatch sql \"select entity_id, start_ts, end_ts, severity, top_metrics from alerts "
-        f"where dataset = '{dataset}' order by peak_score desc limit 10\"",
-        highlight=False,
+        f"where dataset = '{dataset}' order by peak_score desc limit 10\""
     )
-    console.print(
-        f"or:           sqlite3 {settings.alerts_db_url.removeprefix('sqlite:///')} 'select count(*) from alerts'",
-        highlight=False,
-    )
-    return {"states": states, "quarantined": quarantined, "alerts": len(alerts), "quality": quality, "seconds": elapsed}
+    line(f"or:           sqlite3 {settings.alerts_db_url.removeprefix('sqlite:///')} 'select count(*) from alerts'")
+    line("Airflow UI:   .venv/bin/fleetwatch airflow up  (the same DAGs and these runs, under a real scheduler)")

@@ -33,6 +33,7 @@ DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 NIGHTLY_PREFIX, RETRAIN_PREFIX = "fleetwatch_nightly__", "fleetwatch_retrain__"
 DRIFT_ASSET_PREFIX = "fleetwatch://drift/"
 _FAILURES: dict[str, str] = {}  # task id -> error, of the last in-process run
+_TASKS: list[tuple[str, str, float | None]] = []  # (task id, state, seconds) of the last in-process run
 
 
 def record_failure(context) -> None:
@@ -155,6 +156,28 @@ def nightly_logical_date(settings: Settings, day: dt.date) -> dt.datetime:
     return croniter(settings.nightly_cron, start - dt.timedelta(seconds=1)).get_next(dt.datetime)
 
 
+def nightly_interval(settings: Settings, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """Data interval of the scheduled nightly run for partition ``day``: [D 01:30, D+1 01:30) UTC."""
+    start = nightly_logical_date(settings, day)
+    return start, croniter(settings.nightly_cron, start).get_next(dt.datetime)
+
+
+def partition_day(dag_run) -> str:
+    """The partition (``YYYY-MM-DD``) a nightly run processes.
+
+    The ``day`` of the run's conf wins (a manual run for any partition); else the day of its
+    logical date (a scheduled run's, or one picked in the trigger form); else, for a manual run
+    without a logical date (Airflow 3's default from the UI), the day before it runs: the newest
+    complete partition.
+    """
+    conf = getattr(dag_run, "conf", None) or {}
+    if conf.get("day"):
+        return parse_day(str(conf["day"])).isoformat()
+    if dag_run.logical_date is not None:
+        return dag_run.logical_date.astimezone(dt.UTC).date().isoformat()
+    return (dag_run.run_after.astimezone(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+
+
 def window_end(conf: dict | None, asset_events: list, fallback: dt.datetime) -> dt.date:
     """Last partition a retrain run trains on.
 
@@ -172,7 +195,8 @@ def window_end(conf: dict | None, asset_events: list, fallback: dt.datetime) -> 
 
 def run_nightly(settings: Settings, dataset: str, day: dt.date) -> str:
     """Run the nightly DAG of ``dataset`` for partition ``day`` in-process; the run's state."""
-    return _run_dag(settings, dataset, nightly_dag_id(dataset), nightly_logical_date(settings, day), None)
+    interval = nightly_interval(settings, day)
+    return _run_dag(settings, dataset, nightly_dag_id(dataset), interval[0], None, interval)
 
 
 def run_retrain(settings: Settings, dataset: str, day: dt.date) -> str:
@@ -181,20 +205,58 @@ def run_retrain(settings: Settings, dataset: str, day: dt.date) -> str:
     return _run_dag(settings, dataset, retrain_dag_id(dataset), logical, {"day": day.isoformat()})
 
 
+def last_tasks() -> list[tuple[str, str, float | None]]:
+    """``(task id, state, seconds)`` of each task of the last in-process run, in the order they started
+    (tasks that never started, such as skipped ones, last)."""
+    return list(_TASKS)
+
+
 def last_failures() -> dict[str, str]:
     """Task id -> one-line error of each task that failed in the last in-process run."""
     return dict(_FAILURES)
 
 
-def _run_dag(settings: Settings, dataset: str, dag_id: str, logical_date: dt.datetime, conf: dict | None) -> str:
+def _run_dag(
+    settings: Settings,
+    dataset: str,
+    dag_id: str,
+    logical_date: dt.datetime,
+    conf: dict | None,
+    interval: tuple[dt.datetime, dt.datetime] | None = None,
+) -> str:
     load_spec(settings.specs_dir, dataset)  # a clear error when the dataset has no spec (so no DAG)
     prepare_airflow(settings)
     dag = load_dag(dag_id)
     _FAILURES.clear()
-    run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=conf)
+    _TASKS.clear()
+    started = dt.datetime.now(dt.UTC)
+    run = dag.test(logical_date=logical_date, run_after=started, run_conf=conf)
+    _record_run_dates(dag_id, run.run_id, started, interval)
+    _TASKS.extend(_timings(run))
     for task_id in failed_tasks(run):
         _FAILURES.setdefault(task_id, "failed (no error recorded)")
     return _state(run.state)
+
+
+def _record_run_dates(
+    dag_id: str, run_id: str, started: dt.datetime, interval: tuple[dt.datetime, dt.datetime] | None
+) -> None:
+    """Give an in-process run its real start and, when given, a scheduled run's data interval.
+
+    ``dag.test`` records the logical date as the run's start (a January partition run in December
+    showed a 333-day duration) and gives the run a manual data interval, the one *ending* at its
+    logical date. A scheduler meeting that run computed its next run as the same logical date,
+    found it existing, and logged "run already exists" on every loop; with the interval a
+    scheduled run of that logical date has, it moves on to the next day.
+    """
+    from airflow.models.dagrun import DagRun  # lazy: Airflow reads its configuration at first import
+    from airflow.utils.session import create_session  # lazy: as above
+
+    with create_session() as session:
+        run = session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.run_id == run_id).one()
+        run.start_date = run.queued_at = started
+        if interval is not None:
+            run.data_interval_start, run.data_interval_end = interval
 
 
 def load_dag(dag_id: str):
@@ -220,6 +282,15 @@ def task_states(dag_id: str, logical_date: dt.datetime) -> dict[str, str]:
     if not runs:
         raise FleetWatchError(f"no run of DAG {dag_id!r} at {logical_date.isoformat()}")
     return _states_of(runs[0])
+
+
+def _timings(run) -> list[tuple[str, str, float | None]]:
+    tis = sorted(run.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date or 0, ti.task_id))
+    out = []
+    for ti in tis:
+        ran = ti.start_date is not None and ti.end_date is not None and _state(ti.state) != "skipped"
+        out.append((ti.task_id, _state(ti.state), (ti.end_date - ti.start_date).total_seconds() if ran else None))
+    return out
 
 
 def failed_tasks(run) -> list[str]:

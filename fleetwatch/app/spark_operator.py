@@ -11,16 +11,21 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.log import mask_secret
 
-from fleetwatch.app.orchestration import job_path
+from fleetwatch.app.orchestration import job_path, partition_day
 from fleetwatch.core.secrets import secrets_in
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.spark import spark_conf, spark_env
 
 USER_ERROR_EXIT = 2  # what jobs/_entry.py exits with on bad input
+PARTITION_DAY = "{{ partition_day }}"  # the run's partition (orchestration.partition_day), set when rendering
 
 
 class SparkJobOperator(SparkSubmitOperator):
-    """``spark-submit jobs/<job>.py --dataset <dataset> --date {{ ds }}`` on the FleetWatch connection.
+    """``spark-submit jobs/<job>.py --dataset <dataset> --date <day>`` on the FleetWatch connection.
+
+    ``<day>`` is ``date`` (a template or an upstream task's output), by default the run's partition:
+    the ``day`` of its conf, else its logical date's day, else the day before a manual run
+    without a logical date (``{{ ds }}`` is undefined for those in Airflow 3).
 
     The job's Python workers use this interpreter (``PYSPARK_PYTHON``) and the job sees the same
     ``FLEETWATCH_*`` settings as the process running the task (passed when the task runs, so no
@@ -34,7 +39,7 @@ class SparkJobOperator(SparkSubmitOperator):
     Kubernetes get the environment as ``--conf spark.yarn.appMasterEnv.*``), not the job's output.
     """
 
-    def __init__(self, *, job: str, dataset: str, settings: Settings, date: str = "{{ ds }}", **kwargs):
+    def __init__(self, *, job: str, dataset: str, settings: Settings, date: str = PARTITION_DAY, **kwargs):
         super().__init__(
             application=job_path(job),
             conn_id=settings.spark_conn_id,
@@ -44,6 +49,10 @@ class SparkJobOperator(SparkSubmitOperator):
             name=f"fleetwatch-{job}-{dataset}",
             **kwargs,
         )
+
+    def render_template_fields(self, context, jinja_env=None) -> None:
+        context["partition_day"] = partition_day(context["dag_run"])
+        super().render_template_fields(context, jinja_env)
 
     def execute(self, context):
         fleetwatch_env = {k: v for k, v in os.environ.items() if k.startswith("FLEETWATCH_")}

@@ -66,6 +66,11 @@ def _new_dataset(value: str) -> str:
         _fail(exc)
 
 
+def _named_dataset(value: str | None) -> str | None:
+    """A ``--dataset`` that may name a dataset whose spec is gone (its alerts remain): well formed."""
+    return None if value is None else _new_dataset(value)
+
+
 DatasetOpt = typer.Option(
     ..., "--dataset", "-d", callback=_known_dataset, help="Dataset name (its spec is <specs_dir>/<name>.toml)."
 )
@@ -267,7 +272,7 @@ def db_init(
 
 @alerts_app.command("list")
 def alerts_list(
-    dataset: str | None = typer.Option(None, "--dataset", "-d", callback=_known_dataset, help="Only this dataset."),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", callback=_named_dataset, help="Only this dataset."),
     limit: int = typer.Option(20, min=1, help="How many, newest first."),
 ) -> None:
     """Show the most recent alerts."""

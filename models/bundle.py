@@ -214,7 +214,7 @@ class ModelBundle:
             )
         location = manifest.get("location") or directory
         reader = model_store.PartReader(location)
-        known = manifest["entities"]
+        known = {e: {**i, "threshold": _threshold(i["threshold"])} for e, i in manifest["entities"].items()}
         chosen = known if entities is None else {e: known[e] for e in entities if e in known}
         bundle = cls(
             dataset=manifest["dataset"],
@@ -288,6 +288,10 @@ def open_checked(directory: str, what: str) -> ModelBundle:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise CorruptModel(f"{what} at {directory} cannot be loaded: {exc}; retrain or roll back") from None
+
+
+def _threshold(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _info_of(model: EntityModel) -> dict:

@@ -78,6 +78,14 @@ def _fit_fleet_udf(layout: FeatureLayout, spec: DatasetSpec, params: ModelParams
     return fit
 
 
+def _info(row) -> dict:
+    """A task's metadata row as a manifest entry; a missing threshold (a short-history entity's:
+    Arrow carries NaN as null) is NaN."""
+    info = {k: row[k] for k in INFO_COLUMNS}
+    info["threshold"] = float("nan") if info["threshold"] is None else float(info["threshold"])
+    return info
+
+
 def bucket_labels(spark, n_buckets: int) -> list[int]:
     """Labels for ``n_buckets`` buckets that Spark's hash partitioning into ``n_buckets``
     partitions sends to ``n_buckets`` different partitions, so that every task (core) fits one
@@ -128,8 +136,8 @@ def fit_bundle(spark, settings: Settings, spec: DatasetSpec, view, days: list[dt
         "window_end": days[-1].isoformat(),
         "params": params.model_dump(mode="json"),
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "entities": {r["entity"]: {k: r[k] for k in INFO_COLUMNS} for r in rows},
-        "fleet": {k: fleet[k] for k in INFO_COLUMNS},
+        "entities": {r["entity"]: _info(r) for r in rows},
+        "fleet": _info(fleet),
     }
     return ModelBundle.assemble(location, manifest)
 

@@ -11,10 +11,13 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from fleetwatch.app.cli_airflow import airflow_app
+from fleetwatch.app.cli_common import console
+from fleetwatch.app.cli_common import fail as _fail
 from fleetwatch.app.cli_groups import DatasetOrCommand
+from fleetwatch.app.cli_own_data import dataset_app, evaluate_dataset_cmd, ingest_files_cmd
 from fleetwatch.app.orchestration import last_failures, last_tasks, run_nightly
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import parse_day
@@ -39,13 +42,11 @@ app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(evaluate_app, name="evaluate")
-console = Console()
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(airflow_app, name="airflow")
+ingest_app.command("files")(ingest_files_cmd)
+evaluate_app.command("dataset", hidden=True)(evaluate_dataset_cmd)
 
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _known_dataset(value: str | None) -> str | None:
@@ -400,132 +401,6 @@ def evaluate_smd_cmd(
     except FleetWatchError as exc:
         _fail(exc)
     console.print(json.dumps({k: v for k, v in report.items() if k.endswith("_mean")}, indent=2))
-
-
-dataset_app = typer.Typer(help="Describe a team's own data as a dataset spec.", no_args_is_help=True)
-app.add_typer(dataset_app, name="dataset")
-
-
-@dataset_app.command("init")
-def dataset_init_cmd(
-    name: str = typer.Argument(..., help="Dataset name (the spec becomes <specs_dir>/<name>.toml)."),
-    source: str = typer.Option(..., "--from", help="CSV or Parquet file, folder of them, or a dt= lake folder (s3a:// too)."),
-    entity_column: str | None = typer.Option(None, "--entity-column", help="The column naming each entity."),
-    timestamp_column: str | None = typer.Option(None, "--timestamp-column", help="The column of timestamps."),
-    sampling_seconds: int | None = typer.Option(None, "--sampling-seconds", min=1, help="Seconds between an entity's rows."),
-    metrics: str | None = typer.Option(None, "--metrics", help="Comma-separated metric columns (default: every numeric one)."),
-    sample_rows: int = typer.Option(200_000, "--sample-rows", min=100, help="Rows read to infer the spec."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing spec."),
-) -> None:
-    """Infer a dataset spec from a sample of your data; each value's evidence is a comment in the TOML."""
-    from fleetwatch.core.datasets.dataset_init import init_dataset  # lazy: PySpark and pandas
-
-    try:
-        summary = init_dataset(
-            get_settings(), name, [source], entity_column=entity_column, timestamp_column=timestamp_column,
-            sampling_seconds=sampling_seconds, metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
-            sample_rows=sample_rows, force=force,
-        )
-    except FleetWatchError as exc:
-        _fail(exc)
-    console.print(summary, highlight=False)
-    console.print(f"review {summary['spec']}: each inferred value's evidence is the comment beside it", highlight=False)
-
-
-@ingest_app.command("files")
-def ingest_files_cmd(
-    name: str = typer.Argument(..., help="Dataset name (its spec must exist: `fleetwatch dataset init`)."),
-    paths: list[str] = typer.Argument(..., help="CSV or Parquet files or folders (s3a:// too)."),
-) -> None:
-    """Write CSV or Parquet files into the dataset's daily raw partitions (idempotent; a dt= lake is read in place)."""
-    from fleetwatch.core.datasets.files import ingest_files  # lazy: PySpark
-
-    try:
-        summary = ingest_files(get_settings(), name, paths)
-    except FleetWatchError as exc:
-        _fail(exc)
-    console.print(summary, highlight=False)
-
-
-@evaluate_app.command("dataset", hidden=True)
-def evaluate_dataset_cmd(
-    name: str = typer.Argument(..., help="Dataset name."),
-    labels: Path = typer.Option(..., "--labels", help="CSV or Parquet of entity_id, start, end[, metrics]."),
-    train_days: int | None = typer.Option(None, "--train-days", min=1, help="Train on the first N days."),
-    train_until: str | None = typer.Option(None, "--train-until", help="Train on the days up to DATE (YYYY-MM-DD)."),
-    out: Path | None = typer.Option(None, "--out", help="Where to write the JSON report (default <name>_report.json)."),
-) -> None:
-    """Backtest a dataset: run the nightly and retrain paths over its history and compare with labels."""
-    from fleetwatch.app.labelled_evaluation import evaluate_labelled  # lazy: PySpark, pandas and scikit-learn
-
-    try:
-        report = evaluate_labelled(
-            get_settings(), name, labels, train_days=train_days,
-            train_until=parse_day(train_until) if train_until else None,
-            out=out or Path(f"{name}_report.json"), console=console,
-        )
-    except FleetWatchError as exc:
-        _fail(exc)
-    console.print(json.dumps({k: v for k, v in report.items() if k.endswith("_mean")}, indent=2))
-
-
-airflow_app = typer.Typer(help="A real Airflow (scheduler, DAG processor, API server) over the FleetWatch DAGs.",
-                          no_args_is_help=True)
-app.add_typer(airflow_app, name="airflow")
-
-
-@airflow_app.command("up")
-def airflow_up(
-    port: int = typer.Option(8080, help="Port of the Airflow UI and API (127.0.0.1)."),
-    db_url: str | None = typer.Option(
-        None, "--db-url", envvar="FLEETWATCH_AIRFLOW_DB_URL",
-        help="Airflow metadata DB (e.g. postgresql+psycopg://user@host/airflow); default: a SQLite file in the Airflow home.",
-    ),
-) -> None:
-    """Write airflow.cfg, migrate the metadata DB, start scheduler, dag-processor and api-server."""
-    from fleetwatch.app.airflow_stack import up  # lazy: the CLI's start
-    from fleetwatch.core.alerts_store import redact_url  # lazy: pandas and SQLAlchemy
-
-    settings = get_settings()
-    try:
-        with console.status("starting Airflow (migrating the metadata DB, then scheduler, dag-processor, api-server)..."):
-            info = up(settings, port=port, db_url=db_url)
-    except FleetWatchError as exc:
-        _fail(exc)
-    console.print(f"Airflow UI:  {info.url}   user {info.user}   password {info.password}", highlight=False, soft_wrap=True)
-    console.print(f"executor:    {info.executor}; metadata DB {redact_url(info.db_url)}", highlight=False, soft_wrap=True)
-    console.print(f"config:      {info.config}; environment for a shell: set -a; . {info.env_file}", highlight=False,
-                  soft_wrap=True)
-    for proc in info.processes:
-        console.print(f"{proc.name:<14} pid {proc.pid}  log {proc.log}", highlight=False, soft_wrap=True)
-    console.print("DAGs start paused: unpause one in the UI; a nightly DAG then catches up from FLEETWATCH_SCHEDULE_START.",
-                  highlight=False, soft_wrap=True)
-
-
-@airflow_app.command("down")
-def airflow_down() -> None:
-    """Stop the scheduler, dag-processor and api-server started by `up`."""
-    from fleetwatch.app.airflow_stack import down  # lazy: the CLI's start
-
-    stopped = down(get_settings())
-    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
-
-
-@airflow_app.command("status")
-def airflow_status() -> None:
-    """Which stack processes run, their PIDs and logs, and the API server's health report."""
-    from fleetwatch.app.airflow_stack import health, read_port, status  # lazy: the CLI's start
-
-    settings = get_settings()
-    procs = status(settings)
-    for proc in procs:
-        state = f"running  pid {proc.pid}" if proc.running else "stopped"
-        console.print(f"{proc.name:<14} {state:<16} log {proc.log}", highlight=False, soft_wrap=True)
-    if any(p.running for p in procs):
-        url = f"http://127.0.0.1:{read_port(settings)}"
-        report = health(url)
-        states = ", ".join(f"{k} {v.get('status')}" for k, v in (report or {}).items() if isinstance(v, dict))
-        console.print(f"{url}: {states or 'not answering'}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console script

@@ -18,7 +18,7 @@ models on the same rows; everything else is this module's own code. :func:`run` 
 features, fitting and scoring separately.
 
     .venv/bin/python -m benchmarks.plain_loop --lake .fleetwatch/lake --dataset demo \\
-        --train 2026-01-01 2026-01-07 --night 2026-01-08
+        --metrics cpu_pct mem_pct --train 2026-01-01 2026-01-07 --night 2026-01-08
 """
 
 from __future__ import annotations

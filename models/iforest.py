@@ -16,6 +16,7 @@ import numbers
 
 import numpy as np
 from sklearn.ensemble import IsolationForest
+from sklearn.ensemble._iforest import _average_path_length
 from sklearn.tree import ExtraTreeRegressor
 from sklearn.tree._tree import Tree
 
@@ -56,9 +57,20 @@ class IForestDetector(BaseDetector):
         return self
 
     def score_samples(self, X) -> np.ndarray:
-        """Anomaly score per row; higher = more anomalous."""
-        X = self._validate(X, reset=False)
-        return -self.forest_.score_samples(X)
+        """Anomaly score per row; higher = more anomalous: minus scikit-learn's ``score_samples``,
+        computed as it does (float32 rows down each tree, path lengths added in tree order)
+        without its per-tree dispatch, which costs more than the trees for a day of rows."""
+        X = self._validate(X, reset=False).astype(np.float32)
+        forest = self.forest_
+        subset = forest._max_features != X.shape[1]
+        depths = np.zeros(X.shape[0])
+        for tree, features, path, average in zip(forest.estimators_, forest.estimators_features_,
+                                                  forest._decision_path_lengths, forest._average_path_length_per_tree,
+                                                  strict=True):
+            leaves = tree.tree_.apply(X[:, features] if subset else X)
+            depths += path[leaves] + average[leaves] - 1.0
+        denominator = len(forest.estimators_) * _average_path_length([forest._max_samples])
+        return 2 ** -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0)
 
     def to_bytes(self) -> bytes:
         """Parameters and fitted forest as one ``.npz`` (see the module docstring)."""

@@ -105,6 +105,14 @@ def test_iforest_round_trips_as_plain_arrays_with_identical_scores():
         IForestDetector.from_bytes(other.getvalue())
 
 
+@pytest.mark.parametrize("rows, max_samples", [(300, 128), (40, 2048), (1, 256)])
+def test_iforest_scores_equal_scikit_learns_on_new_rows(rows, max_samples):
+    X = low_rank(rows, d=6)
+    detector = IForestDetector(n_estimators=25, max_samples=max_samples, random_state=5).fit(X)
+    Y = np.vstack([low_rank(150, d=6) * 4, X[:1]])
+    np.testing.assert_array_equal(detector.score_samples(Y), -detector.forest_.score_samples(Y))
+
+
 def test_iforest_same_seed_same_scores_and_small_training_sets():
     X = low_rank(100, d=3)  # fewer rows than max_samples: the whole set, no warning
     first = IForestDetector(n_estimators=20, random_state=1).fit(X).score_samples(X)

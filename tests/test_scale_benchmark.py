@@ -1,0 +1,34 @@
+"""The scale benchmark at a tiny size: it measures real runs (figures, not timings, are checked)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import scale
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.mark.usefixtures("settings")
+def test_scale_benchmark_measures_a_real_retrain_night_plain_loop_and_floor(spark, tmp_path):
+    figures = scale.run([3], metrics=7, train_days=1, quick=True, interval=0.2, root=tmp_path / "bench", spark=spark)
+
+    [result] = figures["results"]
+    rows = 3 * 1440
+    assert result["rows_generated"] == 2 * rows
+    assert result["metrics"] == 7
+    assert result["rows_scored"] == rows
+    assert result["floor"]["rows"] == rows
+    assert result["plain"]["scored_rows"] == rows
+    assert result["plain"]["train_rows"] == rows
+    assert result["plain"]["features"] == 7 * 11  # the default view's columns for 7 metrics
+    assert result["alerts_in_table"] == result["alerts_published"]
+    assert set(result["stages"]) == {*scale.RETRAIN, *scale.NIGHT}
+    for stage, figures_of in result["stages"].items():
+        if stage != "publish":  # publishing a few alerts can finish inside one CPU tick
+            assert figures_of["wall_s"] > 0 and figures_of["cpu_s"] > 0, stage
+        assert figures_of["driver_peak_bytes"] > 0 and figures_of["sum_peak_bytes"] >= figures_of["driver_peak_bytes"], stage
+    summary = result["summary"]
+    assert summary["plain_s"] > 0 and summary["floor_s"] > 0
+    assert summary["ratio_fleetwatch_to_plain"] > 0 and summary["ratio_night_to_floor"] > 0
+    assert "x" in scale.table(figures["results"])

@@ -96,6 +96,7 @@ def test_nightly_dag_on_spark_connect_gives_the_alerts_of_per_step_sessions(sett
                        "SPARK_SHUFFLE_PARTITIONS": "2"}.items():
         monkeypatch.setenv(f"FLEETWATCH_{key}", value)
     s = Settings()
+    classic_app = spark.sparkContext.applicationId
     generate_fleet(s, "cx", entities=4, days=3, start=START, seed=2)
     labels = load_labels(s, "cx")
     target = labels[(labels["kind"] == "collective") & (labels["entity_id"] == "srv-001")].iloc[0]
@@ -126,7 +127,7 @@ def test_nightly_dag_on_spark_connect_gives_the_alerts_of_per_step_sessions(sett
         server_app = application_id(session)
     returned = _returned(nightly_dag_id("cx"), nightly_logical_date(connected, NIGHT))
     assert {returned[t]["spark_application"] for t in SPARK_TASKS} == {server_app}
-    assert server_app != spark.sparkContext.applicationId
+    assert server_app != classic_app
     assert returned["score"]["result"].startswith(f"score_partition cx {NIGHT}: ")
 
 

@@ -83,6 +83,7 @@ def test_nightly_dag_on_spark_connect_gives_the_alerts_of_per_step_sessions(sett
     from feature_store.pipeline import build_features
     from fleetwatch.app.orchestration import nightly_dag_id, nightly_logical_date, run_nightly, task_states
     from fleetwatch.core.alerts_store import AlertsStore
+    from fleetwatch.core.errors import FleetWatchError
     from fleetwatch.core.lake import Lake
     from fleetwatch.core.publishing import publish_alerts
     from fleetwatch.core.quality import validate_partition
@@ -125,6 +126,8 @@ def test_nightly_dag_on_spark_connect_gives_the_alerts_of_per_step_sessions(sett
     assert "SPARK_CONNECT_MODE_ENABLED" not in os.environ and not is_connect(spark)
     with connect_session(connected, "test") as session:
         server_app = application_id(session)
+        with pytest.raises(FleetWatchError, match="s3a://lake/raw is not a local path.*FLEETWATCH_SPARK_CONNECT_URL"):
+            Lake("s3a://lake").exists("s3a://lake/raw", session)
     returned = _returned(nightly_dag_id("cx"), nightly_logical_date(connected, NIGHT))
     assert {returned[t]["spark_application"] for t in SPARK_TASKS} == {server_app}
     assert server_app != classic_app

@@ -88,6 +88,9 @@ def get_spark(settings: Settings, app_name: str = "fleetwatch"):
     return spark
 
 
+_CONNECT_MARK = "SPARK_CONNECT_MODE_ENABLED"
+
+
 @contextmanager
 def connect_session(settings: Settings, app_name: str) -> Iterator:
     """A new session on the Spark Connect server at ``settings.spark_connect_url`` for one step.
@@ -105,9 +108,6 @@ def connect_session(settings: Settings, app_name: str) -> Iterator:
         spark.stop()
         if marked is None:
             os.environ.pop(_CONNECT_MARK, None)
-
-
-_CONNECT_MARK = "SPARK_CONNECT_MODE_ENABLED"
 
 
 def _connect(settings: Settings, app_name: str, *, new: bool):

@@ -32,7 +32,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from fleetwatch.app import dag_tasks
 from fleetwatch.app.orchestration import DEFAULT_ARGS, drift_asset, nightly_dag_id, partition_day
-from fleetwatch.app.spark_operator import SparkJobOperator
+from fleetwatch.app.spark_operator import spark_job
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,10 @@ def nightly(settings: dag_tasks.Settings, dataset: str):
                              description="Partition to process (YYYY-MM-DD); empty: the run's logical date, else yesterday.")},
     )
     def pipeline():
-        validate = SparkJobOperator(task_id="validate", job="validate_partition", dataset=dataset, settings=settings)
-        features = SparkJobOperator(task_id="features", job="build_features", dataset=dataset, settings=settings)
-        drift_check = SparkJobOperator(task_id="drift_check", job="check_drift", dataset=dataset, settings=settings)
-        score = SparkJobOperator(task_id="score", job="score_partition", dataset=dataset, settings=settings)
+        validate = spark_job(task_id="validate", job="validate_partition", dataset=dataset, settings=settings)
+        features = spark_job(task_id="features", job="build_features", dataset=dataset, settings=settings)
+        drift_check = spark_job(task_id="drift_check", job="check_drift", dataset=dataset, settings=settings)
+        score = spark_job(task_id="score", job="score_partition", dataset=dataset, settings=settings)
 
         @task.short_circuit
         def has_champion() -> bool:

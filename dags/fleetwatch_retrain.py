@@ -20,7 +20,7 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 from fleetwatch.app.dag_tasks import Settings, datasets, get_settings
 from fleetwatch.app.orchestration import DEFAULT_ARGS, drift_asset, retrain_dag_id
 from fleetwatch.app.orchestration import window_end as resolve_window_end
-from fleetwatch.app.spark_operator import SparkJobOperator
+from fleetwatch.app.spark_operator import spark_job
 
 
 def retrain(settings: Settings, dataset: str):
@@ -43,7 +43,7 @@ def retrain(settings: Settings, dataset: str):
             events = [e for group in (triggering_asset_events or {}).values() for e in group]
             return resolve_window_end(dag_run.conf, events, logical_date or dag_run.run_after).isoformat()
 
-        SparkJobOperator(task_id="train", job="train_models", dataset=dataset, settings=settings, date=window_end())
+        spark_job(task_id="train", job="train_models", dataset=dataset, settings=settings, date=window_end())
 
     return pipeline()
 

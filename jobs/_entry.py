@@ -1,15 +1,18 @@
-"""Shared argument parsing and exit codes for the spark-submit entry points."""
+"""Shared argument parsing and exit codes for the spark-submit entry points, and the same steps
+run in-process against a Spark Connect server."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import importlib
 import sys
 from collections.abc import Callable
 
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import parse_day
-from fleetwatch.core.settings import get_settings
-from fleetwatch.core.spark import get_spark
+from fleetwatch.core.settings import Settings, get_settings
+from fleetwatch.core.spark import application_id, connect_session, get_spark
 from fleetwatch.core.specs import require_dataset
 
 
@@ -30,3 +33,19 @@ def run_job(name: str, step: Callable, argv: list[str] | None = None) -> int:
     except FleetWatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def run_connected(name: str, settings: Settings, dataset: str, date: str | dt.date) -> tuple[str, str]:
+    """Run job ``name``'s step in this process on the Spark Connect server of ``settings``.
+
+    Returns ``(the step's one-line result, the server's Spark application id)``. Raises
+    ``FleetWatchError`` on bad input (as the spark-submit job exits 2) and
+    ``ConnectServerUnavailable`` when the server does not answer.
+    """
+    step = importlib.import_module(f"jobs.{name}").STEP
+    require_dataset(settings.specs_dir, dataset)
+    day = parse_day(date)
+    with connect_session(settings, app_name=f"fleetwatch-{name}-{dataset}-{day}") as spark:
+        app = application_id(spark)
+        result = step(spark, settings, dataset, day)
+    return f"{name} {dataset} {day}: {result}", app

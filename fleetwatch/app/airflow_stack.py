@@ -11,6 +11,9 @@ own ``airflow standalone`` runs LocalExecutor on SQLite, since tasks report thei
 the API server (the Task SDK) rather than writing the DB themselves. SQLite still lets one
 process write at a time, so on SQLite the executor runs one task at a time (``parallelism = 1``);
 on PostgreSQL it runs as many as the machine has cores (at least two).
+
+With a Spark Connect port, ``up`` also starts a Spark Connect server (``connect_server``) and
+points the DAG tasks at it, so a night's steps share one Spark application; ``down`` stops it.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetwatch.app import connect_server
 from fleetwatch.app.orchestration import DAGS_FOLDER, airflow_env
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.settings import Settings
 
 PROCESSES = ("scheduler", "dag-processor", "api-server")
+SPARK_CONNECT = "spark-connect"
 ADMIN_USER = "admin"
 DEFAULT_PORT = 8080
 _SECRETS = (("core", "fernet_key"), ("api", "secret_key"), ("api_auth", "jwt_secret"))
@@ -61,6 +66,7 @@ class StackInfo:
     processes: list[Process]
     config: Path
     env_file: Path
+    spark_connect: connect_server.ConnectServer | None = None
 
 
 def airflow_home(settings: Settings) -> Path:
@@ -228,8 +234,14 @@ def status(settings: Settings) -> list[Process]:
     return out
 
 
-def up(settings: Settings, *, port: int = DEFAULT_PORT, db_url: str | None = None, wait_s: float = 300.0) -> StackInfo:
+def up(
+    settings: Settings, *, port: int = DEFAULT_PORT, db_url: str | None = None, wait_s: float = 300.0,
+    spark_connect_port: int | None = None,
+) -> StackInfo:
     """Configure, migrate and start the stack; returns once the API server answers.
+
+    With ``spark_connect_port`` a Spark Connect server starts first on that port and the DAG tasks
+    run their Spark jobs on it (``FLEETWATCH_SPARK_CONNECT_URL`` in the stack's environment).
 
     Raises ``FleetWatchError`` when a process of the stack already runs (``down`` first), or
     when a process exits or the API server does not answer within ``wait_s`` (naming its log).
@@ -239,6 +251,11 @@ def up(settings: Settings, *, port: int = DEFAULT_PORT, db_url: str | None = Non
         raise FleetWatchError(
             f"Airflow already runs for {airflow_home(settings)} ({', '.join(running)}): `fleetwatch airflow down` first"
         )
+    spark = None
+    if spark_connect_port is not None:
+        spark = connect_server.start(settings, port=spark_connect_port, log=log_dir(settings) / f"{SPARK_CONNECT}.log",
+                                     pid_file=_pid_file(settings, SPARK_CONNECT))
+        settings = settings.model_copy(update={"spark_connect_url": spark.url})
     config = write_config(settings, port=port, db_url=db_url)
     password = admin_password(settings)
     env_file = write_env_file(settings)
@@ -270,6 +287,7 @@ def up(settings: Settings, *, port: int = DEFAULT_PORT, db_url: str | None = Non
         processes=status(settings),
         config=config,
         env_file=env_file,
+        spark_connect=spark,
     )
 
 
@@ -305,7 +323,16 @@ def down(settings: Settings, *, wait_s: float = 30.0) -> list[str]:
             _stop_group(proc.pid, wait_s)
             stopped.append(proc.name)
         _pid_file(settings, proc.name).unlink(missing_ok=True)
+    if connect_server.is_running(spark_connect_pid(settings)):
+        connect_server.stop(spark_connect_pid(settings), wait_s)
+        stopped.append(SPARK_CONNECT)
+    _pid_file(settings, SPARK_CONNECT).unlink(missing_ok=True)
     return stopped
+
+
+def spark_connect_pid(settings: Settings) -> int | None:
+    """The PID of the Spark Connect server ``up`` started, if it recorded one."""
+    return _read_pid(_pid_file(settings, SPARK_CONNECT))
 
 
 def _stop_group(pid: int, wait_s: float) -> None:

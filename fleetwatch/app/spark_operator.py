@@ -1,4 +1,5 @@
-"""The Airflow operator that runs one FleetWatch Spark job with spark-submit.
+"""The Airflow operators that run one FleetWatch Spark job: with spark-submit (a Spark application
+per step), or in the task's own process on a Spark Connect server (one application for all steps).
 
 Imported by DAG files only (it imports Airflow and the Spark provider, not PySpark).
 """
@@ -8,12 +9,13 @@ from __future__ import annotations
 import os
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.log import mask_secret
 
 from fleetwatch.app.orchestration import job_path, partition_day
 from fleetwatch.core.secrets import secrets_in
-from fleetwatch.core.settings import Settings
+from fleetwatch.core.settings import Settings, get_settings
 from fleetwatch.core.spark import spark_conf, spark_env
 
 USER_ERROR_EXIT = 2  # what jobs/_entry.py exits with on bad input
@@ -77,3 +79,49 @@ def mask_passed_secrets(env: dict[str, str], conf: dict[str, str]) -> list[str]:
     for secret in secrets:
         mask_secret(secret)
     return secrets
+
+
+class ConnectJobOperator(BaseOperator):
+    """Job ``job``'s step for ``dataset`` and ``date``, run in the task's process on a Spark Connect server.
+
+    The same step a spark-submit of ``jobs/<job>.py`` runs, with the same settings (this process's
+    ``FLEETWATCH_*``), in a new session of the long-lived server at ``settings.spark_connect_url``:
+    no JVM starts for the step. Airflow still has one task, log and retry count per step. A user
+    error fails the task at once with its one-line error, as with spark-submit; a server that
+    does not answer is retried. Returns (XCom) the step's result line and the server's Spark
+    application id.
+    """
+
+    template_fields = ("date",)
+    ui_color = "#fde3c8"
+
+    def __init__(self, *, job: str, dataset: str, settings: Settings, date: str = PARTITION_DAY, **kwargs):
+        super().__init__(**kwargs)
+        job_path(job)  # a clear error at parse time for a job that does not exist
+        self.job, self.dataset, self.date = job, dataset, date
+        self.connect_url = settings.spark_connect_url
+
+    def render_template_fields(self, context, jinja_env=None) -> None:
+        context["partition_day"] = partition_day(context["dag_run"])
+        super().render_template_fields(context, jinja_env)
+
+    def execute(self, context) -> dict[str, str]:
+        from fleetwatch.core.errors import ConnectServerUnavailable, FleetWatchError  # lazy: task run time only
+        from jobs._entry import run_connected  # lazy: PySpark and the job's libraries load when the task runs
+
+        settings = get_settings(spark_connect_url=self.connect_url)
+        try:
+            line, app = run_connected(self.job, settings, self.dataset, self.date)
+        except ConnectServerUnavailable:
+            raise  # the server may be back for a retry
+        except FleetWatchError as exc:
+            raise AirflowFailException(str(exc)) from None
+        self.log.info("%s (Spark application %s at %s)", line, app, self.connect_url)
+        return {"result": line, "spark_application": app}
+
+
+def spark_job(*, task_id: str, job: str, dataset: str, settings: Settings, **kwargs) -> BaseOperator:
+    """The task that runs ``job``: on the Spark Connect server when ``settings.spark_connect_url``
+    is set, else a spark-submit of its own."""
+    kind = ConnectJobOperator if settings.spark_connect_url else SparkJobOperator
+    return kind(task_id=task_id, job=job, dataset=dataset, settings=settings, **kwargs)

@@ -31,3 +31,7 @@ class EnvironmentProblem(FleetWatchError):
 
 class CorruptModel(FleetWatchError):
     """A model version whose files are missing, truncated or do not match their checksums."""
+
+
+class ConnectServerUnavailable(EnvironmentProblem):
+    """The Spark Connect server does not answer; unlike bad input, a retry may succeed."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from fleetwatch.core.errors import FleetWatchError, PartitionNotFound
+from fleetwatch.core.spark import hadoop_fs
 from fleetwatch.core.specs import check_dataset_name
 
 _DT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
@@ -98,7 +99,7 @@ class Lake:
                 str(p) for p in base.rglob("*")
                 if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(base).parts)
             )
-        fs, p = _hadoop(spark, path)
+        fs, p = hadoop_fs(spark, path)
         files, it = [], fs.listFiles(p, True)
         while it.hasNext():
             f = it.next().getPath()
@@ -111,7 +112,7 @@ class Lake:
     def exists(self, path: str, spark=None) -> bool:
         if is_local(path):
             return local_path(path).exists()
-        fs, p = _hadoop(spark, path)
+        fs, p = hadoop_fs(spark, path)
         return fs.exists(p)
 
     def days(self, path: str, spark=None) -> list[dt.date]:
@@ -120,7 +121,7 @@ class Lake:
             base = local_path(path)
             names = [p.name for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
         else:
-            fs, p = _hadoop(spark, path)
+            fs, p = hadoop_fs(spark, path)
             names = [s.getPath().getName() for s in fs.listStatus(p)] if fs.exists(p) else []
         return sorted(parse_day(m.group(1)) for n in names if (m := _DT.match(n)))
 
@@ -149,7 +150,7 @@ class Lake:
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(str(p))
             return removed
-        fs, base = _hadoop(spark, parent)
+        fs, base = hadoop_fs(spark, parent)
         if fs.exists(base):
             for status in fs.listStatus(base):
                 p = status.getPath()
@@ -169,8 +170,8 @@ class Lake:
             src.rename(dst)
             shutil.rmtree(trash, ignore_errors=True)
             return
-        fs, dst = _hadoop(spark, final)
-        _, src = _hadoop(spark, staging)
+        fs, dst = hadoop_fs(spark, final)
+        _, src = hadoop_fs(spark, staging)
         if fs.exists(dst):
             fs.delete(dst, True)
         if not fs.rename(src, dst):
@@ -181,7 +182,7 @@ class Lake:
         if is_local(path):
             shutil.rmtree(local_path(path), ignore_errors=True)
         else:
-            fs, p = _hadoop(spark, path)
+            fs, p = hadoop_fs(spark, path)
             fs.delete(p, True)
 
     def move(self, src: str, dst: str, spark=None) -> None:
@@ -221,11 +222,3 @@ def write_pandas_partition(lake: Lake, frame, final: str) -> str:
         lake.discard(staging)
         raise
     return final
-
-
-def _hadoop(spark, path: str):
-    if spark is None:
-        raise FleetWatchError(f"{path} is not a local path: this operation needs a Spark session")
-    jvm = spark._jvm
-    p = jvm.org.apache.hadoop.fs.Path(path)
-    return p.getFileSystem(spark._jsc.hadoopConfiguration()), p

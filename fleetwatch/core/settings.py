@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     spark_driver_memory: str = Field("2g", description="spark.driver.memory for jobs.")
     spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions.")
     spark_conn_id: str = Field("fleetwatch_spark", description="Airflow connection used by spark-submit.")
+    spark_connect_url: str = Field(
+        "", pattern=r"^(sc://.+)?$",
+        description=(
+            "A Spark Connect server (sc://host:port) the DAG tasks run their jobs on, one Spark application "
+            "for every step; empty: each step is a spark-submit of its own."
+        ),
+    )
     mlflow_tracking_uri: str = Field("", description="MLflow tracking and registry URI.")
     alerts_db_url: str = Field("", description="SQLAlchemy URL of the alerts database.")
     alerts_writer_role: str = Field(

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import is_local, local_path
+from fleetwatch.core.spark import hadoop_fs
 
 FILE_COL, ROW_COL = "_file", "_row"
 _CSV = (".csv", ".csv.gz", ".txt", ".tsv")
@@ -67,11 +68,7 @@ def _list(path: str, spark) -> list[tuple[str, str]]:
         if not p.is_dir():
             raise FleetWatchError(f"{path} does not exist")
         return sorted((str(f), f.relative_to(p).as_posix()) for f in p.rglob("*") if f.is_file())
-    if spark is None:
-        raise FleetWatchError(f"{path} is not a local path: reading it needs a Spark session")
-    jvm = spark._jvm
-    hp = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hp.getFileSystem(spark._jsc.hadoopConfiguration())
+    fs, hp = hadoop_fs(spark, path)
     if not fs.exists(hp):
         raise FleetWatchError(f"{path} does not exist")
     if fs.getFileStatus(hp).isFile():

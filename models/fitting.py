@@ -26,7 +26,7 @@ from models.drift import DriftReference
 from models.ensemble import EnsembleDetector, Member
 from models.entity_model import FLEET, EntityModel, TrainingInfo
 from models.explain import metric_errors
-from models.frames import even_rows, holdout_cut, usable_rows
+from models.frames import even_rows, holdout_cut, rows_at, sampling_step, usable_rows
 from models.iforest import IForestDetector
 from models.normal_range import NormalRangeDetector
 from models.params import FeatureLayout, ModelParams
@@ -107,10 +107,12 @@ def _assemble(
         quantiles=params.explain.normal_range_quantiles, inside_weight=params.explain.inside_range_weight
     )
     profile.fit(trained_on[metrics], range_X=every[metrics])
+    # an entity's smoothing and incident rule follow its own pace (the fleet model keeps the spec's)
+    step = spec.sampling_seconds if fleet else sampling_step(every[ts_col], spec.sampling_seconds)
     ensemble = EnsembleDetector(
         members=ensemble_members(layout, params, seed, profile, autoencoders),
         combine=params.combine,
-        smooth_points=params.smooth_points,
+        smooth_points=rows_at(params.smooth_points, spec.sampling_seconds, step),
     )
     held = [p.held_matrix(layout) for p in parts]
     ensemble.fit(np.hstack([train, np.full((len(train), len(metrics)), np.nan)]))  # the range member is fitted already
@@ -125,7 +127,7 @@ def _assemble(
         held_ts,
         budget_per_day=spec.alarm_budget,
         gap_minutes=params.gap_minutes,
-        sampling_seconds=spec.sampling_seconds,
+        sampling_seconds=step,
         entities=np.concatenate([np.full(len(p.rows) - p.cut, p.entity, dtype=object) for p in parts]) if fleet else None,
     )
     center, scale = _error_stats(ensemble.member("autoencoder").detector, train, layout, params.error_floor)
@@ -141,6 +143,12 @@ def _assemble(
         error_center=center,
         error_norm=scale,
     )
+
+
+def history_rows_needed(ts, spec: DatasetSpec, params: ModelParams) -> int:
+    """Rows an entity needs for its own models: ``params.min_history_rows`` (counted at the spec's
+    sampling interval) as the same span of time at the entity's own pace."""
+    return rows_at(params.min_history_rows, spec.sampling_seconds, sampling_step(ts, spec.sampling_seconds), least=10)
 
 
 def fit_entity(
@@ -167,8 +175,8 @@ def fit_entity(
         raise ValueError(f"fit_entity needs the rows of one entity, got {len(entities)}")
     entity = str(entities[0])
     rows = usable_rows(frame, layout.feature_cols, ts_col)
-    if len(rows) < params.min_history_rows:
-        raise ValueError(f"entity {entity!r} has {len(rows)} usable rows, fewer than min_history_rows={params.min_history_rows}")
+    if len(rows) < (needed := history_rows_needed(rows[ts_col], spec, params)):
+        raise ValueError(f"entity {entity!r} has {len(rows)} usable rows, fewer than the {needed} its history needs")
     part = _Part.of(entity, rows, layout, params, subsample=True)
     return _assemble(entity, [part], part.train, layout, spec, params, entity_seed(random_state, entity), ts_col, autoencoders)
 
@@ -185,7 +193,7 @@ def fit_bucket(
 ) -> list[EntityModel]:
     """Fit every entity of a bucket (what one Spark task runs); returns models sorted by entity id.
 
-    Entities with at least ``params.min_history_rows`` usable rows get their own models; their
+    Entities with the history of ``history_rows_needed`` get their own models; their
     autoencoders train together in one :func:`models.autoencoder.fit_batched` call per ensemble
     member. Shorter ones come back with scope ``fleet``: a scaler, profile and drift reference of
     their own rows, the rest borrowed from the fleet model at scoring time.
@@ -195,7 +203,7 @@ def fit_bucket(
     models: list[EntityModel] = []
     for entity, group in frame.groupby(entity_col, sort=True):
         rows = usable_rows(group, layout.feature_cols, ts_col)
-        if len(rows) >= params.min_history_rows:
+        if len(rows) >= history_rows_needed(rows[ts_col], spec, params):
             parts[str(entity)] = _Part.of(str(entity), rows, layout, params, subsample=True)
         else:
             models.append(_fleet_scope(str(entity), rows, layout, params, ts_col))

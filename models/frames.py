@@ -46,6 +46,22 @@ def even_rows(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
+def sampling_step(ts, default: int) -> int:
+    """An entity's own sampling interval in seconds: the median step between its distinct
+    timestamps, or ``default`` (the spec's) when it has fewer than two. Rows of a mixed fleet
+    keep their own pace; counts of rows that stand for a span of time are scaled by it."""
+    stamps = np.unique(pd.to_datetime(pd.Series(ts), utc=True).astype("int64").to_numpy())
+    if stamps.size < 2:
+        return default
+    return max(1, round(float(np.median(np.diff(stamps))) / 1e9))
+
+
+def rows_at(rows: int, spec_seconds: int, step: int, least: int = 1) -> int:
+    """``rows`` at the spec's sampling interval as rows at ``step`` seconds: the same span of time
+    (at least ``least``); unchanged when the entity keeps the spec's interval."""
+    return rows if step == spec_seconds else max(least, round(rows * spec_seconds / step))
+
+
 def smooth(values: np.ndarray, points: int) -> np.ndarray:
     """Centred moving average over ``points`` rows (shorter at the ends)."""
     if points <= 1:

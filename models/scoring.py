@@ -21,7 +21,7 @@ from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec, load_spec
 from models import registry
 from models.bundle import load_cached, open_checked
-from models.frames import ENTITY, TS, canonical, one_thread_per_task
+from models.frames import ENTITY, TS, canonical, one_thread_per_task, sampling_step
 from models.incidents import entity_incidents, phases_json, severity
 
 INCIDENT_SCHEMA = (
@@ -72,11 +72,10 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
     evidence inside the incident (``entity_incidents``: outside its normal range, and its move
     against the hour before); ``top_metrics`` names the first ``ExplainParams.top_metrics``. The
     explanation parameters are the bundle's own (``ModelParams.explain``).
-    Incidents shorter than the spec's ``min_incident_minutes`` raise no alert.
+    Incidents shorter than the spec's ``min_incident_minutes`` raise no alert; both rules count
+    rows at the entity's own sampling interval (``models.frames.sampling_step``).
     """
     metrics = spec.metric_names
-    sampling = spec.sampling_seconds
-    min_points = spec.min_incident_points
 
     def group(pdf: pd.DataFrame) -> pd.DataFrame:
         pdf = pdf.sort_values(TS).reset_index(drop=True)
@@ -84,6 +83,7 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
         if not pdf["flagged"].any():
             return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])
         explain = load_cached(bundle_dir).params.explain
+        sampling = sampling_step(pdf[TS], spec.sampling_seconds)  # the entity's own pace
         found = entity_incidents(
             pdf,
             metrics,
@@ -91,7 +91,7 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
             lambda: load_cached(bundle_dir).spreads_of(entity),
             gap_minutes=gap_minutes,
             sampling_seconds=sampling,
-            min_points=min_points,
+            min_points=spec.min_incident_points_at(sampling),
             ranges=lambda: load_cached(bundle_dir).normal_ranges_of(entity),
             context_skip_minutes=spec.score_smoothing_minutes,
             explain=explain,

@@ -11,9 +11,9 @@ STEP_MIN = 5
 ROWS_PER_DAY = 24 * 60 // STEP_MIN
 ENTITIES = {"web-01": 0, "web-02": 0, "db-01": 1}  # entity -> first day (db-01 starts a day late)
 # entity, first row, rows, metric, shift (in units of the metric's noise)
-ANOMALIES = [
-    ("web-01", 4 * ROWS_PER_DAY + 120, 8, "cpu_pct", 40.0),
-    ("db-01", 5 * ROWS_PER_DAY + 60, 8, "mem_mb", 900.0),
+ANOMALIES = [  # both on the fourth day: three days of history, one night to catch them
+    ("web-01", 3 * ROWS_PER_DAY + 120, 8, "cpu_pct", 40.0),
+    ("db-01", 3 * ROWS_PER_DAY + 60, 8, "mem_mb", 900.0),
 ]
 GAP = ("web-02", 2 * ROWS_PER_DAY + 30, 6)  # 30 minutes with no rows
 
@@ -56,6 +56,33 @@ def write_csvs(folder, days: int, *, shuffle: bool = True) -> list:
         text.to_csv(path, index=False)
         paths.append(path)
     return paths
+
+
+FAST = ("api-01", 1, 4, 3 * 1440 + 600, 20, "cpu_pct")  # entity, first day, day after its last, anomaly row, rows, metric
+
+
+def write_minute_csv(folder, seed: int = 5):
+    """``api-01.csv``: one row a minute from the second day to the end of the fourth (it starts and
+    stops on other days than the 5-minute entities), 20 minutes of cpu +40 on the fourth; returns
+    the path and its anomaly as a labels row."""
+    entity, first, last, row, length, metric = FAST
+    rng = np.random.default_rng(seed)
+    t = np.arange(first * 1440, last * 1440)
+    cycle = np.sin(2 * np.pi * t / 1440)
+    frame = pd.DataFrame({
+        "ts": START + pd.to_timedelta(t, unit="min"),
+        "cpu_pct": np.clip(50 + 8 * cycle + rng.normal(0, 1.0, len(t)), 0, 100),
+        "mem_mb": 4000 + 50 * cycle + rng.normal(0, 10, len(t)),
+        "requests": np.maximum(0, 50 + 20 * cycle + rng.normal(0, 3, len(t))).round().astype(int),
+    })
+    at = row - first * 1440
+    frame.loc[at : at + length - 1, metric] += 40.0
+    text = frame.assign(ts=frame["ts"].dt.strftime("%Y-%m-%d %H:%M:%S")).rename(columns={"ts": "timestamp"})
+    path = folder / f"{entity}.csv"
+    text.round({"cpu_pct": 3, "mem_mb": 2}).to_csv(path, index=False)
+    start = START + pd.Timedelta(minutes=row)
+    label = {"entity_id": entity, "start": start, "end": start + pd.Timedelta(minutes=length - 1), "metrics": metric}
+    return path, label
 
 
 def labels_frame() -> pd.DataFrame:

@@ -139,8 +139,23 @@ def test_batched_autoencoders_match_a_single_entity_fit(window, bundle):
 
 
 def test_fit_entity_refuses_too_little_history(window):
-    with pytest.raises(ValueError, match="'c' has 100 usable rows"):
+    with pytest.raises(ValueError, match="'c' has 100 usable rows, fewer than the 300 its history needs"):
         fit_entity(window[window["entity_id"] == "c"], **FIT)
+
+
+def test_an_entity_reporting_less_often_than_the_spec_is_fitted_at_its_own_pace(window):
+    """5-minute rows under a 1-minute spec: smoothing, history and the budget's incident rule are
+    the same spans of time, so the model is the one a 5-minute spec gives."""
+    minute = SPEC.model_copy(update={"sampling_seconds": 60})
+    params = PARAMS.model_copy(update={"smooth_points": 15, "min_history_rows": 5 * PARAMS.min_history_rows})
+    at_minute = {m.entity: m for m in fit_bucket(window, layout=LAYOUT, spec=minute, params=params, random_state=7)}
+    at_five = {m.entity: m for m in fit_bucket(window, **{**FIT, "params": PARAMS.model_copy(update={"smooth_points": 3})})}
+    for e in "ab":
+        assert at_minute[e].scope == "entity" and at_minute[e].ensemble.smooth_points == 3  # 15 minutes of 5-minute rows
+        assert at_minute[e].threshold == pytest.approx(at_five[e].threshold)
+    assert at_minute["c"].scope == "fleet"  # 100 rows are 500 minutes: short of the history of 1500 minute-rows
+    with pytest.raises(ValueError, match="'c' has 100 usable rows, fewer than the 300 its history needs"):
+        fit_entity(window[window["entity_id"] == "c"], layout=LAYOUT, spec=minute, params=params, random_state=7)
 
 
 def test_score_uses_own_fleet_and_partition_scaling_by_entity(bundle, new_day):

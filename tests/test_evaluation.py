@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import json
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -195,3 +196,40 @@ def test_evaluate_smd_on_a_mini_machine(spark, settings, tmp_path):
     assert report["precision_labelled"] is None and report["labelled_alerts"] == 0
     assert out.with_suffix(".md").is_file() and (out.parent / "smd_pr_curves.png").is_file()
     assert report["mlflow_run_id"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_smd_exported_as_csv_gives_the_figures_of_evaluate_smd(spark, tmp_path, monkeypatch):
+    """The generic path (CSV export -> dataset init -> ingest files -> evaluate --labels) against
+    evaluate smd, figure by figure, on a mini machine whose test part starts at midnight."""
+    from fleetwatch.app.labelled_evaluation import evaluate_labelled
+    from fleetwatch.app.smd_evaluation import evaluate_smd
+    from fleetwatch.core.datasets.dataset_init import init_dataset
+    from fleetwatch.core.datasets.files import ingest_files
+    from fleetwatch.core.datasets.smd_csv import as_smd_spec, export_smd_csv
+    from fleetwatch.core.settings import Settings
+    from fleetwatch.core.specs import load_spec, write_spec
+
+    for key in [k for k in os.environ if k.startswith("FLEETWATCH_")]:
+        monkeypatch.delenv(key)
+    data = tmp_path / "smd"
+    machine = _write_mini_smd(data, train_rows=3 * 1440)
+    start = dt.date(2026, 1, 1)
+    a = Settings(home=tmp_path / "smd-home", min_history_days=1)
+    b = Settings(home=tmp_path / "csv-home", min_history_days=1)
+    smd = evaluate_smd(a, data, machines=None, out=tmp_path / "smd.json", start=start)
+
+    exported = export_smd_csv(data, [machine], tmp_path / "export", start)
+    init_dataset(b, "smdcsv", [str(p) for p in exported["files"]], spark=spark)
+    write_spec(b.specs_dir, as_smd_spec(load_spec(b.specs_dir, "smdcsv")))
+    ingest_files(b, "smdcsv", [str(p) for p in exported["files"]], spark=spark)
+    csv = evaluate_labelled(b, "smdcsv", exported["labels"], train_until=exported["train_until"], out=tmp_path / "csv.json")
+
+    assert csv["train_days"] == smd["train_days"] and csv["test_days"] == smd["test_days"]
+    def figures(report: dict) -> str:  # JSON text: NaN equals NaN, floats to the last digit
+        means = {k: v for k, v in report.items() if k.endswith(("_mean", "_max"))}
+        return json.dumps({"machines": report["machines"], "reference": report["reference"], **means}, sort_keys=True)
+
+    assert smd["machines"][machine]["labelled_rows"] == 40 and smd["machines"][machine]["alerts"] >= 1
+    assert figures(csv) == figures(smd)

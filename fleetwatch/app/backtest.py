@@ -33,6 +33,7 @@ from fleetwatch.core.specs import load_spec
 from models import registry
 from models.bundle import ModelBundle
 from models.explain import incident_evidence, top_contributors
+from models.frames import sampling_step
 from models.incidents import incident_context
 from models.scoring import score_partition
 from models.training import model_params, train_models
@@ -201,8 +202,9 @@ def evaluate_machine(
     """One machine's (entity's) metrics for the platform and the two references; returns (result, curves).
 
     ``explain`` (``(metric names, champion bundle)``, from :func:`_explain_inputs`) adds
-    ``hitrate_150_flagged_rows``; without it that figure is NaN. ``rows_per_day`` (the spec's)
-    turns evaluated rows into days of data. An entity with no history before its first test row
+    ``hitrate_150_flagged_rows``; without it that figure is NaN. Evaluated rows are turned into
+    days of data at the entity's own sampling interval (``rows_per_day``, the spec's, when it has
+    a single row). An entity with no history before its first test row
     (it started later) gets NaN reference figures: there is nothing to fit them on.
     """
     first_test = pd.Timestamp(meta["first_test_ts"])
@@ -218,7 +220,8 @@ def evaluate_machine(
     segs = M.segments(rows["ts"], y)
     mine_alerts = alerts[(alerts["entity_id"] == machine) & (alerts["end_ts"] >= first_test)].reset_index(drop=True)
     machine_events = events[events["entity_id"] == machine].reset_index(drop=True)
-    test_days = len(rows) / rows_per_day
+    # days of data at the entity's own pace (an entity may report less often than the spec says)
+    test_days = len(rows) / (86_400 / sampling_step(rows["ts"], 86_400 // rows_per_day))
     spans, span_ranked = M.phase_spans(mine_alerts)
     hr_all, hr_detected, n_events, n_detected = M.hitrate_at(machine_events, spans, span_ranked, 1.5)
     whole = M.hitrate_at(machine_events, mine_alerts, [json.loads(c) for c in mine_alerts["contributions"]], 1.5)[0]

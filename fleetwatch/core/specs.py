@@ -85,7 +85,11 @@ class DatasetSpec(BaseModel):
     @property
     def min_incident_points(self) -> int:
         """Fewest flagged rows an incident needs: ``min_incident_minutes`` in samples, at least 1."""
-        return max(1, math.ceil(self.min_incident_minutes * 60 / self.sampling_seconds))
+        return self.min_incident_points_at(self.sampling_seconds)
+
+    def min_incident_points_at(self, sampling_seconds: int) -> int:
+        """``min_incident_minutes`` in rows of an entity that reports every ``sampling_seconds``."""
+        return max(1, math.ceil(self.min_incident_minutes * 60 / sampling_seconds))
 
     @field_validator("name", "entity_column", "timestamp_column")
     @classmethod

@@ -11,8 +11,17 @@ from __future__ import annotations
 import json
 import tomllib
 
-from fleetwatch.core.datasets.inference import Inferred, infer_spec
-from fleetwatch.core.datasets.sources import FILE_COL, ROW_COL, Source, find_files, read_source
+from fleetwatch.core.datasets.inference import Inferred, infer_spec, parse_numbers, parse_timestamps
+from fleetwatch.core.datasets.sources import (
+    FILE_COL,
+    ROW_COL,
+    Source,
+    csv_headers,
+    display_path,
+    find_files,
+    read_source,
+    require_columns,
+)
 from fleetwatch.core.errors import SpecError
 from fleetwatch.core.specs import SPARK_TYPES, DatasetSpec, load_spec_file, spec_path
 
@@ -47,6 +56,32 @@ def in_place_fit(source: Source, spec: DatasetSpec, types: dict[str, str]) -> tu
     if wrong:
         return False, f"metric types differ from the spec's dtypes: {', '.join(wrong)}"
     return True, "its columns are the spec's"
+
+
+def _refuse_unparsed(sample, spec: DatasetSpec, csv: bool) -> None:
+    """One error naming the first sampled value of the timestamp or a metric column that does not
+    parse (``ingest files`` would refuse the file for it): the file, its line, the column, the rule."""
+    checks = [(spec.timestamp_column, parse_timestamps, "is not a timestamp (ISO 8601, e.g. 2026-01-01 00:05:00)")]
+    checks += [(m, parse_numbers, "is not a number") for m in spec.metric_names]
+    worst = None
+    for col, parse, rule in checks:
+        text = sample[col]
+        present = text.notna() & (text.astype(str).str.strip() != "")
+        bad = sample[present & parse(text).isna()]
+        if len(bad):
+            first = bad.sort_values([FILE_COL, ROW_COL]).iloc[0]
+            key = (first[FILE_COL], int(first[ROW_COL]))
+            if worst is None or key < worst[0]:
+                worst = (key, col, first[col], rule, len(bad))
+    if worst is None:
+        return
+    (file, row), col, value, rule, n = worst
+    where = f"line {row + 1}" if csv else f"row {row}"
+    more = f" ({n - 1} more in the sample)" if n > 1 else ""
+    raise SpecError(
+        f"{display_path(file)} {where}: column {col!r} value {value!r} {rule}{more}; fix the file (ingest files would "
+        f"refuse it): no spec was written for {spec.name}"
+    )
 
 
 def annotated_toml(spec: DatasetSpec, inferred: Inferred, header: list[str]) -> str:
@@ -88,7 +123,8 @@ def init_dataset(
 
         spark = get_spark(settings, "fleetwatch-dataset-init")
     source = find_files(list(paths), spark)
-    frame = read_source(spark, source, limit=sample_rows)
+    headers = csv_headers(spark, source) if source.format == "csv" else None
+    frame = read_source(spark, source, limit=sample_rows, headers=headers)
     types = dict(frame.dtypes)
     sample = frame.toPandas()
     inferred = infer_spec(
@@ -96,6 +132,10 @@ def init_dataset(
         sampling_seconds=sampling_seconds, metrics=metrics, files_are_entities=source.layout == "files",
     )
     spec = inferred.spec
+    if headers is not None:
+        named_by_file = spec.entity_column if spec.entity_from == "file_name" else None
+        require_columns(headers, [c for c in spec.columns if c != named_by_file], name)
+    _refuse_unparsed(sample, spec, source.format == "csv")
     fits, why = in_place_fit(source, spec, types)
     if fits:
         spec = spec.model_copy(update={"raw_path": source.root})

@@ -16,7 +16,15 @@ from __future__ import annotations
 from functools import reduce
 
 from fleetwatch.core.datasets.dataset_init import in_place_fit
-from fleetwatch.core.datasets.sources import FILE_COL, ROW_COL, csv_headers, display_path, find_files, read_source
+from fleetwatch.core.datasets.sources import (
+    FILE_COL,
+    ROW_COL,
+    csv_headers,
+    display_path,
+    find_files,
+    read_source,
+    require_columns,
+)
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import Lake
 from fleetwatch.core.raw_location import raw_root
@@ -44,13 +52,7 @@ def _check_columns(spark, source, spec: DatasetSpec, headers) -> None:
 
     needed = [c for c in spec.columns if not (c == spec.entity_column and spec.entity_from == "file_name")]
     if headers is not None:
-        for header, files in headers.items():
-            missing = [c for c in needed if c not in header]
-            if missing:
-                raise FleetWatchError(
-                    f"{display_path(files[0])}: no column {missing[0]!r} (rule: every file holds the spec's columns "
-                    f"{', '.join(needed)}); nothing was ingested into {spec.name}"
-                )
+        require_columns(headers, needed, spec.name)
         return
     frame = read_source(spark, source)
     absent = [c for c in needed if c not in frame.columns]

@@ -144,16 +144,32 @@ def csv_headers(spark, source: Source) -> dict[tuple[str, ...], list[str]]:
 
     lines = spark.read.text(list(source.files)).withColumn(FILE_COL, F.input_file_name())
     lines = lines.withColumn("__order", F.monotonically_increasing_id())
-    firsts = lines.groupBy(FILE_COL).agg(F.min_by("value", "__order").alias("header")).collect()
+    firsts = lines.groupBy(FILE_COL).agg(F.min_by("value", "__order").alias("header"), F.count("*").alias("lines")).collect()
     by_name = {display_path(f): f for f in source.files}
     groups: dict[tuple[str, ...], list[str]] = {}
-    for row in firsts:
+    for row in sorted(firsts, key=lambda r: r[FILE_COL]):
+        if row["lines"] < 2:
+            raise FleetWatchError(
+                f"CSV file {display_path(row[FILE_COL])} holds only its header line (rule: a header line, then rows)"
+            )
         header = tuple(c.strip().strip('"').strip() for c in (row["header"] or "").split(","))
         groups.setdefault(header, []).append(by_name.get(display_path(row[FILE_COL]), row[FILE_COL]))
     empty = sorted(set(source.files) - {f for fs in groups.values() for f in fs})
     if empty:
-        raise FleetWatchError(f"CSV file {empty[0]} is empty (expected a header line, then rows)")
+        raise FleetWatchError(f"CSV file {empty[0]} is empty (rule: a header line, then rows)")
     return {h: sorted(fs) for h, fs in groups.items()}
+
+
+def require_columns(headers: dict[tuple[str, ...], list[str]], needed: list[str], dataset: str) -> None:
+    """Every CSV file's header holds the ``needed`` columns, else one error naming the first file
+    and column that break the rule."""
+    for header, files in sorted(headers.items(), key=lambda kv: kv[1][0]):
+        missing = [c for c in needed if c not in header]
+        if missing:
+            raise FleetWatchError(
+                f"{display_path(files[0])}: no column {missing[0]!r} (rule: every file holds the spec's columns "
+                f"{', '.join(needed)}); nothing was written for {dataset}"
+            )
 
 
 def _read_csv(spark, files: list[str], header: tuple[str, ...]):

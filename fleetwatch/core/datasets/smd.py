@@ -53,6 +53,10 @@ INCIDENT_GAP_MINUTES = 60
 # per day on the worst machine 2.73 / 2.85 -> 1.70 / 1.76 (mean 1.20 -> 0.88 / 0.82); event recall
 # 0.942 / 0.954 -> 0.913 / 0.908. 8 and 10 minutes left the worst at 2.07 / 2.31 and 2.00 / 2.25.
 MIN_INCIDENT_MINUTES = 15
+# A shorter incident still alerts when a row's unsmoothed score is this many times the threshold:
+# calibrated scores count decades of rarity, so 2 is the "critical" severity band. Chosen by the
+# leave-one-machine-out search of `fleetwatch evaluate smd --cross-validate` (docs/tuning.md).
+SHORT_EVENT_FACTOR = 2.0
 _MINUTES_PER_DAY = 1440
 _SUFFIXES = (".txt", ".txt.gz")
 _EVENT = re.compile(r"(\d+)-(\d+):(\d+(?:,\d+)*)")
@@ -92,6 +96,7 @@ def smd_spec(dataset: str = "smd") -> DatasetSpec:
             score_smoothing_minutes=SCORE_SMOOTHING_MINUTES,
             incident_gap_minutes=INCIDENT_GAP_MINUTES,
             min_incident_minutes=MIN_INCIDENT_MINUTES,
+            short_event_factor=SHORT_EVENT_FACTOR,
             metrics=[MetricSpec(name=n, dtype="double", min=0.0) for n in SMD_METRICS],
         )
     except ValidationError as exc:

@@ -30,7 +30,7 @@ from fleetwatch.app import metrics as M
 from models.incidents import entity_incidents, group_incidents, phases_json, two_scale_flags
 
 MIN_INCIDENT_MINUTES = (1, 3, 5, 10, 15, 30)
-SHORT_EVENT_FACTORS = (None, 1.5, 2.0, 3.0, 4.0)
+SHORT_EVENT_FACTORS = (None, 1.0, 1.5, 2.0, 3.0)
 INCIDENT_GAP_MINUTES = (15, 30, 60)
 OUT_OF_FOLD = (
     "f1_at_threshold", "event_recall", "false_incidents_per_day", "alarm_share_normal", "alert_precision",

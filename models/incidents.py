@@ -98,8 +98,8 @@ def group_incidents(
     DataFrame
         One row per incident, ordered by entity and start: ``entity_id``, ``start_ts``,
         ``end_ts`` (first and last flagged point), ``n_points`` (flagged points in it),
-        ``peak_score`` and ``peak_ts`` (the highest score and when it happened), ``severe``
-        (whether it holds a severe row).
+        ``peak_score`` and ``peak_ts`` (the highest score and when it happened); with
+        ``severe_col``, ``severe`` (whether it holds a severe row).
     """
     if min_points < 1:
         raise ValueError(f"min_points must be >= 1, got {min_points}")
@@ -120,12 +120,15 @@ def group_incidents(
             "n_points": grouped.size().to_numpy().astype("int64"),
             "peak_score": flagged.loc[peak_rows.to_numpy(), score_col].to_numpy(dtype=float),
             "peak_ts": flagged.loc[peak_rows.to_numpy(), ts_col].to_numpy(),
-            "severe": grouped[severe_col].any().to_numpy(dtype=bool) if severe_col else False,
         }
     )
+    keep = out["n_points"] >= min_points
+    if severe_col:
+        out["severe"] = grouped[severe_col].any().to_numpy(dtype=bool)
+        keep |= out["severe"]
     for col in ("start_ts", "end_ts", "peak_ts"):
         out[col] = out[col].astype(frame[ts_col].dtype)
-    return out[(out["n_points"] >= min_points) | out["severe"]].reset_index(drop=True)
+    return out[keep].reset_index(drop=True)
 
 
 def severity(peak_score: float, threshold: float) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fleetwatch.app import metrics as M
+from fleetwatch.core.errors import FleetWatchError
 from models.incidents import entity_incidents, group_incidents, phases_json, two_scale_flags
 
 MIN_INCIDENT_MINUTES = (1, 3, 5, 10, 15, 30)
@@ -116,7 +117,7 @@ def cross_validate(
     """
     entities = list(entities)
     if len(entities) < 2:
-        raise ValueError(f"leave-one-out needs at least 2 entities, got {len(entities)}")
+        raise FleetWatchError(f"--cross-validate leaves one entity out: it needs at least 2 entities, got {len(entities)}")
     candidates = grid() if candidates is None else candidates
     rows_of = {e: scores[scores["entity_id"] == e].sort_values("ts").reset_index(drop=True) for e in entities}
     labelled_of = {e: _labelled(points, e) for e in entities}

@@ -158,3 +158,7 @@ def test_cross_validation_replays_each_entity_with_settings_chosen_on_the_others
                                   "end_ts": pd.to_datetime(["2026-01-04 10:03", "2026-01-05 10:03"], utc=True)})
     assert M.overlaps(spike_minutes, alerts).any(axis=1).all()
     assert set(cv["in_sample"]) == set(cv["out_of_fold"])
+    refs = {name: {"auprc_mean": 0.1, "best_f1_mean": 0.2} for name in ("pca", "iforest")}
+    page = "\n".join(CV.markdown_section(cv, refs))
+    assert "| in-sample (spec settings) | out-of-fold | PCA reference | IForest reference |" in page
+    assert "| a | " in page and "| b | " in page  # each fold's choice

@@ -26,7 +26,8 @@ from models.entity_model import EntityModel, score_entity
 from models.params import FeatureLayout, ModelParams
 
 BUNDLE_FORMAT = 2
-SCORE_COLUMNS = ["entity_id", "ts", "iforest_score", "ae_score", "score", "threshold", "flagged", "scope"]
+SCORE_COLUMNS = ["entity_id", "ts", "iforest_score", "ae_score", "score", "raw_score", "threshold", "raw_threshold",
+                 "flagged", "scope"]
 INFO_COLUMNS = ["scope", "n_rows", "threshold", "fingerprint", "file", "entry", "sha256", "bytes"]
 
 

@@ -96,15 +96,27 @@ class EnsembleDetector(BaseDetector):
     def weights(self) -> list[float]:
         return [m.weight for m in self.members]
 
-    def raw_scores(self, X) -> dict[str, np.ndarray]:
-        """Each member's raw score, smoothed, by member name."""
+    def raw_scores(self, X, *, smoothed: bool = True) -> dict[str, np.ndarray]:
+        """Each member's raw score, smoothed (or not), by member name."""
         X = np.asarray(X, dtype=float)
-        return {m.name: smooth(m.detector.score_samples(X[:, m.columns]), self.smooth_points) for m in self.members}
+        points = self.smooth_points if smoothed else 1
+        return {m.name: smooth(m.detector.score_samples(X[:, m.columns]), points) for m in self.members}
 
     def member_scores(self, X) -> dict[str, np.ndarray]:
         """Each member's calibrated score, by member name."""
         check_is_fitted(self)
         return {m.name: m.calibrator.transform(raw) for m, raw in zip(self.members, self.raw_scores(X).values(), strict=False)}
+
+    def two_scale_scores(self, X) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Each member's calibrated score of its smoothed and of its unsmoothed raw score, by member
+        name: the detectors run once, and both go through the calibrator fitted on smoothed
+        held-out scores (what the short-event rule of ``models.incidents`` compares)."""
+        check_is_fitted(self)
+        unsmoothed = self.raw_scores(X, smoothed=False)
+        smoothed = {name: smooth(raw, self.smooth_points) for name, raw in unsmoothed.items()}
+        return tuple(
+            {m.name: m.calibrator.transform(raws[m.name]) for m in self.members} for raws in (smoothed, unsmoothed)
+        )
 
     def combined(self, calibrated: dict[str, np.ndarray]) -> np.ndarray:
         """The ensemble score from :meth:`member_scores`."""

@@ -52,6 +52,7 @@ class EntityModel:
     trained: TrainingInfo
     ensemble: EnsembleDetector | None = None
     threshold: float = float("nan")
+    raw_threshold: float = float("nan")
     error_center: dict[str, float] = field(default_factory=dict)
     error_norm: dict[str, float] = field(default_factory=dict)
 
@@ -90,6 +91,7 @@ class EntityModel:
             "entity": self.entity,
             "scope": self.scope,
             "threshold": None if np.isnan(self.threshold) else float(self.threshold),
+            "raw_threshold": None if np.isnan(self.raw_threshold) else float(self.raw_threshold),
             "error_norm": self.error_norm,
             "error_center": self.error_center,
             "n_train_rows": int(self.trained.n_rows),
@@ -178,6 +180,7 @@ class EntityModel:
             ),
             ensemble=ensemble,
             threshold=float("nan") if manifest["threshold"] is None else manifest["threshold"],
+            raw_threshold=float("nan") if manifest.get("raw_threshold") is None else manifest["raw_threshold"],
             error_center=manifest["error_center"],
             error_norm=manifest["error_norm"],
         )
@@ -210,8 +213,11 @@ def score_entity(
     -------
     DataFrame
         ``entity_id``, ``ts``, ``iforest_score``, ``ae_score`` (the mean calibrated score of each
-        kind's members), ``score`` (the ensemble's), ``threshold``, ``flagged`` (score above
-        threshold), ``scope`` and one ``err__<metric>`` column per metric (the autoencoder's
+        kind's members), ``score`` (the ensemble's), ``raw_score`` (the same of the unsmoothed
+        detector scores, for the short-event rule of ``models.incidents``), ``threshold``,
+        ``raw_threshold`` (the unsmoothed score held-out rows reached about once a day; NaN in a
+        model saved before it was kept),
+        ``flagged`` (score above threshold), ``scope`` and one ``err__<metric>`` column per metric (the autoencoder's
         normalised reconstruction error: robust z-scores against its training errors).
     """
     own = model is not None and model.scope == "entity"
@@ -230,7 +236,7 @@ def score_entity(
     order = np.argsort(frame[ts_col].to_numpy(), kind="stable")
     X = np.hstack([Z, layout.values(frame)])[order]
     ensemble = scorer.ensemble
-    calibrated = ensemble.member_scores(X)
+    calibrated, unsmoothed = ensemble.two_scale_scores(X)
     back = np.empty_like(order)
     back[order] = np.arange(order.size)
     score = ensemble.combined(calibrated)[back]
@@ -248,7 +254,9 @@ def score_entity(
             "iforest_score": ensemble.kind_scores(calibrated, "iforest")[back],
             "ae_score": ensemble.kind_scores(calibrated, "autoencoder")[back],
             "score": score,
+            "raw_score": ensemble.combined(unsmoothed)[back],
             "threshold": scorer.threshold,
+            "raw_threshold": scorer.raw_threshold,
             "flagged": score > scorer.threshold,
             "scope": "entity" if own else "fleet",
         }

@@ -2,14 +2,25 @@
 
 One rule decides whether two flagged points belong to the same incident (``max_step``); the
 threshold search in ``thresholds.py`` counts incidents with the same rule. An incident with fewer
-flagged points than the dataset's minimum (``DatasetSpec.min_incident_points``) raises no alert;
-the threshold search counts those too, so the alerts users see stay within the alarm budget.
+flagged points than the dataset's minimum (``DatasetSpec.min_incident_points``) raises no alert
+unless it is severe (``two_scale_flags``); the threshold search counts every incident, so the
+rule only ever lowers the alert rate (severe short events aside).
+
+Two time scales: scores are smoothed so that single-row noise raises nothing, which also dilutes a
+spike of a few minutes. So a row is also flagged (``severe``) when its unsmoothed score
+(``raw_score``) is ``short_event_factor`` times ``raw_threshold``, the unsmoothed score that
+held-out rows reached about once a day (``models.fitting.daily_peak``), and an incident holding
+such a row alerts however short it is. Unsmoothed noise goes far above the smoothed threshold (on
+SMD often ten times), so the reference is the noise at its own time scale; calibrated scores count
+decades of rarity, so a factor of 2 asks a row to be twice as many decades rare as the rarest
+row of an ordinary day.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from models.explain import incident_evidence, top_contributors
@@ -35,6 +46,24 @@ def max_step(gap_minutes: int, sampling_seconds: int) -> pd.Timedelta:
     return pd.Timedelta(minutes=gap_minutes) + pd.Timedelta(seconds=sampling_seconds)
 
 
+def severe_rows(raw_score, raw_threshold, factor: float | None) -> np.ndarray:
+    """Rows whose unsmoothed score exceeds ``factor`` times ``raw_threshold`` (none without a
+    factor, or where the reference is NaN: a model saved before it was kept)."""
+    raw = np.asarray(raw_score, dtype=float)
+    if factor is None:
+        return np.zeros(raw.shape, dtype=bool)
+    if not factor > 0:
+        raise ValueError(f"short_event_factor must be > 0, got {factor}")
+    return raw > factor * np.asarray(raw_threshold, dtype=float)
+
+
+def two_scale_flags(frame: pd.DataFrame, factor: float | None) -> pd.DataFrame:
+    """Scored rows with ``severe`` (``severe_rows``) and ``flagged`` (smoothed score above the
+    threshold, or severe): what the scoring job writes and the evaluation replays."""
+    severe = severe_rows(frame["raw_score"], frame["raw_threshold"], factor)
+    return frame.assign(severe=severe, flagged=(frame["score"] > frame["threshold"]).to_numpy() | severe)
+
+
 def group_incidents(
     frame: pd.DataFrame,
     *,
@@ -45,6 +74,7 @@ def group_incidents(
     gap_minutes: int,
     sampling_seconds: int,
     min_points: int = 1,
+    severe_col: str | None = None,
 ) -> pd.DataFrame:
     """Group the flagged rows of each entity into incidents.
 
@@ -57,19 +87,25 @@ def group_incidents(
         belong to one incident, whatever lies between them.
     min_points : int
         Fewest flagged points an incident needs; smaller groups are dropped (a blip of a minute
-        or two that the score smoothing carried over the threshold is not worth an alert).
+        or two that the score smoothing carried over the threshold is not worth an alert), unless
+        one of their rows is severe.
+    severe_col : str, optional
+        Boolean column of severe rows (``two_scale_flags``): an incident holding one is kept
+        whatever its length.
 
     Returns
     -------
     DataFrame
         One row per incident, ordered by entity and start: ``entity_id``, ``start_ts``,
         ``end_ts`` (first and last flagged point), ``n_points`` (flagged points in it),
-        ``peak_score`` and ``peak_ts`` (the highest score and when it happened).
+        ``peak_score`` and ``peak_ts`` (the highest score and when it happened); with
+        ``severe_col``, ``severe`` (whether it holds a severe row).
     """
     if min_points < 1:
         raise ValueError(f"min_points must be >= 1, got {min_points}")
     step = max_step(gap_minutes, sampling_seconds)
-    flagged = frame.loc[frame[flag_col].astype(bool), [entity_col, ts_col, score_col]]
+    cols = [entity_col, ts_col, score_col] + ([severe_col] if severe_col else [])
+    flagged = frame.loc[frame[flag_col].astype(bool), cols]
     flagged = flagged.sort_values([entity_col, ts_col], kind="mergesort").reset_index(drop=True)
     new_entity = flagged[entity_col].ne(flagged[entity_col].shift())
     too_far = flagged[ts_col].diff() > step
@@ -86,9 +122,13 @@ def group_incidents(
             "peak_ts": flagged.loc[peak_rows.to_numpy(), ts_col].to_numpy(),
         }
     )
+    keep = out["n_points"] >= min_points
+    if severe_col:
+        out["severe"] = grouped[severe_col].any().to_numpy(dtype=bool)
+        keep |= out["severe"]
     for col in ("start_ts", "end_ts", "peak_ts"):
         out[col] = out[col].astype(frame[ts_col].dtype)
-    return out[out["n_points"] >= min_points].reset_index(drop=True)
+    return out[keep].reset_index(drop=True)
 
 
 def severity(peak_score: float, threshold: float) -> str:
@@ -134,10 +174,13 @@ def entity_incidents(
     context_skip_minutes: int = 0,
     phase_minutes: int | None = None,
     explain: ExplainParams = DEFAULTS,
+    short_event_factor: float | None = None,
 ) -> list[dict]:
     """Incidents of one entity's scored rows (time order), each with every metric ranked.
 
-    Incidents with fewer than ``min_points`` flagged rows are left out (``group_incidents``).
+    Rows are flagged at two time scales (``two_scale_flags`` with ``short_event_factor``; the
+    ``flagged`` column as it is when the frame has no ``raw_score``); incidents with fewer than
+    ``min_points`` flagged rows and no severe row are left out (``group_incidents``).
     ``baselines``, ``spread`` and ``ranges`` are the entity's per-metric training medians, spreads
     and normal ranges, or callables returning them (looked up only when there is an incident). A
     metric's evidence is its largest move outside its normal range inside the incident, in units
@@ -157,6 +200,8 @@ def entity_incidents(
     if phase_minutes <= 0:
         raise ValueError(f"phase_minutes must be > 0, got {phase_minutes}")
 
+    if "raw_score" in pdf:
+        pdf = two_scale_flags(pdf, short_event_factor)
     found = group_incidents(
         pdf,
         score_col="score",
@@ -166,6 +211,7 @@ def entity_incidents(
         gap_minutes=gap_minutes,
         sampling_seconds=sampling_seconds,
         min_points=min_points,
+        severe_col="severe" if "severe" in pdf else None,
     )
     if found.empty:
         return []

@@ -46,8 +46,9 @@ def bundle_signature(bundle):
     inputs = Schema([ColSpec("string", "entity_id"), ColSpec("datetime", "ts")]
                     + [ColSpec("double", c) for c in bundle.feature_cols])
     outputs = Schema([ColSpec("string", "entity_id"), ColSpec("datetime", "ts"), ColSpec("double", "iforest_score"),
-                      ColSpec("double", "ae_score"), ColSpec("double", "score"), ColSpec("double", "threshold"),
-                      ColSpec("boolean", "flagged"), ColSpec("string", "scope")]
+                      ColSpec("double", "ae_score"), ColSpec("double", "score"), ColSpec("double", "raw_score"),
+                      ColSpec("double", "threshold"), ColSpec("double", "raw_threshold"), ColSpec("boolean", "flagged"),
+                      ColSpec("string", "scope")]
                      + [ColSpec("double", f"err__{m}") for m in bundle.metrics])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

@@ -22,7 +22,7 @@ from fleetwatch.core.specs import DatasetSpec, load_spec
 from models import registry
 from models.bundle import load_cached, open_checked
 from models.frames import ENTITY, TS, canonical, one_thread_per_task, sampling_step
-from models.incidents import entity_incidents, phases_json, severity
+from models.incidents import entity_incidents, phases_json, severity, two_scale_flags
 
 INCIDENT_SCHEMA = (
     "dataset string, entity_id string, dt date, start_ts timestamp, end_ts timestamp, n_points int, "
@@ -40,7 +40,9 @@ def score_schema(spec: DatasetSpec) -> str:
         "iforest_score double",
         "ae_score double",
         "score double",
+        "raw_score double",
         "threshold double",
+        "raw_threshold double",
         "flagged boolean",
     ]
     cols += [f"`{m}` double" for m in metrics] + [f"`err__{m}` double" for m in metrics]
@@ -48,7 +50,8 @@ def score_schema(spec: DatasetSpec) -> str:
 
 
 def score_frame(df, spec: DatasetSpec, bundle_dir: str):
-    """Per-row scores of a canonical feature DataFrame (entity_id, ts, features) in Spark."""
+    """Per-row scores of a canonical feature DataFrame (entity_id, ts, features) in Spark, flagged
+    at two time scales (``models.incidents.two_scale_flags`` with the spec's ``short_event_factor``)."""
     metrics = spec.metric_names
     columns = [c.split(" ")[0].strip("`") for c in score_schema(spec).split(", ")]
 
@@ -56,7 +59,7 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str):
         one_thread_per_task()
         bundle = load_cached(bundle_dir)
         pdf = pdf.sort_values(TS).reset_index(drop=True)
-        out = bundle.score(pdf)
+        out = two_scale_flags(bundle.score(pdf), spec.short_event_factor)
         out["scope"] = bundle.scope_of(str(pdf[ENTITY].iloc[0]))
         for m in metrics:
             out[m] = pdf[m].to_numpy(dtype=float)
@@ -72,8 +75,9 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
     evidence inside the incident (``entity_incidents``: outside its normal range, and its move
     against the hour before); ``top_metrics`` names the first ``ExplainParams.top_metrics``. The
     explanation parameters are the bundle's own (``ModelParams.explain``).
-    Incidents shorter than the spec's ``min_incident_minutes`` raise no alert; both rules count
-    rows at the entity's own sampling interval (``models.frames.sampling_step``).
+    Incidents shorter than the spec's ``min_incident_minutes`` raise no alert unless a row's
+    unsmoothed score is ``short_event_factor`` times the threshold (``models.incidents``); both
+    rules count rows at the entity's own sampling interval (``models.frames.sampling_step``).
     """
     metrics = spec.metric_names
 
@@ -95,6 +99,7 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
             ranges=lambda: load_cached(bundle_dir).normal_ranges_of(entity),
             context_skip_minutes=spec.score_smoothing_minutes,
             explain=explain,
+            short_event_factor=spec.short_event_factor,
         )
         if not found:
             return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])

@@ -141,6 +141,26 @@ def test_flagged_rows_hitrate_ranks_each_detected_event_on_its_flagged_rows():
     assert flagged_rows_hitrate(events.iloc[[1]].assign(metrics=["a"]), rows, ["a", "b", "c"], **stats)[1] == 0
 
 
+def test_choose_sees_only_the_machines_it_is_given_and_keeps_the_false_incident_cap():
+    from fleetwatch.app.cross_validation import Candidate, choose
+
+    def fig(recall, per_day=0.5, share=0.05):
+        return {"event_recall": recall, "false_incidents_per_day": per_day, "alarm_share_normal": share,
+                "alert_precision": 0.5}
+
+    long_only, short_too = Candidate(15, None, 60), Candidate(1, 2.0, 60)
+    table = {long_only: {"m1": fig(0.9), "m2": fig(0.9), "m3": fig(0.1)},
+             short_too: {"m1": fig(0.8), "m2": fig(0.8), "m3": fig(1.0)}}
+    assert choose(table, [long_only, short_too], ["m1", "m2"], 2.0, 0.1) == long_only  # m3 held out
+    assert choose(table, [long_only, short_too], ["m1", "m2", "m3"], 2.0, 0.1) == short_too
+    # normal time in alarm beyond the budget costs recall one for one
+    table[short_too]["m3"] = fig(1.0, share=0.9)
+    assert choose(table, [long_only, short_too], ["m1", "m2", "m3"], 2.0, 0.1) == long_only
+    # breaking the false-incident cap on any machine loses to keeping it
+    table[short_too] = {m: fig(1.0, per_day=2.5 if m == "m1" else 0.1) for m in ("m1", "m2", "m3")}
+    assert choose(table, [long_only, short_too], ["m1", "m2", "m3"], 2.0, 0.1) == long_only
+
+
 def _write_mini_smd(root, machine="machine-9-1", train_rows=3 * 1440 + 300, test_rows=1440 + 200, seed=0):
     """A small SMD-format folder: 38 smooth daily-cycle metrics, one injected spike event."""
     rng = np.random.default_rng(seed)
@@ -233,3 +253,44 @@ def test_smd_exported_as_csv_gives_the_figures_of_evaluate_smd(spark, tmp_path, 
 
     assert smd["machines"][machine]["labelled_rows"] == 40 and smd["machines"][machine]["alerts"] >= 1
     assert figures(csv) == figures(smd)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cross_validated_smd_chooses_without_the_held_out_machine(spark, settings, tmp_path):
+    from fleetwatch.app.cross_validation import Candidate, replay_incidents
+    from fleetwatch.app.evaluation_inputs import read_alerts, read_scores
+    from fleetwatch.app.smd_evaluation import evaluate_smd
+    from fleetwatch.core.specs import load_spec
+
+    data = tmp_path / "smd"
+    machines = [_write_mini_smd(data, machine=f"machine-9-{i}", seed=i) for i in (1, 2, 3)]
+    settings = settings.model_copy(update={"min_history_days": 1})
+    out = tmp_path / "report" / "smd.json"
+    report = evaluate_smd(settings, data, machines=None, out=out, start=dt.date(2026, 1, 1), console=None, cross_validate=True)
+
+    cv = json.loads(out.read_text())["cross_validation"]
+    assert set(cv["folds"]) == set(machines) == set(cv["machines"])
+    for held_out, fold in cv["folds"].items():
+        assert sorted(fold["chosen_on"]) == sorted(m for m in machines if m != held_out)
+    for key in ("event_recall_mean", "false_incidents_per_day_max", "alarm_share_normal_max", "alert_precision_mean",
+                "hitrate_150_flagged_rows_mean", "auprc_mean", "best_f1_mean"):
+        assert key in cv["in_sample"] and key in cv["out_of_fold"], key
+    # point-wise score quality does not depend on the settings after scoring
+    assert cv["out_of_fold"]["auprc_mean"] == pytest.approx(report["auprc_mean"])
+    assert cv["reference"]["pca"]["auprc_mean"] == pytest.approx(report["reference"]["pca"]["auprc_mean"])
+    page = out.with_suffix(".md").read_text()
+    assert "| in-sample (spec settings) | out-of-fold |" in page
+
+    # the replay with the spec's own settings finds exactly the incidents the nightly job published
+    spec = load_spec(settings.specs_dir, "smd")
+    days = sorted({dt.date.fromisoformat(d) for d in report["test_days"]})
+    test_days = [days[0] + dt.timedelta(days=i) for i in range((days[-1] - days[0]).days + 1)]
+    scores, alerts = read_scores(settings, "smd", test_days), read_alerts(settings, "smd", test_days)
+    own = Candidate(spec.min_incident_minutes, spec.short_event_factor, spec.incident_gap(settings.incident_gap_minutes))
+    for machine in machines:
+        rows = scores[scores["entity_id"] == machine].sort_values("ts").reset_index(drop=True)
+        flagged, found = replay_incidents(rows, own, spec.sampling_seconds)
+        published = alerts[alerts["entity_id"] == machine].sort_values("start_ts")
+        assert (flagged["flagged"] == rows["flagged"]).all()
+        assert list(found["start_ts"]) == list(published["start_ts"]) and list(found["end_ts"]) == list(published["end_ts"])

@@ -21,6 +21,7 @@ import pandas as pd
 
 from feature_store.pipeline import build_features
 from feature_store.views import view_for
+from fleetwatch.app import cross_validation as CV
 from fleetwatch.app import metrics as M
 from fleetwatch.app.evaluation_inputs import as_utc, read_alerts, read_raw, read_scores
 from fleetwatch.app.evaluation_report import POINT_METRICS, build_report, jsonable, log_report, markdown, plot_report
@@ -47,7 +48,7 @@ MIN_REFERENCE_HISTORY = 2  # history rows the reference detectors need to be fit
 def run_backtest(
     settings, dataset: str, *, days, train_days, test_days, points, events, first_test: dict, entities, out: Path,
     say, started: float, header: dict, title: str | None = None, rows_per_day: int = MINUTES_PER_DAY,
-    skip_invalid: bool = False,
+    skip_invalid: bool = False, cross_validate: bool = False,
 ) -> dict:
     """Run the platform over ``days`` (training on ``train_days``), then report quality on ``test_days``.
 
@@ -57,6 +58,9 @@ def run_backtest(
     its first test timestamp (its history lies before it), or is one timestamp for all;
     ``entities`` are those evaluated (None: every entity scored on a test day); ``header`` leads
     the report's fields.
+    With ``cross_validate`` the settings after scoring are also chosen leaving one entity out
+    (``cross_validation``): the report's ``cross_validation`` gives out-of-fold figures beside the
+    in-sample ones.
     Writes the report to ``out`` (JSON), a Markdown page and plots beside it, and an MLflow run.
     """
     settings = settings.model_copy(update={"training_window_days": len(train_days)})
@@ -72,7 +76,7 @@ def run_backtest(
     raw = read_raw(settings, dataset, days)
 
     say("computing metrics and reference detectors")
-    explain = _explain_inputs(settings, dataset)
+    explain = explain_inputs(settings, dataset)
     per_machine = {}
     curves = {}
     entities = sorted(scores["entity_id"].unique()) if entities is None else entities
@@ -106,10 +110,42 @@ def run_backtest(
     out.write_text(json.dumps(jsonable(report), indent=2) + "\n")
     page = out.with_suffix(".md")
     page.write_text(markdown(report, plots, title=title))
+    if cross_validate:
+        say("choosing the settings after scoring leaving one entity out")
+        report["cross_validation"] = cross_validated(
+            settings, dataset, scores, points, events, first_test, entities, explain, per_machine, rows_per_day, say
+        )
+        out.write_text(json.dumps(jsonable(report), indent=2) + "\n")
+        page.write_text(markdown(report, plots, title=title) + "\n".join(CV.markdown_section(report["cross_validation"],
+                                                                                           report["reference"])))
     report["mlflow_run_id"] = log_report(settings, dataset, report, [out, page, *plots])
     out.write_text(json.dumps(jsonable(report), indent=2) + "\n")
     say(f"report written to {out} and {page} ({report['wall_time_s']} s)")
     return report
+
+
+def cross_validated(
+    settings, dataset: str, scores, points, events, first_test, entities, explain, per_machine: dict, rows_per_day: int,
+    say=lambda *a, **k: None,
+) -> dict:
+    """The report's ``cross_validation`` section (``cross_validation.cross_validate``) from what a
+    run left: each held-out entity evaluated as ``evaluate_machine`` does, with the run's references."""
+
+    def evaluate(machine, flagged, replayed):  # the references are the run's: the same rows, no refit
+        since = first_test[machine] if isinstance(first_test, dict) else first_test
+        result, _ = evaluate_machine(
+            machine, {"first_test_ts": since}, points, events, flagged, replayed, _NO_RAW, dataset=dataset,
+            seed=settings.seed, explain=explain, rows_per_day=rows_per_day,
+        )
+        return result | {"reference": per_machine[machine]["reference"]}
+
+    return CV.cross_validate(
+        scores, points, first_test, entities, load_spec(settings.specs_dir, dataset), evaluate, per_machine,
+        explain=explain, say=say,
+    )
+
+
+_NO_RAW = pd.DataFrame({"entity_id": pd.Series(dtype=str), "ts": pd.Series(dtype="datetime64[ns, UTC]")})
 
 
 def label_rows(scores: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
@@ -201,7 +237,7 @@ def evaluate_machine(
 ):
     """One machine's (entity's) metrics for the platform and the two references; returns (result, curves).
 
-    ``explain`` (``(metric names, champion bundle)``, from :func:`_explain_inputs`) adds
+    ``explain`` (``(metric names, champion bundle)``, from :func:`explain_inputs`) adds
     ``hitrate_150_flagged_rows``; without it that figure is NaN. Evaluated rows are turned into
     days of data at the entity's own sampling interval (``rows_per_day``, the spec's, when it has
     a single row). An entity with no history before its first test row
@@ -296,7 +332,7 @@ def flagged_rows_hitrate(
     return (float(np.mean(rates)) if rates else float("nan")), len(rates)
 
 
-def _explain_inputs(settings, dataset: str):
+def explain_inputs(settings, dataset: str):
     """The metric names and the champion bundle that ranked this run's alerts."""
     bundle = ModelBundle.load(registry.champion(settings, dataset).bundle_dir)
     return load_spec(settings.specs_dir, dataset).metric_names, bundle

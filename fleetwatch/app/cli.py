@@ -392,15 +392,23 @@ def evaluate_smd_cmd(
     machines: list[str] | None = typer.Option(None, "--machines", help="Machines to evaluate (default: all)."),
     out: Path = typer.Option(Path("report.json"), "--out", help="Where to write the JSON report."),
     start: str = typer.Option("2026-01-01", help="Date of the first training minute."),
+    cross_validate: bool = typer.Option(
+        False, "--cross-validate", help="Also choose the settings after scoring leaving one machine out."
+    ),
 ) -> None:
     """Ingest SMD, run the nightly and retrain paths, and compare alerts with the labels."""
     from fleetwatch.app.smd_evaluation import evaluate_smd  # lazy: PySpark, pandas and scikit-learn
 
     try:
-        report = evaluate_smd(get_settings(), Path(data), machines=machines, out=out, start=parse_day(start), console=console)
+        report = evaluate_smd(
+            get_settings(), Path(data), machines=machines, out=out, start=parse_day(start), console=console,
+            cross_validate=cross_validate,
+        )
     except FleetWatchError as exc:
         _fail(exc)
     console.print(json.dumps({k: v for k, v in report.items() if k.endswith("_mean")}, indent=2))
+    if cross_validate:
+        console.print(json.dumps({"out_of_fold": report["cross_validation"]["out_of_fold"]}, indent=2))
 
 
 def main() -> None:  # pragma: no cover - console script

@@ -62,6 +62,9 @@ def evaluate_dataset_cmd(
     train_days: int | None = typer.Option(None, "--train-days", min=1, help="Train on the first N days."),
     train_until: str | None = typer.Option(None, "--train-until", help="Train on the days up to DATE (YYYY-MM-DD)."),
     out: Path | None = typer.Option(None, "--out", help="Where to write the JSON report (default <name>_report.json)."),
+    cross_validate: bool = typer.Option(
+        False, "--cross-validate", help="Also choose the settings after scoring leaving one entity out."
+    ),
 ) -> None:
     """Backtest a dataset: run the nightly and retrain paths over its history and compare with labels."""
     from fleetwatch.app.labelled_evaluation import evaluate_labelled  # lazy: PySpark, pandas and scikit-learn
@@ -70,7 +73,7 @@ def evaluate_dataset_cmd(
         report = evaluate_labelled(
             get_settings(), name, labels, train_days=train_days,
             train_until=parse_day(train_until) if train_until else None,
-            out=out or Path(f"{name}_report.json"), console=console,
+            out=out or Path(f"{name}_report.json"), console=console, cross_validate=cross_validate,
         )
     except FleetWatchError as exc:
         _fail(exc)

@@ -70,6 +70,12 @@ class DatasetSpec(BaseModel):
     min_incident_minutes: int = Field(
         1, ge=1, description="Fewest flagged minutes an incident needs to be raised: shorter blips raise no alert."
     )
+    short_event_factor: float | None = Field(
+        None,
+        gt=0,
+        description="An incident shorter than min_incident_minutes still alerts when a row's unsmoothed score "
+        "exceeds this many times the unsmoothed score held-out rows reached about once a day; unset: never.",
+    )
     metrics: list[MetricSpec] = Field(min_length=1)
     raw_path: str | None = Field(
         None, description="Folder of the dataset's dt= raw partitions when they are read in place; unset: <lake>/raw/<name>."
@@ -134,6 +140,8 @@ class DatasetSpec(BaseModel):
             lines.append(f"incident_gap_minutes = {self.incident_gap_minutes}")
         if self.min_incident_minutes != 1:
             lines.append(f"min_incident_minutes = {self.min_incident_minutes}")
+        if self.short_event_factor is not None:
+            lines.append(f"short_event_factor = {self.short_event_factor}")
         if self.raw_path is not None:
             lines.append(f"raw_path = {json.dumps(self.raw_path)}")
         if self.entity_from != "column":

@@ -1,0 +1,248 @@
+"""Leave-one-entity-out choice of the settings that act after scoring, and what they give out of fold.
+
+The models are fitted once, by the backtest. What happens after scoring (which rows are flagged at
+the two time scales, how flagged rows join into incidents, which incidents alert) is replayed here
+for each candidate setting with the functions the scoring job runs (``models.incidents``): for
+each held-out entity the candidate is chosen on the others alone (``choose``) and then scored on
+the held-out one with the full evaluation (``evaluate``: explanations, HitRate, references). The
+per-entity figures of those choices are the out-of-fold ones. Settings that act before or during
+fitting (score smoothing, the alarm budget that sets each threshold) would need a refit per
+candidate and stay as the spec has them.
+
+The objective, stated before any run: every training entity within ``max_false_per_day`` false
+incidents per day (the product's promise); among the candidates that keep it, the highest mean
+event recall less the mean share of normal minutes in alarm beyond ``max_alarm_share`` (a point of
+needless alarm time costs as much as a point of recall); then the higher mean alert precision. If
+no candidate keeps the false-incident cap, the one whose worst entity comes closest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from fleetwatch.app import metrics as M
+from fleetwatch.core.errors import FleetWatchError
+from models.incidents import entity_incidents, group_incidents, phases_json, two_scale_flags
+
+MIN_INCIDENT_MINUTES = (1, 3, 5, 10, 15, 30)
+SHORT_EVENT_FACTORS = (None, 1.0, 1.5, 2.0, 3.0)
+INCIDENT_GAP_MINUTES = (15, 30, 60)
+OUT_OF_FOLD = (
+    "f1_at_threshold", "event_recall", "false_incidents_per_day", "alarm_share_normal", "alert_precision",
+    "hitrate_150", "hitrate_150_flagged_rows", "auprc", "best_f1",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One setting of the post-scoring stage (the spec fields of the same names)."""
+
+    min_incident_minutes: int
+    short_event_factor: float | None
+    incident_gap_minutes: int
+
+    def label(self) -> str:
+        factor = "off" if self.short_event_factor is None else f"{self.short_event_factor:g}"
+        return f"min {self.min_incident_minutes} min, short-event factor {factor}, gap {self.incident_gap_minutes} min"
+
+
+def grid(
+    min_minutes=MIN_INCIDENT_MINUTES, factors=SHORT_EVENT_FACTORS, gaps=INCIDENT_GAP_MINUTES
+) -> list[Candidate]:
+    return [Candidate(m, f, g) for m, f, g in itertools.product(min_minutes, factors, gaps)]
+
+
+def replay_incidents(rows: pd.DataFrame, cand: Candidate, sampling_seconds: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One entity's scored rows (``dt``: their nightly partition) flagged and grouped as the scoring
+    job would with ``cand``; returns ``(rows with flags, incidents)``, incidents never spanning nights."""
+    flagged = two_scale_flags(rows, cand.short_event_factor)
+    found = group_incidents(
+        flagged.assign(night=flagged["dt"].astype(str)), entity_col="night", gap_minutes=cand.incident_gap_minutes,
+        sampling_seconds=sampling_seconds, min_points=_points(cand.min_incident_minutes, sampling_seconds),
+        severe_col="severe",
+    )
+    return flagged, found
+
+
+def alert_figures(rows: pd.DataFrame, labelled: pd.DataFrame, incidents: pd.DataFrame, first_test, rows_per_day: int) -> dict:
+    """The alert figures of one entity: ``labelled`` are its test rows (ts, label) in time order."""
+    alerts = incidents[incidents["end_ts"] >= first_test]
+    y = labelled["label"].to_numpy(dtype=int)
+    segs = M.segments(labelled["ts"], y)
+    flags = labelled[["ts"]].merge(rows[["ts", "flagged"]], on="ts", how="left")["flagged"].fillna(False)
+    return {
+        "f1_at_threshold": M.f1_at_threshold(y, flags.to_numpy(dtype=bool)),
+        "event_recall": M.event_recall(segs, alerts),
+        "false_incidents_per_day": M.false_incidents_per_day(alerts, segs, len(labelled) / rows_per_day),
+        "alarm_share_normal": M.alarm_share_normal(labelled["ts"], y, alerts),
+        "alert_precision": M.alert_precision(alerts, segs),
+    }
+
+
+def objective(figures: list[dict], max_false_per_day: float, max_alarm_share: float) -> tuple:
+    """Sort key (higher is better) of one candidate's figures over the training entities."""
+    worst = max(f["false_incidents_per_day"] for f in figures)
+    recall = _mean([f["event_recall"] for f in figures])
+    excess = _mean([max(0.0, f["alarm_share_normal"] - max_alarm_share) for f in figures])
+    precision = _mean([f["alert_precision"] for f in figures])
+    keeps = worst <= max_false_per_day
+    return (keeps, recall - excess if keeps else -worst, precision if not math.isnan(precision) else 0.0)
+
+
+def choose(table: dict, candidates: list[Candidate], entities, max_false_per_day: float, max_alarm_share: float) -> Candidate:
+    """The best candidate on ``entities`` alone (``table[candidate][entity]``: alert figures)."""
+    return max(
+        candidates,
+        key=lambda c: objective([table[c][e] for e in entities], max_false_per_day, max_alarm_share),
+    )
+
+
+def cross_validate(
+    scores: pd.DataFrame, points: pd.DataFrame, first_test, entities, spec, evaluate, in_sample: dict, *,
+    explain=None, candidates: list[Candidate] | None = None, max_false_per_day: float = 2.0,
+    max_alarm_share: float = 0.10, say=lambda *a, **k: None,
+) -> dict:
+    """Leave one entity out over ``entities``: the report's ``cross_validation`` section.
+
+    ``scores`` are the run's scored rows (with ``dt``), ``points`` the labelled test rows,
+    ``evaluate(entity, scores, alerts)`` the backtest's full per-entity evaluation, ``in_sample``
+    its per-entity results with the spec's settings. ``explain`` (metric names, bundle) ranks the
+    replayed alerts' metrics as the scoring job does.
+    """
+    entities = list(entities)
+    if len(entities) < 2:
+        raise FleetWatchError(f"--cross-validate leaves one entity out: it needs at least 2 entities, got {len(entities)}")
+    candidates = grid() if candidates is None else candidates
+    rows_of = {e: scores[scores["entity_id"] == e].sort_values("ts").reset_index(drop=True) for e in entities}
+    labelled_of = {e: _labelled(points, e) for e in entities}
+    since = {e: pd.Timestamp(first_test[e] if isinstance(first_test, dict) else first_test) for e in entities}
+    table = {}
+    for cand in candidates:
+        table[cand] = {}
+        for e in entities:
+            flagged, found = replay_incidents(rows_of[e], cand, spec.sampling_seconds)
+            table[cand][e] = alert_figures(flagged, labelled_of[e], found, _utc(since[e]), spec.rows_per_day)
+    say(f"replayed {len(candidates)} candidate settings on {len(entities)} entities")
+
+    folds, out_of_fold = {}, {}
+    for held_out in entities:
+        training = [e for e in entities if e != held_out]
+        chosen = choose(table, candidates, training, max_false_per_day, max_alarm_share)
+        flagged, alerts = replayed_alerts(rows_of[held_out], chosen, spec, explain)
+        out_of_fold[held_out] = evaluate(held_out, flagged, alerts)
+        folds[held_out] = {"chosen_on": training, "chosen": asdict(chosen), "label": chosen.label()}
+        say(f"{held_out}: {chosen.label()} (chosen on {len(training)} others)")
+    everywhere = choose(table, candidates, entities, max_false_per_day, max_alarm_share)
+    keys = [k for k in OUT_OF_FOLD if all(k in r for r in out_of_fold.values())]
+    return {
+        "method": __doc__.split("\n\n")[-1].replace("\n", " ").strip(),
+        "candidates": len(candidates),
+        "max_false_per_day": max_false_per_day,
+        "max_alarm_share": max_alarm_share,
+        "folds": folds,
+        "chosen_on_all": asdict(everywhere),
+        "in_sample": _summary(in_sample, keys),
+        "out_of_fold": _summary(out_of_fold, keys),
+        "reference": {
+            name: {f"{m}_mean": _mean([r["reference"][name][m] for r in out_of_fold.values()]) for m in ("auprc", "best_f1")}
+            for name in ("pca", "iforest")
+        },
+        "machines": out_of_fold,
+    }
+
+
+def replayed_alerts(rows: pd.DataFrame, cand: Candidate, spec, explain) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One entity's rows flagged with ``cand`` and its alerts, explained night by night with
+    ``entity_incidents`` as the scoring job explains them (``contributions``, ``phases`` as JSON)."""
+    flagged = two_scale_flags(rows, cand.short_event_factor)
+    names, bundle = explain
+    entity = str(rows["entity_id"].iloc[0])
+    records = []
+    for _, night in flagged.groupby("dt", sort=True):
+        night = night.reset_index(drop=True)
+        if not night["flagged"].any():
+            continue
+        found = entity_incidents(
+            night, names, bundle.baselines_of(entity), bundle.spreads_of(entity), gap_minutes=cand.incident_gap_minutes,
+            sampling_seconds=spec.sampling_seconds, ranges=bundle.normal_ranges_of(entity),
+            min_points=_points(cand.min_incident_minutes, spec.sampling_seconds),
+            context_skip_minutes=spec.score_smoothing_minutes, explain=bundle.params.explain,
+            short_event_factor=cand.short_event_factor,
+        )
+        records += [
+            {"entity_id": inc["entity_id"], "start_ts": inc["start_ts"], "end_ts": inc["end_ts"],
+             "n_points": inc["n_points"], "contributions": json.dumps(inc["ranked"]),
+             "phases": phases_json(inc["phases"], bundle.params.explain.top_metrics)}
+            for inc in found
+        ]
+    alerts = pd.DataFrame.from_records(
+        records, columns=["entity_id", "start_ts", "end_ts", "n_points", "contributions", "phases"]
+    )
+    for col in ("start_ts", "end_ts"):
+        alerts[col] = _utc(alerts[col])
+    return flagged, alerts
+
+
+def markdown_section(cv: dict, in_sample_refs: dict) -> list[str]:
+    """The report page's table: in-sample and out-of-fold means, beside the references."""
+    lines = [
+        "## Settings chosen out of sample (leave one machine out)",
+        "",
+        f"{cv['method']} {cv['candidates']} candidate settings; chosen on all machines: "
+        f"{_label(cv['chosen_on_all'])}.",
+        "",
+        "| metric (mean over machines) | in-sample (spec settings) | out-of-fold | PCA reference | IForest reference |",
+        "|---|---|---|---|---|",
+    ]
+    for key in cv["in_sample"]:
+        metric = key.removesuffix("_mean").removesuffix("_max")
+        refs = [_fmt(in_sample_refs[n].get(key)) if metric in ("auprc", "best_f1") and key.endswith("_mean") else ""
+                for n in ("pca", "iforest")]
+        lines.append(f"| {key} | {_fmt(cv['in_sample'][key])} | {_fmt(cv['out_of_fold'][key])} | {refs[0]} | {refs[1]} |")
+    lines += ["", "| held-out machine | chosen on the others |", "|---|---|"]
+    lines += [f"| {m} | {f['label']} |" for m, f in cv["folds"].items()]
+    return lines + [""]
+
+
+def _summary(per_entity: dict, keys) -> dict:
+    out = {f"{k}_mean": _mean([r[k] for r in per_entity.values()]) for k in keys}
+    out["false_incidents_per_day_max"] = max(r["false_incidents_per_day"] for r in per_entity.values())
+    out["alarm_share_normal_max"] = max(r["alarm_share_normal"] for r in per_entity.values())
+    return out
+
+
+def _label(chosen: dict) -> str:
+    return Candidate(**chosen).label()
+
+
+def _labelled(points: pd.DataFrame, entity) -> pd.DataFrame:
+    rows = points[points["entity_id"] == entity][["ts", "label"]].copy()
+    rows["ts"] = _utc(rows["ts"])
+    return rows.sort_values("ts").reset_index(drop=True)
+
+
+def _points(minutes: int, sampling_seconds: int) -> int:
+    return max(1, math.ceil(minutes * 60 / sampling_seconds))
+
+
+def _utc(values):
+    if isinstance(values, pd.Timestamp):
+        return values.tz_localize("UTC") if values.tzinfo is None else values.tz_convert("UTC")
+    return pd.to_datetime(pd.Series(values), utc=True).astype("datetime64[ns, UTC]")
+
+
+def _mean(values) -> float:
+    finite = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}"

@@ -147,3 +147,38 @@ def test_a_table_made_before_persistent_alerts_gains_the_columns_and_keeps_its_r
         assert len(e1) == 1 and e1.iloc[0]["nights"] == 2 and bool(e1.iloc[0]["persistent"])
     finally:
         reopened.dispose()
+
+
+def test_cli_lists_the_persistent_alert_labels_it_new_normal_and_sums_minutes_per_entity(settings, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fleetwatch.app import cli
+    from fleetwatch.core.specs import DatasetSpec, MetricSpec, write_spec
+    from tests.test_alerts_store import table_rows
+
+    monkeypatch.setattr(cli.console, "_width", 250)
+    write_spec(settings.specs_dir, DatasetSpec(name="fleet", alarm_share_budget=0.5, metrics=[MetricSpec(name="cpu")]))
+    store = AlertsStore(settings.alerts_db_url)
+    _publish_all(store, shifted_nights()[:2])
+    [carried] = store.frame("fleet").query("entity_id == 'e1'")["id"]
+    runner = CliRunner()
+
+    listed = runner.invoke(cli.app, ["alerts", "list", "--dataset", "fleet"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r[0]: r for r in table_rows(listed.output)[1:]}
+    assert rows[str(carried)][-1] == "2 (persistent)" and rows[str(carried)][2] == "e1"
+
+    bad = runner.invoke(cli.app, ["alerts", "label", str(carried), "maybe"])
+    assert bad.exit_code == 2 and "true, false or new_normal" in bad.output
+    labelled = runner.invoke(cli.app, ["alerts", "label", str(carried), "new_normal"])
+    assert labelled.exit_code == 0, labelled.output
+    assert "adapts at the next nightly run" in labelled.output
+    assert store.get(int(carried))["new_normal"] is True
+
+    summary = runner.invoke(cli.app, ["alerts", "nights", "--dataset", "fleet", "--nights", "2"])
+    assert summary.exit_code == 0, summary.output
+    assert "budget 50.0%" in summary.output
+    by_entity = {r[0]: r for r in table_rows(summary.output)[1:]}
+    # e1: 360 + 1438 minutes of 2880; its alert open on the last night and labelled new_normal: adapting
+    assert by_entity["e1"] == ["e1", "1798", "62.4%", "yes", str(carried), "2", "yes"]
+    assert by_entity["e2"][3:] == ["no", "", "", "no"]

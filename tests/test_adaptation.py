@@ -90,3 +90,32 @@ def test_an_entity_over_its_alarm_share_budget_is_queued_before_the_set_nights(s
     assert adaptation_queue(s, _spec(alarm_budget=1.0), NIGHTS[1]) == ["e1"]
     assert _spec(alarm_budget=2.0).alarm_share(60.0) == pytest.approx(120 / 1440)
     assert store.entity_nights("fleet", NIGHTS[1], 2).set_index("entity_id")["alarm_minutes"]["e2"] == pytest.approx(22)
+
+
+def test_training_adapts_to_labelled_or_due_level_shifts_and_leaves_other_deviations_out(settings, rng):
+    from models.adaptation import decide
+
+    start = pd.Timestamp("2026-01-05", tz="UTC")
+    history = pd.date_range(start - pd.Timedelta(days=2), periods=2880, freq="min")
+    span = pd.date_range(start, periods=1440, freq="min")
+    before = pd.concat(
+        [pd.DataFrame({"entity_id": e, "ts": history, "cpu": rng.normal(40, 2, 2880)}) for e in ("a", "b", "c", "d")]
+    )
+    steady, wild = rng.normal(55, 2, 1440), 55 + rng.normal(0, 20, 1440)
+    rows = pd.concat(
+        [
+            pd.DataFrame({"id": 1, "entity_id": "a", "ts": span, "cpu": wild}),  # labelled new_normal: the user decides
+            pd.DataFrame({"id": 2, "entity_id": "b", "ts": span, "cpu": steady}),  # a level shift, due
+            pd.DataFrame({"id": 3, "entity_id": "c", "ts": span, "cpu": steady}),  # a level shift, not due yet
+            pd.DataFrame({"id": 4, "entity_id": "d", "ts": span, "cpu": wild}),  # volatile, due: an anomaly
+        ]
+    )
+    alerts = pd.DataFrame(
+        {"id": [1, 2, 3, 4], "entity_id": ["a", "b", "c", "d"], "new_normal": [True, False, False, False],
+         "nights": [2, 3, 2, 3], "start_ts": start, "last_dt": NIGHTS[0]}
+    )
+    s = settings.model_copy(update={"persistent_adapt_days": 3})
+
+    assert decide(s, _spec(alarm_share_budget=1.0), alerts, before, rows, ["cpu"]) == {
+        1: "adapt", 2: "adapt", 3: "exclude", 4: "exclude"
+    }

@@ -101,8 +101,10 @@ def test_a_level_shift_is_one_carried_alert_then_adapted_and_a_long_anomaly_is_n
 
     score_partition(spark, s, DS, DAYS[8])
     publish_alerts(s, DS, DAYS[8])
-    day8 = store.frame(DS, DAYS[8])
-    assert SHIFTED not in set(day8["entity_id"])  # adapted: its new level raises no alert
+    # adapted: the new level raises no alert of its own; what is left is the budget's odd blip
+    # that every entity has (alarm_budget = 1 incident a day), against 1440 minutes a night before
+    minutes = store.entity_nights(DS, DAYS[8], 1).set_index("entity_id")["alarm_minutes"]
+    assert minutes.get(SHIFTED, 0.0) < 60, minutes
     assert store.get(int(carried["id"]))["last_dt"] == DAYS[7]  # and the carried alert has ended
 
     # the long anomaly stayed out of training: the new champion still alerts on it

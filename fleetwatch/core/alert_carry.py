@@ -1,4 +1,5 @@
-"""Incidents carried from night to night: one alert per deviation, however many partitions it spans.
+"""Which incident is which alert: the same one within a night (overlapping spans), and incidents
+carried from night to night, one alert per deviation however many partitions it spans.
 
 A night's first incident of an entity continues the previous night's alert when the two are one
 incident by the rule that joins flagged points (``models.incidents.max_step``: at most the gap
@@ -18,6 +19,34 @@ import sqlalchemy as sa
 from fleetwatch.core.alert_tables import SEVERITIES, alert_nights, alerts
 
 MINUTES_PER_DAY = 24 * 60
+
+
+def overlap(a: dict, b: dict) -> dt.timedelta | None:
+    """How long the spans of ``a`` and ``b`` overlap (zero when they touch), None when apart."""
+    start, end = max(a["start_ts"], b["start_ts"]), min(a["end_ts"], b["end_ts"])
+    return end - start if start <= end else None
+
+
+def match_incidents(old: list, rows: list[dict]) -> dict[int, int]:
+    """Which new row (by position) is the same incident as which stored alert (by id).
+
+    Same entity and overlapping spans; each alert and each row pairs at most once, the longest
+    overlaps first (then the earliest starts), so a rerun that shifts or splits an incident keeps
+    its id on the part that overlaps it most.
+    """
+    pairs = []
+    for i, row in enumerate(rows):
+        for alert in old:
+            if alert["entity_id"] == row["entity_id"]:
+                span = overlap(row, alert)
+                if span is not None:
+                    pairs.append((-span, alert["start_ts"], row["start_ts"], i, alert["id"]))
+    matched, used = {}, set()
+    for *_, i, alert_id in sorted(pairs):
+        if i not in matched and alert_id not in used:
+            matched[i] = alert_id
+            used.add(alert_id)
+    return matched
 
 
 def carried(conn: sa.Connection, dataset: str, day: dt.date, rows: list[dict], step: dt.timedelta) -> dict[int, int]:

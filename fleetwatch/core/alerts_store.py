@@ -8,6 +8,8 @@ added to it on first use, empty for the rows already there.
 
 An alert keeps its id across reruns of its partition while its incident is the same one (same
 entity, overlapping span), and its label goes with it; ids are never reused for other incidents.
+An incident that continues the previous night's alert extends it (``alert_carry``): one persistent
+alert, its nights in ``alert_nights``; the tables themselves are declared in ``alert_tables``.
 ``read_query`` (``fleetwatch sql``) is read-only by construction: a read-only SQLite file, or a
 read-only PostgreSQL transaction (as the analyst role where there is one), one statement a call.
 """
@@ -187,7 +189,7 @@ class AlertsStore:
             touched = set(conn.execute(sa.select(alert_nights.c.alert_id).where(night)).scalars())
             carry = alert_carry.carried(conn, dataset, day, rows, carry_step) if carry_step is not None else {}
             rest = [i for i in range(len(rows)) if i not in carry]
-            matched = {rest[j]: a for j, a in _match_incidents(old, [rows[i] for i in rest]).items()}
+            matched = {rest[j]: a for j, a in alert_carry.match_incidents(old, [rows[i] for i in rest]).items()}
             gone = [r["id"] for r in old if r["id"] not in matched.values()]
             conn.execute(sa.delete(alert_nights).where(night))
             if gone:
@@ -373,34 +375,6 @@ def _read_postgresql(conn: sa.Connection, sql: str, role: str | None) -> tuple[l
 def _is_several_statements(exc: sa.exc.DBAPIError) -> bool:
     text = str(exc.orig)
     return "one statement at a time" in text or "multiple commands into a prepared statement" in text
-
-
-def _overlap(a: dict, b: dict) -> dt.timedelta | None:
-    """How long the spans of ``a`` and ``b`` overlap (zero when they touch), None when apart."""
-    start, end = max(a["start_ts"], b["start_ts"]), min(a["end_ts"], b["end_ts"])
-    return end - start if start <= end else None
-
-
-def _match_incidents(old: list, rows: list[dict]) -> dict[int, int]:
-    """Which new row (by position) is the same incident as which stored alert (by id).
-
-    Same entity and overlapping spans; each alert and each row pairs at most once, the longest
-    overlaps first (then the earliest starts), so a rerun that shifts or splits an incident keeps
-    its id on the part that overlaps it most.
-    """
-    pairs = []
-    for i, row in enumerate(rows):
-        for alert in old:
-            if alert["entity_id"] == row["entity_id"]:
-                span = _overlap(row, alert)
-                if span is not None:
-                    pairs.append((-span, alert["start_ts"], row["start_ts"], i, alert["id"]))
-    matched, used = {}, set()
-    for *_, i, alert_id in sorted(pairs):
-        if i not in matched and alert_id not in used:
-            matched[i] = alert_id
-            used.add(alert_id)
-    return matched
 
 
 def _autoincrement_alert_ids(conn: sa.Connection) -> None:

@@ -26,7 +26,7 @@ from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec
-from models.feedback import FeedbackUnavailable, alert_rows
+from models.feedback import FeedbackUnavailable
 from models.frames import ENTITY, TS, canonical
 
 
@@ -110,9 +110,11 @@ def adaptation_queue(settings: Settings, spec: DatasetSpec, day: dt.date) -> lis
     return sorted(set(open_alerts.loc[queued, ENTITY]))
 
 
-def decide(settings: Settings, spec: DatasetSpec, alerts: pd.DataFrame, before: pd.DataFrame, rows: pd.DataFrame,
-           columns: list[str]) -> dict[int, str]:
-    """``adapt`` or ``exclude`` for each persistent alert (by id), the module's rule."""
+def decide(
+    settings: Settings, spec: DatasetSpec, alerts: pd.DataFrame, history: pd.DataFrame, columns: list[str]
+) -> dict[int, str]:
+    """``adapt`` or ``exclude`` for each persistent alert (by id), the module's rule; ``history``
+    holds the alerted entities' rows of the training window (``entity_id``, ``ts``, ``columns``)."""
     rule = LevelShiftRule.of(settings)
     out = {}
     for alert in alerts.itertuples():
@@ -121,13 +123,14 @@ def decide(settings: Settings, spec: DatasetSpec, alerts: pd.DataFrame, before: 
             continue
         over = set(over_budget(settings, spec, pd.Timestamp(alert.last_dt).date())[ENTITY])
         due = alert.nights >= settings.persistent_adapt_days or alert.entity_id in over
-        past = before[(before[ENTITY] == alert.entity_id) & (before[TS] < alert.start_ts)]
-        during = rows[rows["id"] == alert.id].sort_values(TS)
+        mine = history[history[ENTITY] == alert.entity_id].sort_values(TS)
+        past = mine[mine[TS] < alert.start_ts]
+        during = mine[(mine[TS] >= alert.start_ts) & (mine[TS] <= alert.end_ts)]
         out[alert.id] = "adapt" if due and is_level_shift(past, during, columns, rule) else "exclude"
     return out
 
 
-def adapt_window(settings: Settings, spec: DatasetSpec, store, view, features_df, days: list[dt.date], min_rows: int):
+def adapt_window(settings: Settings, spec: DatasetSpec, view, features_df, days: list[dt.date], min_rows: int):
     """The training rows after the persistent alerts of ``days`` are decided; and the decisions.
 
     An adapted entity trains from the start of its deviation when at least ``min_rows`` rows lie
@@ -149,17 +152,15 @@ def adapt_window(settings: Settings, spec: DatasetSpec, store, view, features_df
     columns = [c for c in view.feature_columns if view.metric_of(c) == c]
     entities = sorted(set(alerts[ENTITY]))
     frame = canonical(features_df, spec)
-    before = frame.filter(F.col(ENTITY).isin(entities)).select(ENTITY, TS, *columns).toPandas()
-    before[TS] = pd.to_datetime(before[TS], utc=True)
-    rows = alert_rows(store, spec, view, alerts)
-    rows[TS] = pd.to_datetime(rows[TS], utc=True)
-    decisions = decide(settings, spec, alerts, before, rows, columns)
+    history = frame.filter(F.col(ENTITY).isin(entities)).select(ENTITY, TS, *columns).toPandas()
+    history[TS] = pd.to_datetime(history[TS], utc=True)
+    decisions = decide(settings, spec, alerts, history, columns)
     ent, ts = F.col(spec.entity_column), F.col(spec.timestamp_column)
     for alert in alerts.itertuples():
         if decisions[alert.id] == "exclude":
             features_df = features_df.filter(~((ent == alert.entity_id) & ts.between(alert.start_ts, alert.end_ts)))
             continue
-        after = int(((before[ENTITY] == alert.entity_id) & (before[TS] >= alert.start_ts)).sum())
+        after = int(((history[ENTITY] == alert.entity_id) & (history[TS] >= alert.start_ts)).sum())
         if after >= min_rows:
             features_df = features_df.filter((ent != alert.entity_id) | (ts >= alert.start_ts))
     return features_df, {int(k): v for k, v in decisions.items()}

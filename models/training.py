@@ -167,7 +167,7 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
     features_df = store.read_features(dataset, view, days)
     features_df = exclude_confirmed_anomalies(settings, spec, features_df)
     min_rows = (params or model_params(settings, spec)).min_history_rows
-    features_df, persistent = adapt_window(settings, spec, store, view, features_df, days, min_rows)
+    features_df, persistent = adapt_window(settings, spec, view, features_df, days, min_rows)
     bundle = fit_bundle(spark, settings, spec, view, days, features_df, params)
     false_alerts = labelled_alerts(settings, dataset, False, days)
     raised = raise_thresholds(bundle, alert_rows(store, spec, view, false_alerts), false_alerts)

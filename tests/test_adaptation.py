@@ -104,18 +104,19 @@ def test_training_adapts_to_labelled_or_due_level_shifts_and_leaves_other_deviat
     steady, wild = rng.normal(55, 2, 1440), 55 + rng.normal(0, 20, 1440)
     rows = pd.concat(
         [
-            pd.DataFrame({"id": 1, "entity_id": "a", "ts": span, "cpu": wild}),  # labelled new_normal: the user decides
-            pd.DataFrame({"id": 2, "entity_id": "b", "ts": span, "cpu": steady}),  # a level shift, due
-            pd.DataFrame({"id": 3, "entity_id": "c", "ts": span, "cpu": steady}),  # a level shift, not due yet
-            pd.DataFrame({"id": 4, "entity_id": "d", "ts": span, "cpu": wild}),  # volatile, due: an anomaly
+            pd.DataFrame({"entity_id": "a", "ts": span, "cpu": wild}),  # labelled new_normal: the user decides
+            pd.DataFrame({"entity_id": "b", "ts": span, "cpu": steady}),  # a level shift, due
+            pd.DataFrame({"entity_id": "c", "ts": span, "cpu": steady}),  # a level shift, not due yet
+            pd.DataFrame({"entity_id": "d", "ts": span, "cpu": wild}),  # volatile, due: an anomaly
         ]
     )
     alerts = pd.DataFrame(
         {"id": [1, 2, 3, 4], "entity_id": ["a", "b", "c", "d"], "new_normal": [True, False, False, False],
-         "nights": [2, 3, 2, 3], "start_ts": start, "last_dt": NIGHTS[0]}
+         "nights": [2, 3, 2, 3], "start_ts": start, "end_ts": span[-1], "last_dt": NIGHTS[0]}
     )
     s = settings.model_copy(update={"persistent_adapt_days": 3})
 
-    assert decide(s, _spec(alarm_share_budget=1.0), alerts, before, rows, ["cpu"]) == {
+    history = pd.concat([before, rows], ignore_index=True)
+    assert decide(s, _spec(alarm_share_budget=1.0), alerts, history, ["cpu"]) == {
         1: "adapt", 2: "adapt", 3: "exclude", 4: "exclude"
     }

@@ -1,5 +1,5 @@
 """
-### FleetWatch nightly: `validate >> features >> has_champion >> [drift_check >> request_retrain, score >> publish]`
+### FleetWatch nightly: `validate >> features >> has_champion >> [drift_check, score >> publish] >> request_retrain`
 
 One DAG per dataset spec. Each night it checks the new raw partition against the dataset's
 spec, builds its features, and, once the dataset has a champion model, checks the partition for
@@ -19,7 +19,9 @@ alerts table.
   `has_champion` skips the drift check, score and publish and says so in its log.
 - `request_retrain` emits the Asset event `fleetwatch://drift/<dataset>` (extra `{"day": D}`),
   which triggers the retrain DAG, when the drift check found drifted entities or entities
-  ready to graduate from the fleet model to their own; otherwise it is skipped (no event).
+  ready to graduate from the fleet model to their own, or when a persistent alert open on D
+  asks its entity to adapt (labelled `new_normal`, lasted `FLEETWATCH_PERSISTENT_ADAPT_DAYS`
+  nights, or its entity over its alarm-share budget); otherwise it is skipped (no event).
 """
 
 from __future__ import annotations
@@ -71,16 +73,22 @@ def nightly(settings: dag_tasks.Settings, dataset: str):
         def request_retrain(dag_run=None, outlet_events=None) -> str:
             ds = partition_day(dag_run)
             summary = dag_tasks.drift_summary(settings, dataset, ds)
-            if summary is None or not summary.retrain:
-                raise AirflowSkipException(f"{dataset} dt={ds}: no drift and no entity ready to graduate; no retrain")
+            adapting = dag_tasks.adapting(settings, dataset, ds)
+            if (summary is None or not summary.retrain) and not adapting:
+                raise AirflowSkipException(
+                    f"{dataset} dt={ds}: no drift, no entity ready to graduate or to adapt; no retrain"
+                )
             outlet_events[drift_asset(dataset)].extra = {
-                "day": ds, "drift_entities": summary.drift_entities, "graduating": summary.graduating,
+                "day": ds, "drift_entities": summary.drift_entities if summary else [],
+                "graduating": summary.graduating if summary else [], "adapting": adapting,
             }
-            return summary.describe()
+            return f"{summary.describe() if summary else 'no drift check'}; adapting: {', '.join(adapting) or 'none'}"
 
         gate = validate >> features >> has_champion()
-        gate >> drift_check >> request_retrain()
-        gate >> score >> publish()
+        published = publish()
+        gate >> drift_check
+        gate >> score >> published
+        [drift_check, published] >> request_retrain()
 
     return pipeline()
 

@@ -1,8 +1,9 @@
 """User feedback: the alerts users labelled, and the feature rows inside them.
 
-Labels reach training in two ways: rows inside alerts labelled true are left out of the training
-window (an anomaly must not become normal), and alerts labelled false raise their entities'
-thresholds (``models.promotion.raise_thresholds``).
+Labels reach training in three ways: rows inside alerts labelled true are left out of the training
+window (an anomaly must not become normal), alerts labelled false raise their entities'
+thresholds (``models.promotion.raise_thresholds``), and persistent alerts labelled ``new_normal``
+make their entities adapt to the new level (``models.adaptation``).
 
 Labels that cannot be read stop training with one line: a model trained as if nobody had labelled
 anything would quietly learn confirmed anomalies as normal. ``settings.train_feedback = False``
@@ -52,6 +53,8 @@ def labelled_alerts(settings: Settings, dataset: str, value: bool | None, days: 
     if not frames:
         return pd.DataFrame(columns=["id", "entity_id", "dt", "start_ts", "end_ts", "label"])
     alerts = pd.concat(frames, ignore_index=True)
+    if value is False:  # a new normal raises no threshold: its entity adapts to it (models.adaptation)
+        alerts = alerts[~alerts["new_normal"].eq(True)]
     return alerts[pd.to_datetime(alerts["dt"]).dt.date.isin(set(days))].reset_index(drop=True)
 
 

@@ -24,6 +24,7 @@ from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec, load_spec
 from models import model_store, registry
+from models.adaptation import adapt_window
 from models.bundle import INFO_COLUMNS, ModelBundle
 from models.entity_model import EntityModel
 from models.feedback import alert_rows, exclude_confirmed_anomalies, labelled_alerts
@@ -165,6 +166,8 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
         )
     features_df = store.read_features(dataset, view, days)
     features_df = exclude_confirmed_anomalies(settings, spec, features_df)
+    min_rows = (params or model_params(settings, spec)).min_history_rows
+    features_df, persistent = adapt_window(settings, spec, view, features_df, days, min_rows)
     bundle = fit_bundle(spark, settings, spec, view, days, features_df, params)
     false_alerts = labelled_alerts(settings, dataset, False, days)
     raised = raise_thresholds(bundle, alert_rows(store, spec, view, false_alerts), false_alerts)
@@ -189,7 +192,8 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
         rate=gate_rate,
         budget=spec.alarm_budget,
         run_id=run_id,
-        figures={**{f"gate_{k}": v for k, v in precision.items()}, "feedback_raised_entities": float(len(raised))},
+        figures={**{f"gate_{k}": v for k, v in precision.items()}, "feedback_raised_entities": float(len(raised)),
+                 "adapted_alerts": float(sum(v == "adapt" for v in persistent.values()))},
         thresholds=raised,
     )
     if promoted:
@@ -199,6 +203,8 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
         f"{registry.model_name(dataset)} v{version} (run {run_id}); newest-day incidents/entity "
         f"{gate_rate:.2f} vs budget {spec.alarm_budget}, labelled-alert precision challenger "
         f"{precision['challenger_precision']:.2f} vs champion {precision['champion_precision']:.2f} "
-        f"({precision['labelled_alerts']:.0f} labelled); {len(raised)} thresholds raised by false alerts: "
+        f"({precision['labelled_alerts']:.0f} labelled); {len(raised)} thresholds raised by false alerts; "
+        f"{sum(v == 'adapt' for v in persistent.values())} persistent alerts adapted to, "
+        f"{sum(v == 'exclude' for v in persistent.values())} left out: "
         f"{'champion' if promoted else 'challenger (gate not passed)'}"
     )

@@ -301,6 +301,7 @@ def test_default_sqlite_store_creates_its_folder(settings):
 
 
 def _write_incidents(settings, frame, day=DAY):
+    write_spec(settings.specs_dir, DatasetSpec(name="fleet", metrics=[MetricSpec(name="cpu")]))
     lake = Lake(settings.lake_root)
     write_pandas_partition(lake, frame, lake.partition("incidents", "fleet", day))
 

@@ -123,7 +123,7 @@ def test_dag_bag_has_one_nightly_and_one_retrain_dag_per_spec(dag_bag, two_specs
         "features": {"validate"},
         "has_champion": {"features"},
         "drift_check": {"has_champion"},
-        "request_retrain": {"drift_check"},
+        "request_retrain": {"drift_check", "publish"},
         "score": {"has_champion"},
         "publish": {"score"},
     }

@@ -117,7 +117,7 @@ def test_db_init_makes_an_owner_and_a_select_only_analyst(settings, pg_url, role
     admin = sa.create_engine(pg_url)
     with admin.connect() as conn:
         owners = dict(conn.execute(sa.text("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'")).all())
-    assert owners == {"alerts": writer, "drift": writer}
+    assert owners == {"alerts": writer, "alert_nights": writer, "drift": writer}
     with admin.begin() as conn:  # a table the writer makes later is readable by the analyst too
         conn.exec_driver_sql(f'SET LOCAL ROLE "{writer}"')
         conn.exec_driver_sql("CREATE TABLE later (x int)")

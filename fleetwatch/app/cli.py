@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from fleetwatch.app.cli_airflow import airflow_app
+from fleetwatch.app.cli_alarm import alerts_label_cmd, alerts_nights_cmd
 from fleetwatch.app.cli_common import console
 from fleetwatch.app.cli_common import fail as _fail
 from fleetwatch.app.cli_groups import DatasetOrCommand
@@ -46,6 +47,8 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(airflow_app, name="airflow")
 ingest_app.command("files")(ingest_files_cmd)
 evaluate_app.command("dataset", hidden=True)(evaluate_dataset_cmd)
+alerts_app.command("nights")(alerts_nights_cmd)
+alerts_app.command("label")(alerts_label_cmd)
 
 
 
@@ -284,9 +287,11 @@ def alerts_list(
             _check_dataset(dataset, store)
     except FleetWatchError as exc:
         _fail(exc)
-    cols = ["id", "dataset", "entity_id", "start_ts", "end_ts", "peak_score", "severity", "top_metrics", "label"]
+    cols = ["id", "dataset", "entity_id", "start_ts", "end_ts", "peak_score", "severity", "top_metrics", "label", "nights"]
     table = Table(*cols)
     for rec in frame.to_dict("records"):
+        rec["label"] = "new_normal" if rec.get("new_normal") is True else rec.get("label")
+        rec["nights"] = f"{rec['nights']} (persistent)" if rec.get("persistent") is True else rec.get("nights")
         table.add_row(*(f"{rec[c]:.3g}" if c == "peak_score" else str(rec.get(c, "")) for c in cols))
     console.print(table)
 
@@ -325,21 +330,6 @@ def alerts_show(alert_id: int = typer.Argument(..., help="Alert id (column id)."
         for ph in phases:
             hours.add_row(ph["start_ts"], ph["end_ts"], str(ph["n_points"]), ph["top_metrics"])
         console.print(hours)
-
-
-@alerts_app.command("label")
-def alerts_label(
-    alert_id: int = typer.Argument(..., help="Alert id (column id)."),
-    value: str = typer.Argument(..., help="true (a real anomaly) or false (a false alarm)."),
-) -> None:
-    """Mark an alert as a true or a false positive."""
-    if value.lower() not in ("true", "false"):
-        _fail(FleetWatchError(f"label must be true or false, not {value!r}"))
-    try:
-        _alerts_store().label(alert_id, value.lower() == "true")
-    except FleetWatchError as exc:
-        _fail(exc)
-    console.print(f"alert {alert_id} labelled {value.lower()}")
 
 
 @models_app.command("list")

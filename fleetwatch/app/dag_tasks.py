@@ -12,7 +12,7 @@ from fleetwatch.core.lake import parse_day
 from fleetwatch.core.settings import Settings, get_settings
 from fleetwatch.core.specs import list_specs
 
-__all__ = ["Settings", "datasets", "drift_summary", "get_settings", "has_champion", "publish"]
+__all__ = ["Settings", "adapting", "datasets", "drift_summary", "get_settings", "has_champion", "publish"]
 
 
 def datasets(settings: Settings) -> list[str]:
@@ -39,3 +39,11 @@ def drift_summary(settings: Settings, dataset: str, ds: str):
     from models.drift_check import read_summary  # lazy: pandas loads when the task runs, not at each DAG parse
 
     return read_summary(settings, dataset, parse_day(ds))
+
+
+def adapting(settings: Settings, dataset: str, ds: str) -> list[str]:
+    """Entities whose persistent alert open on ``ds`` asks for a retrain (``models.adaptation``)."""
+    from fleetwatch.core.specs import load_spec  # lazy: pandas loads when the task runs, not at each DAG parse
+    from models.adaptation import adaptation_queue
+
+    return adaptation_queue(settings, load_spec(settings.specs_dir, dataset), parse_day(ds))

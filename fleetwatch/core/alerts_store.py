@@ -8,6 +8,8 @@ added to it on first use, empty for the rows already there.
 
 An alert keeps its id across reruns of its partition while its incident is the same one (same
 entity, overlapping span), and its label goes with it; ids are never reused for other incidents.
+An incident that continues the previous night's alert extends it (``alert_carry``): one persistent
+alert, its nights in ``alert_nights``; the tables themselves are declared in ``alert_tables``.
 ``read_query`` (``fleetwatch sql``) is read-only by construction: a read-only SQLite file, or a
 read-only PostgreSQL transaction (as the analyst role where there is one), one statement a call.
 """
@@ -23,101 +25,34 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from fleetwatch.core import alert_carry
+from fleetwatch.core.alert_tables import (
+    ADDED_COLUMNS,
+    ALERT_COLUMNS,
+    DRIFT_COLUMNS,
+    MODEL_SCOPES,
+    OPTIONAL_COLUMNS,
+    SEVERITIES,
+    alert_nights,
+    alerts,
+    drift,
+    metadata,
+)
 from fleetwatch.core.errors import AlertsStoreError
 from fleetwatch.core.lake import parse_day
 from fleetwatch.core.secrets import redact_url
 
-__all__ = ["ALERT_COLUMNS", "AlertsStore", "DRIFT_COLUMNS", "alerts", "drift", "partition_lock_key", "redact_url"]
+__all__ = [
+    "ALERT_COLUMNS", "AlertsStore", "DRIFT_COLUMNS", "alert_nights", "alerts", "drift", "partition_lock_key", "redact_url",
+]
 
-SEVERITIES = ("low", "medium", "high", "critical")
-MODEL_SCOPES = ("entity", "fleet")
 _UTC = dt.UTC
+_CREATE_LOCK = zlib.crc32(b"fleetwatch/create-tables")
 
 
 def partition_lock_key(table: str, dataset: str, day: dt.date) -> int:
     """The PostgreSQL advisory lock that serialises writers of one (table, dataset, day)."""
     return zlib.crc32(f"{table}/{dataset}/{parse_day(day)}".encode())
-
-
-class UtcDateTime(sa.types.TypeDecorator):
-    """A timezone-aware UTC timestamp on every backend (SQLite keeps no zone of its own)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    @staticmethod
-    def _utc(value: dt.datetime | None) -> dt.datetime | None:
-        if value is None:
-            return None
-        return value.astimezone(_UTC) if value.tzinfo else value.replace(tzinfo=_UTC)
-
-    def process_bind_param(self, value, dialect):
-        return self._utc(value)
-
-    def process_result_value(self, value, dialect):
-        return self._utc(value)
-
-
-def _in(column: str, values: tuple[str, ...]) -> sa.CheckConstraint:
-    allowed = ", ".join(f"'{v}'" for v in values)
-    return sa.CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_allowed")
-
-
-metadata = sa.MetaData(naming_convention={"ck": "ck_%(table_name)s_%(constraint_name)s"})
-
-alerts = sa.Table(
-    "alerts",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("dataset", sa.String, nullable=False),
-    sa.Column("entity_id", sa.String, nullable=False),
-    sa.Column("dt", sa.Date, nullable=False),
-    sa.Column("start_ts", UtcDateTime, nullable=False),
-    sa.Column("end_ts", UtcDateTime, nullable=False),
-    sa.Column("n_points", sa.Integer, nullable=False),
-    sa.Column("peak_score", sa.Float, nullable=False),
-    sa.Column("severity", sa.String, nullable=False),
-    sa.Column("threshold", sa.Float, nullable=False),
-    sa.Column("top_metrics", sa.String, nullable=False),
-    sa.Column("contributions", sa.Text, nullable=False),
-    sa.Column("phases", sa.Text, nullable=True),
-    sa.Column("model_scope", sa.String, nullable=False),
-    sa.Column("model_name", sa.String, nullable=False),
-    sa.Column("model_version", sa.String, nullable=False),
-    sa.Column("feature_view", sa.String, nullable=False),
-    sa.Column("run_id", sa.String, nullable=True),
-    sa.Column("created_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
-    sa.Column("label", sa.Boolean, nullable=True),
-    sa.Column("labelled_at", UtcDateTime, nullable=True),
-    _in("severity", SEVERITIES),
-    _in("model_scope", MODEL_SCOPES),
-    sa.Index("ix_alerts_dataset_dt", "dataset", "dt"),
-    sa.Index("ix_alerts_dataset_entity_start", "dataset", "entity_id", "start_ts"),
-    sqlite_autoincrement=True,  # SQLite would otherwise hand a deleted alert's id to the next new one
-)
-
-drift = sa.Table(
-    "drift",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("dataset", sa.String, nullable=False),
-    sa.Column("dt", sa.Date, nullable=False),
-    sa.Column("entity_id", sa.String, nullable=False),
-    sa.Column("feature", sa.String, nullable=False),
-    sa.Column("psi", sa.Float, nullable=False),
-    sa.Column("drifted", sa.Boolean, nullable=False),
-    sa.Column("model_version", sa.String, nullable=False),
-    sa.Column("created_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
-    sa.Index("ix_drift_dataset_dt", "dataset", "dt"),
-)
-
-_GENERATED = {"id", "created_at", "label", "labelled_at"}
-ALERT_COLUMNS = [c.name for c in alerts.columns if c.name not in _GENERATED]
-DRIFT_COLUMNS = [c.name for c in drift.columns if c.name not in _GENERATED]
-_CREATE_LOCK = zlib.crc32(b"fleetwatch/create-tables")
-# columns added after the first release: nullable, added to an older table by ``create``, and
-# optional in what is published (incident partitions written before them lack them)
-_ADDED_COLUMNS = {"alerts": ("phases",)}
 
 
 class AlertsStore:
@@ -211,13 +146,14 @@ class AlertsStore:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CREATE_LOCK)))
             _autoincrement_alert_ids(conn)
             metadata.create_all(conn, checkfirst=True)
-            for table, names in _ADDED_COLUMNS.items():
+            for table, names in ADDED_COLUMNS.items():
                 have = {c["name"] for c in sa.inspect(conn).get_columns(table)}
                 for name in names:
                     if name not in have:
                         column = metadata.tables[table].c[name]
                         kind = column.type.compile(dialect=conn.dialect)
                         conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+            alert_carry.backfill(conn)
         self._created = True
 
     def _ensure(self) -> None:
@@ -226,13 +162,19 @@ class AlertsStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def publish_partition(self, dataset: str, day: dt.date, incidents: pd.DataFrame) -> int:
+    def publish_partition(
+        self, dataset: str, day: dt.date, incidents: pd.DataFrame, *,
+        carry_step: dt.timedelta | None = None, sampling_seconds: int = 0,
+    ) -> int:
         """Replace the alerts of ``(dataset, day)`` with ``incidents`` in one transaction.
 
         An incident that is the same one as an alert already there (same entity, overlapping
         span) updates that alert in place: it keeps its id, its label and the label's time.
-        Alerts no incident matches are deleted, new incidents get new ids (never a deleted one's).
-        Returns the number of alerts written.
+        With ``carry_step``, an entity's first incident of the night that starts within that
+        step of where its alert of the previous night ended extends that alert instead
+        (``alert_carry``): a persistent alert. Alerts no incident matches are deleted, new
+        incidents get new ids (never a deleted one's). ``sampling_seconds`` counts each
+        incident's minutes in alarm (``alert_nights``). Returns the number of incidents written.
         """
         day = parse_day(day)
         rows = _records(incidents, ALERT_COLUMNS, dataset, day, "alerts")
@@ -243,15 +185,29 @@ class AlertsStore:
             old = conn.execute(
                 sa.select(alerts.c.id, alerts.c.entity_id, alerts.c.start_ts, alerts.c.end_ts).where(where)
             ).mappings().all()
-            matched = _match_incidents(old, rows)
+            night = sa.and_(alert_nights.c.dataset == dataset, alert_nights.c.dt == day)
+            touched = set(conn.execute(sa.select(alert_nights.c.alert_id).where(night)).scalars())
+            carry = alert_carry.carried(conn, dataset, day, rows, carry_step) if carry_step is not None else {}
+            rest = [i for i in range(len(rows)) if i not in carry]
+            matched = {rest[j]: a for j, a in alert_carry.match_incidents(old, [rows[i] for i in rest]).items()}
             gone = [r["id"] for r in old if r["id"] not in matched.values()]
+            conn.execute(sa.delete(alert_nights).where(night))
             if gone:
+                conn.execute(sa.delete(alert_nights).where(alert_nights.c.alert_id.in_(gone)))
                 conn.execute(sa.delete(alerts).where(alerts.c.id.in_(gone)))
             for i, alert_id in matched.items():
                 conn.execute(sa.update(alerts).where(alerts.c.id == alert_id).values(**rows[i]))
-            new = [row for i, row in enumerate(rows) if i not in matched]
+            ids = {**carry, **matched}
+            new = [i for i in range(len(rows)) if i not in ids]
             if new:
-                conn.execute(sa.insert(alerts), new)
+                fresh = [{**rows[i], "persistent": False, "nights": 1, "last_dt": day} for i in new]
+                made = conn.execute(sa.insert(alerts).returning(alerts.c.id, sort_by_parameter_order=True), fresh)
+                ids.update(zip(new, made.scalars().all(), strict=True))
+            order = sorted(ids)
+            parts = alert_carry.night_rows(dataset, day, [rows[i] for i in order], [ids[i] for i in order], sampling_seconds)
+            if parts:
+                conn.execute(sa.insert(alert_nights), parts)
+            alert_carry.refresh(conn, (touched - set(gone)) | set(ids.values()))
         return len(rows)
 
     def publish_drift(self, dataset: str, day: dt.date, frame: pd.DataFrame) -> int:
@@ -266,14 +222,20 @@ class AlertsStore:
                 conn.execute(sa.insert(drift), rows)
         return len(rows)
 
-    def label(self, alert_id: int, value: bool) -> None:
-        """Mark alert ``alert_id`` as a true (``True``) or false (``False``) positive."""
+    def label(self, alert_id: int, value: bool, *, new_normal: bool = False) -> None:
+        """Mark alert ``alert_id`` as a true (``True``) or false (``False``) positive.
+
+        ``new_normal`` (with ``value`` False): not an anomaly but the entity's new normal, which
+        the next retrain adapts its models to (``models.adaptation``).
+        """
+        if new_normal and value:
+            raise AlertsStoreError(f"alert {alert_id}: a new normal is not an anomaly; label it false with new_normal")
         self._ensure()
         with self._transaction() as conn:
             done = conn.execute(
                 sa.update(alerts)
                 .where(alerts.c.id == alert_id)
-                .values(label=bool(value), labelled_at=dt.datetime.now(_UTC))
+                .values(label=bool(value), new_normal=bool(new_normal), labelled_at=dt.datetime.now(_UTC))
             )
             if done.rowcount == 0:
                 raise AlertsStoreError(f"no alert with id {alert_id} in {redact_url(self.url)}")
@@ -307,6 +269,25 @@ class AlertsStore:
         """Alerts of ``dataset`` that users labelled ``value`` (true: a confirmed anomaly)."""
         stmt = sa.select(alerts).where(alerts.c.dataset == dataset, alerts.c.label == value).order_by(alerts.c.id)
         return self._read(stmt)
+
+    def persistent(self, dataset: str, days: list[dt.date] | None = None) -> pd.DataFrame:
+        """Alerts of ``dataset`` carried over more than one night (whose nights touch ``days``)."""
+        stmt = sa.select(alerts).where(alerts.c.dataset == dataset, alerts.c.persistent.is_(True)).order_by(alerts.c.id)
+        if days:
+            stmt = stmt.where(alerts.c.dt <= max(days), alerts.c.last_dt >= min(days))
+        return self._read(stmt)
+
+    def entity_nights(self, dataset: str, day: dt.date, nights: int) -> pd.DataFrame:
+        """Per entity, minutes in alarm over the ``nights`` nights ending at ``day`` (``alert_carry``)."""
+        self._ensure()
+        with self._transaction() as conn:
+            return alert_carry.entity_nights(conn, dataset, parse_day(day), nights)
+
+    def last_night(self, dataset: str) -> dt.date | None:
+        """The newest night with alerts of ``dataset``, None when it has none."""
+        self._ensure()
+        with self._transaction() as conn:
+            return conn.execute(sa.select(sa.func.max(alert_nights.c.dt)).where(alert_nights.c.dataset == dataset)).scalar()
 
     def query(self, sql: str) -> tuple[list[str], list[tuple]]:
         """Run one SQL statement as written (committed); rows, or the count of rows changed.
@@ -396,34 +377,6 @@ def _is_several_statements(exc: sa.exc.DBAPIError) -> bool:
     return "one statement at a time" in text or "multiple commands into a prepared statement" in text
 
 
-def _overlap(a: dict, b: dict) -> dt.timedelta | None:
-    """How long the spans of ``a`` and ``b`` overlap (zero when they touch), None when apart."""
-    start, end = max(a["start_ts"], b["start_ts"]), min(a["end_ts"], b["end_ts"])
-    return end - start if start <= end else None
-
-
-def _match_incidents(old: list, rows: list[dict]) -> dict[int, int]:
-    """Which new row (by position) is the same incident as which stored alert (by id).
-
-    Same entity and overlapping spans; each alert and each row pairs at most once, the longest
-    overlaps first (then the earliest starts), so a rerun that shifts or splits an incident keeps
-    its id on the part that overlaps it most.
-    """
-    pairs = []
-    for i, row in enumerate(rows):
-        for alert in old:
-            if alert["entity_id"] == row["entity_id"]:
-                span = _overlap(row, alert)
-                if span is not None:
-                    pairs.append((-span, alert["start_ts"], row["start_ts"], i, alert["id"]))
-    matched, used = {}, set()
-    for *_, i, alert_id in sorted(pairs):
-        if i not in matched and alert_id not in used:
-            matched[i] = alert_id
-            used.add(alert_id)
-    return matched
-
-
 def _autoincrement_alert_ids(conn: sa.Connection) -> None:
     """Rebuild an SQLite alerts table made without AUTOINCREMENT, so no id is handed out twice."""
     if conn.dialect.name != "sqlite":
@@ -450,7 +403,7 @@ def _lock(conn: sa.Connection, table: str, dataset: str, day: dt.date) -> None:
 def _records(frame: pd.DataFrame, columns: list[str], dataset: str, day: dt.date, table: str) -> list[dict]:
     """Checked rows of ``frame`` for ``table``: columns present, partition and categories right."""
     where = f"{table} for {dataset} {day}"
-    optional = _ADDED_COLUMNS.get(table, ())
+    optional = OPTIONAL_COLUMNS.get(table, ())
     missing = [c for c in columns if c not in frame.columns and c not in optional]
     if missing:
         raise AlertsStoreError(f"{where}: missing columns {', '.join(missing)}; nothing was written")

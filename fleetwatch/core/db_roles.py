@@ -11,11 +11,11 @@ import re
 
 import sqlalchemy as sa
 
-from fleetwatch.core.alerts_store import AlertsStore, alerts, drift
+from fleetwatch.core.alerts_store import AlertsStore, alert_nights, alerts, drift
 from fleetwatch.core.errors import AlertsStoreError
 
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]*$")
-_TABLES = (alerts.name, drift.name)
+_TABLES = (alerts.name, alert_nights.name, drift.name)
 
 
 def _literal(text: str) -> str:

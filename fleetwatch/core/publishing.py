@@ -9,13 +9,16 @@ import pandas as pd
 from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.lake import Lake, is_local, local_path
 from fleetwatch.core.settings import Settings
+from fleetwatch.core.specs import load_spec
 
 
 def publish_alerts(settings: Settings, dataset: str, day: dt.date, spark=None) -> int:
     """Replace the alerts of ``(dataset, day)`` with the incidents partition; returns their count.
 
     The partition is small and read with pandas; a lake on a Hadoop URI (``s3a://``) is read
-    through ``spark`` instead. An empty partition clears that day's alerts.
+    through ``spark`` instead. An empty partition clears that day's alerts. An incident that
+    continues the previous night's alert of its entity (at most the incident gap plus one
+    sampling interval after it, the rule that joins flagged points) extends that alert.
     """
     lake = Lake(settings.lake_root)
     path = lake.partition("incidents", dataset, day)
@@ -24,4 +27,8 @@ def publish_alerts(settings: Settings, dataset: str, day: dt.date, spark=None) -
         incidents = pd.read_parquet(local_path(path))
     else:
         incidents = spark.read.parquet(path).toPandas()
-    return AlertsStore(settings.alerts_db_url).publish_partition(dataset, day, incidents)
+    spec = load_spec(settings.specs_dir, dataset)
+    step = dt.timedelta(minutes=spec.incident_gap(settings.incident_gap_minutes), seconds=spec.sampling_seconds)
+    return AlertsStore(settings.alerts_db_url).publish_partition(
+        dataset, day, incidents, carry_step=step, sampling_seconds=spec.sampling_seconds
+    )

@@ -68,6 +68,30 @@ class Settings(BaseSettings):
             "A metric of an entity drifted when its PSI also exceeds this many times the fleet's median PSI of it that day."
         ),
     )
+    persistent_adapt_days: int = Field(
+        3, ge=1, description=(
+            "Nights a persistent alert lasts before its entity adapts to it, when it is a level shift "
+            "(labelling it new_normal adapts at once)."
+        ),
+    )
+    alarm_budget_nights: int = Field(
+        3, ge=1, description="Nights over which an entity's minutes in alarm are held to its alarm-share budget."
+    )
+    alarm_budget_incident_minutes: float = Field(
+        60.0, gt=0, description=(
+            "Minutes each of the spec's alarm_budget incidents a day may last: the default alarm-share budget is "
+            "alarm_budget x this / 1440."
+        ),
+    )
+    level_shift_spread_ratio: float = Field(
+        2.0, gt=0, description="A level shift's new level spreads at most this many times the training spread."
+    )
+    level_shift_min_sigmas: float = Field(
+        3.0, gt=0, description="A metric moved when its median moved more than this many training spreads."
+    )
+    level_shift_tail_share: float = Field(
+        0.25, gt=0, le=1, description="Latest share of a deviation's rows that must still hold the new level."
+    )
     train_entities_per_task: int = Field(32, ge=1, description="Entities whose models one Spark task fits together.")
     seed: int = Field(42, description="Run seed; per-entity seeds derive from it.")
 

@@ -60,6 +60,11 @@ class DatasetSpec(BaseModel):
     sampling_seconds: int = Field(60, gt=0)
     partition_frequency: Literal["daily"] = "daily"
     alarm_budget: float = Field(1.0, gt=0, description="Expected incidents per entity per day.")
+    alarm_share_budget: float | None = Field(
+        None, gt=0, le=1, description=(
+            "Share of an entity's minutes that may be in alarm over the last nights; unset: derived from alarm_budget."
+        ),
+    )
     min_rows: int = Field(1, ge=1, description="Fewest rows a valid partition may hold.")
     score_smoothing_minutes: int = Field(
         5, ge=1, description="Minutes each detector score is averaged over: about the shortest anomaly worth an alert."
@@ -87,6 +92,13 @@ class DatasetSpec(BaseModel):
     def incident_gap(self, default: int) -> int:
         """Minutes between flagged rows that still make one incident: the spec's own, else ``default``."""
         return default if self.incident_gap_minutes is None else self.incident_gap_minutes
+
+    def alarm_share(self, incident_minutes: float) -> float:
+        """Share of an entity's minutes allowed in alarm: the spec's own, else ``alarm_budget``
+        incidents a day of ``incident_minutes`` each."""
+        if self.alarm_share_budget is not None:
+            return self.alarm_share_budget
+        return min(1.0, self.alarm_budget * incident_minutes / 1440)
 
     @property
     def min_incident_points(self) -> int:
@@ -138,6 +150,8 @@ class DatasetSpec(BaseModel):
         ]
         if self.incident_gap_minutes is not None:
             lines.append(f"incident_gap_minutes = {self.incident_gap_minutes}")
+        if self.alarm_share_budget is not None:
+            lines.append(f"alarm_share_budget = {self.alarm_share_budget}")
         if self.min_incident_minutes != 1:
             lines.append(f"min_incident_minutes = {self.min_incident_minutes}")
         if self.short_event_factor is not None:

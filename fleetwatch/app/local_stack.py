@@ -172,9 +172,9 @@ def up(settings: Settings, config: StackConfig | None = None, *, wait_s: float =
             f"the stack already runs under {settings.home} ({', '.join(running)}): `fleetwatch stack down` first"
         )
     check_java()
-    create_databases(config)
     stack_dir(settings).mkdir(parents=True, exist_ok=True)
-    _config_file(settings).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    _config_file(settings).write_text(json.dumps(asdict(config), indent=2) + "\n")  # before the databases: down drops them
+    create_databases(config)
     try:
         _start_spark(settings, config, wait_s)
         _start_mlflow(settings, config, wait_s)

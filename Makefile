@@ -1,4 +1,4 @@
-# FleetWatch: `make demo` runs the main job, `make test` runs the tests; both install on first use.
+# FleetWatch: `make demo` runs the main job, `make stack` starts the services, `make test` runs the tests; each installs on first use.
 PYTHON ?= python3.11
 # Test processes (pytest-xdist): the slow tests are mostly separate spark-submit JVMs, so two
 # processes overlap them even on 2 cores.
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast check-java clean
+.PHONY: install demo stack stack-down test test-fast check-java clean
 
 install: $(STAMP)
 
@@ -24,6 +24,13 @@ check-java:
 
 demo: install check-java
 	$(BIN)/fleetwatch demo
+
+# The multi-machine topology on this machine: Spark master and worker, MLflow server, Airflow on PostgreSQL
+stack: install check-java
+	$(BIN)/fleetwatch stack up
+
+stack-down:
+	$(BIN)/fleetwatch stack down
 
 test: install check-java
 	$(PYTEST)

@@ -60,6 +60,12 @@ def settings(tmp_path, monkeypatch) -> Settings:
 
 
 @pytest.fixture
+def pg_admin_url() -> str:
+    """A PostgreSQL server URL with a login that may create databases (``FLEETWATCH_TEST_PG``)."""
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
 def pg_url():
     """A fresh PostgreSQL database for one test, dropped afterwards."""
     import sqlalchemy as sa

@@ -4,15 +4,12 @@ REST API the way the UI does it (no logical date), the scheduler and LocalExecut
 from __future__ import annotations
 
 import datetime as dt
-import json
-import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from airflow_api import Api, free_port, wait_for
 
 from fleetwatch.app import airflow_stack
 from fleetwatch.app.orchestration import nightly_dag_id
@@ -24,50 +21,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DAY = dt.date(2026, 1, 1)
 DATASET = "sched"
 WAIT_S = 900  # a bound on waiting for a hung stack, not a measured figure
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Api:
-    """The few Airflow 3 REST calls the test needs, with a simple auth manager token."""
-
-    def __init__(self, url: str, user: str, password: str):
-        self.url = url
-        token = self._call("POST", "/auth/token", {"username": user, "password": password}, auth=False)
-        self.token = token["access_token"]
-
-    def _call(self, method: str, path: str, body: dict | None = None, *, auth: bool = True) -> dict:
-        request = urllib.request.Request(
-            f"{self.url}{path}", method=method, data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {self.token}"} if auth else {})},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"{}")
-
-    def get(self, path: str) -> dict:
-        return self._call("GET", path)
-
-    def send(self, method: str, path: str, body: dict) -> dict:
-        return self._call(method, path, body)
-
-
-def _wait_for(what: str, probe, deadline: float):
-    while True:
-        try:
-            found = probe()
-        except urllib.error.HTTPError as exc:
-            if exc.code != 404:
-                raise
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(3)
 
 
 @pytest.fixture
@@ -88,20 +41,20 @@ def test_scheduler_runs_a_nightly_run_triggered_like_the_ui(stack_settings):
     generate_fleet(s, DATASET, entities=2, days=1, start=DAY, seed=2)
     dag_id = nightly_dag_id(DATASET)
 
-    info = airflow_stack.up(s, port=_free_port())
+    info = airflow_stack.up(s, port=free_port())
     assert [(p.name, p.running) for p in airflow_stack.status(s)] == [(n, True) for n in airflow_stack.PROCESSES]
     config = (Path(s.airflow_home) / "airflow.cfg").read_text()
     assert "executor = LocalExecutor" in config and f"sql_alchemy_conn = sqlite:///{s.airflow_home}/airflow.db" in config
 
     deadline = time.monotonic() + WAIT_S
     api = Api(info.url, info.user, info.password)
-    _wait_for(f"the DAG processor to parse {dag_id}", lambda: api.get(f"/api/v2/dags/{dag_id}"), deadline)
+    wait_for(f"the DAG processor to parse {dag_id}", lambda: api.get(f"/api/v2/dags/{dag_id}"), deadline)
     assert api.send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})["is_paused"] is False
     run = api.send("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": {"day": DAY.isoformat()}})
     assert run["logical_date"] is None
 
     path = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
-    finished = _wait_for("the run to finish", lambda: (r := api.get(path))["state"] in ("success", "failed") and r, deadline)
+    finished = wait_for("the run to finish", lambda: (r := api.get(path))["state"] in ("success", "failed") and r, deadline)
     tasks = api.get(f"{path}/taskInstances")["task_instances"]
     states = {t["task_id"]: t["state"] for t in tasks}
     assert finished["state"] == "success", states

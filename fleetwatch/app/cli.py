@@ -19,6 +19,7 @@ from fleetwatch.app.cli_common import console
 from fleetwatch.app.cli_common import fail as _fail
 from fleetwatch.app.cli_groups import DatasetOrCommand
 from fleetwatch.app.cli_own_data import dataset_app, evaluate_dataset_cmd, ingest_files_cmd
+from fleetwatch.app.cli_stack import stack_app
 from fleetwatch.app.orchestration import last_failures, last_tasks, run_nightly
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import parse_day
@@ -45,6 +46,7 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(airflow_app, name="airflow")
+app.add_typer(stack_app, name="stack")
 ingest_app.command("files")(ingest_files_cmd)
 evaluate_app.command("dataset", hidden=True)(evaluate_dataset_cmd)
 alerts_app.command("nights")(alerts_nights_cmd)

@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetwatch.app import connect_server
+from fleetwatch.app import background, connect_server
 from fleetwatch.app.orchestration import DAGS_FOLDER, airflow_env
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.settings import Settings
@@ -229,8 +228,8 @@ def status(settings: Settings) -> list[Process]:
     """Each stack process: its PID (if one was recorded) and whether it still runs."""
     out = []
     for name in PROCESSES:
-        pid = _read_pid(_pid_file(settings, name))
-        out.append(Process(name, pid, pid is not None and _is_airflow(pid), log_dir(settings) / f"{name}.log"))
+        pid = background.read_pid(_pid_file(settings, name))
+        out.append(Process(name, pid, background.running(pid, b"airflow"), log_dir(settings) / f"{name}.log"))
     return out
 
 
@@ -260,21 +259,10 @@ def up(
     password = admin_password(settings)
     env_file = write_env_file(settings)
     migrate(settings)
-    log_dir(settings).mkdir(parents=True, exist_ok=True)
-    _pid_file(settings, PROCESSES[0]).parent.mkdir(parents=True, exist_ok=True)
     env = _process_env(settings)
     for name in PROCESSES:
-        with (log_dir(settings) / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [_airflow_bin(), name],
-                env=env,
-                cwd=airflow_home(settings),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _pid_file(settings, name).write_text(f"{proc.pid}\n")
+        background.start([_airflow_bin(), name], env=env, cwd=airflow_home(settings),
+                         log=log_dir(settings) / f"{name}.log", pid_file=_pid_file(settings, name))
     url = f"http://127.0.0.1:{port}"
     _wait_healthy(settings, url, wait_s)
     url_db = metadata_db_url(settings, db_url)
@@ -320,7 +308,7 @@ def down(settings: Settings, *, wait_s: float = 30.0) -> list[str]:
     stopped = []
     for proc in status(settings):
         if proc.running:
-            _stop_group(proc.pid, wait_s)
+            background.stop(proc.pid, wait_s)
             stopped.append(proc.name)
         _pid_file(settings, proc.name).unlink(missing_ok=True)
     if connect_server.is_running(spark_connect_pid(settings)):
@@ -332,65 +320,5 @@ def down(settings: Settings, *, wait_s: float = 30.0) -> list[str]:
 
 def spark_connect_pid(settings: Settings) -> int | None:
     """The PID of the Spark Connect server ``up`` started, if it recorded one."""
-    return _read_pid(_pid_file(settings, SPARK_CONNECT))
+    return background.read_pid(_pid_file(settings, SPARK_CONNECT))
 
-
-def _stop_group(pid: int, wait_s: float) -> None:
-    """SIGTERM to the process (Airflow then stops its own children), then to what is left of its
-    group, then SIGKILL."""
-    for send, wait in ((lambda: os.kill(pid, signal.SIGTERM), wait_s), (lambda: os.killpg(pid, signal.SIGTERM), 5.0)):
-        try:
-            send()
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _group_alive(pid):
-                return
-            time.sleep(0.5)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    _reap(pgid)
-    return _group_has_members(pgid)
-
-
-def _group_has_members(pgid: int) -> bool:
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _reap(pid: int) -> None:
-    """Collect ``pid`` if this process started it (``up`` and ``down`` in one process, as in tests)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_airflow(pid: int) -> bool:
-    """Whether ``pid`` is a live Airflow process (not a zombie, not a PID reused by another program)."""
-    _reap(pid)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and b"airflow" in cmdline

@@ -11,14 +11,13 @@ Airflow. It listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetwatch.app import background
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.spark import check_java, spark_conf, spark_env
@@ -64,59 +63,29 @@ def start(settings: Settings, *, port: int = DEFAULT_PORT, log: Path, pid_file: 
     check_java()
     if _listening(port):
         raise FleetWatchError(f"port {port} on 127.0.0.1 is taken: choose another Spark Connect port")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            server_command(settings, port), env={**os.environ, **spark_env()}, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    if pid_file is not None:
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(f"{proc.pid}\n")
+    pid = background.start(server_command(settings, port), env={**os.environ, **spark_env()}, cwd=Path.cwd(), log=log,
+                           pid_file=pid_file if pid_file is not None else log.with_suffix(".pid"))
     deadline = time.monotonic() + wait_s
     while not _listening(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc.pid)
-            exited = proc.returncode is not None
-            why = f"exited with code {proc.returncode}" if exited else f"did not listen within {wait_s:.0f} s"
+        alive = is_running(pid)
+        if not alive or time.monotonic() > deadline:
+            stop(pid)
+            why = "exited" if not alive else f"did not listen within {wait_s:.0f} s"
             raise FleetWatchError(f"the Spark Connect server on port {port} {why}: see {log}")
         time.sleep(0.5)
-    return ConnectServer(url_of(port), proc.pid, log)
+    return ConnectServer(url_of(port), pid, log)
 
 
 def stop(pid: int, wait_s: float = 30.0) -> bool:
     """Stop the server started as ``pid`` (its whole process group: SIGTERM, then SIGKILL); whether it ran."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        _reap(pid)
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.5)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _reap(pid)
-    return True
+    was_running = is_running(pid)
+    background.stop(pid, wait_s)
+    return was_running
 
 
 def is_running(pid: int | None) -> bool:
     """Whether ``pid`` is a live Spark Connect server (not a PID reused by another program)."""
-    if pid is None:
-        return False
-    _reap(pid)
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z" and SERVER_CLASS.encode() in cmdline
+    return background.running(pid, SERVER_CLASS.encode())
 
 
 def free_port() -> int:
@@ -131,9 +100,3 @@ def _listening(port: int) -> bool:
         s.settimeout(1.0)
         return s.connect_ex(("127.0.0.1", port)) == 0
 
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 TEST_WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
-PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=30
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo stack stack-down test test-fast check-java clean

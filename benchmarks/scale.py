@@ -82,9 +82,11 @@ class TreeMeter(TreeSampler):
         return super().sample()
 
     def cpu_seconds(self) -> float:
-        """CPU seconds of every process seen so far, read now."""
+        """CPU seconds of every process seen so far, read now; the memory read at the same time
+        counts towards the window's peaks (a stage shorter than the interval still has one)."""
         with self._lock:
-            self.sample()
+            for key, value in self.sample().items():
+                self.peaks[key] = max(self.peaks[key], value)
             return sum(self.cpu.values())
 
 

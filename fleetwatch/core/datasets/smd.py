@@ -53,12 +53,11 @@ INCIDENT_GAP_MINUTES = 60
 # per day on the worst machine 2.73 / 2.85 -> 1.70 / 1.76 (mean 1.20 -> 0.88 / 0.82); event recall
 # 0.942 / 0.954 -> 0.913 / 0.908. 8 and 10 minutes left the worst at 2.07 / 2.31 and 2.00 / 2.25.
 MIN_INCIDENT_MINUTES = 15
-# A shorter incident still alerts when a row's unsmoothed score is this many times the unsmoothed
-# score held-out rows reached about once a day: calibrated scores count decades of rarity, so 2 asks
-# a row to be twice as many decades rare as an ordinary day's rarest. Set before measuring; not yet
-# measured on SMD (docs/tuning.md, "Short, severe events"): `fleetwatch evaluate smd --cross-validate`
-# chooses it on all but one machine.
-SHORT_EVENT_FACTOR = 2.0
+# A shorter incident can still alert when a row's unsmoothed score is `short_event_factor` times the
+# unsmoothed score held-out rows reached about once a day (docs/tuning.md, "Short, severe events").
+# Off on SMD until a leave-one-machine-out run (`fleetwatch evaluate smd --cross-validate`) has chosen
+# it on all but one machine: the SMD figures in the report are measured with it off.
+SHORT_EVENT_FACTOR: float | None = None
 _MINUTES_PER_DAY = 1440
 _SUFFIXES = (".txt", ".txt.gz")
 _EVENT = re.compile(r"(\d+)-(\d+):(\d+(?:,\d+)*)")

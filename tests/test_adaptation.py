@@ -7,11 +7,11 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
+from test_persistent_alerts import NIGHTS, STEP, _at, night
 
 from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.adaptation import LevelShiftRule, adaptation_queue, is_level_shift
-from tests.test_persistent_alerts import NIGHTS, STEP, _at, night
 
 RULE = LevelShiftRule(spread_ratio=2.0, min_sigmas=3.0, tail_share=0.25)
 

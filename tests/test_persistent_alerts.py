@@ -8,10 +8,10 @@ import datetime as dt
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from test_alerts_store import incidents
 
 from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.errors import AlertsStoreError
-from tests.test_alerts_store import incidents
 
 NIGHTS = [dt.date(2026, 1, 2), dt.date(2026, 1, 3), dt.date(2026, 1, 4)]
 STEP = dt.timedelta(minutes=6)  # a 5-minute incident gap plus one 60 s sample

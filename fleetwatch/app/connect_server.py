@@ -67,7 +67,7 @@ def start(settings: Settings, *, port: int = DEFAULT_PORT, log: Path, pid_file: 
                            pid_file=pid_file if pid_file is not None else log.with_suffix(".pid"))
     deadline = time.monotonic() + wait_s
     while not _listening(port):
-        alive = is_running(pid)
+        alive = background.running(pid, b"")  # alive at all: its command line changes as spark-submit execs
         if not alive or time.monotonic() > deadline:
             stop(pid)
             why = "exited" if not alive else f"did not listen within {wait_s:.0f} s"

@@ -99,14 +99,7 @@ class StackConfig:
         return cls(**{**data, "ports": Ports(**data["ports"])})
 
 
-@dataclass(frozen=True)
-class Service:
-    """One stack process as ``status`` sees it."""
-
-    name: str
-    pid: int | None
-    running: bool
-    log: Path
+Service = airflow_stack.Process  # one stack process as ``status`` sees it: name, pid, running, log
 
 
 @dataclass(frozen=True)
@@ -155,7 +148,7 @@ def status(settings: Settings) -> list[Service]:
     for name, marker in SERVICES.items():
         pid = background.read_pid(_pid_file(settings, name))
         own.append(Service(name, pid, background.running(pid, marker), _log(settings, name)))
-    return own + [Service(p.name, p.pid, p.running, p.log) for p in airflow_stack.status(settings)]
+    return own + airflow_stack.status(settings)
 
 
 def up(settings: Settings, config: StackConfig | None = None, *, wait_s: float = 300.0) -> StackInfo:

@@ -45,6 +45,8 @@ class _LazyEntities(Mapping):
             model = self._reader.read(entity, info)
             if info["threshold"] != model.threshold and info["threshold"] == info["threshold"]:
                 model = dataclasses.replace(model, threshold=info["threshold"])  # raised by feedback
+            if info.get("raw_threshold") is not None and info["raw_threshold"] != model.raw_threshold:
+                model = dataclasses.replace(model, raw_threshold=float(info["raw_threshold"]))  # raised by feedback
             self._loaded[entity] = model
         return self._loaded[entity]
 
@@ -90,14 +92,19 @@ class ModelBundle:
                 for e, i in sorted(self.info.items())]
         return pd.DataFrame(rows, columns=["entity_id", "scope", "train_rows", "threshold"])
 
-    def set_threshold(self, entity: str, threshold: float) -> None:
-        """Replace an entity's threshold (feedback from false alerts); :meth:`save_manifest` keeps it."""
+    def set_threshold(self, entity: str, threshold: float, raw_threshold: float | None = None) -> None:
+        """Replace an entity's threshold, and its unsmoothed one when given (feedback from false
+        alerts); :meth:`save_manifest` keeps them."""
         model = dataclasses.replace(self.entities[entity], threshold=threshold)
+        info = {**self.info[entity], "threshold": float(threshold)}
+        if raw_threshold is not None:
+            model = dataclasses.replace(model, raw_threshold=float(raw_threshold))
+            info["raw_threshold"] = float(raw_threshold)
         if isinstance(self.entities, _LazyEntities):
             self.entities.replace(entity, model)
         else:
             self.entities[entity] = model
-        self.info[entity] = {**self.info[entity], "threshold": float(threshold)}
+        self.info[entity] = info
 
     @property
     def layout(self) -> FeatureLayout:

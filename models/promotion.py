@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
@@ -75,7 +76,8 @@ def shadow_score(
 
 
 def raise_thresholds(
-    bundle, rows: pd.DataFrame, false_alerts: pd.DataFrame, *, margin: float | None = None, max_factor: float | None = None
+    bundle, rows: pd.DataFrame, false_alerts: pd.DataFrame, *, margin: float | None = None, max_factor: float | None = None,
+    short_event_factor: float | None = None,
 ) -> dict[str, list[float]]:
     """Raise each entity's threshold just above the peak score of its false alerts' rows.
 
@@ -83,8 +85,11 @@ def raise_thresholds(
     the entity's newly fitted model: the threshold becomes ``margin`` times their peak score,
     never lower than fitted and at most ``max_factor`` times it, so one careless label cannot
     silence an entity (both default to the bundle's ``feedback_margin`` and ``feedback_max_factor``).
-    Only entities with their own models are raised (the fleet model's
-    threshold is shared). Returns ``{entity: [fitted, raised]}`` of the thresholds changed.
+    With the spec's ``short_event_factor`` the unsmoothed threshold is raised the same way, so
+    that ``factor * raw_threshold`` clears the rows' peak unsmoothed score: a false short event
+    does not come back through the short-event rule either. Only entities with their own models
+    are raised (the fleet model's threshold is shared). Returns ``{entity: [fitted, raised]}`` of
+    the entities changed (the smoothed thresholds).
     """
     changed: dict[str, list[float]] = {}
     margin = bundle.params.feedback_margin if margin is None else margin
@@ -100,8 +105,13 @@ def raise_thresholds(
         scores = bundle.score(part.drop(columns=["id"]).reset_index(drop=True))
         fitted = float(model.threshold)
         raised = min(max(fitted, margin * float(scores["score"].max())), max_factor * fitted)
-        if raised > fitted:
-            bundle.set_threshold(str(entity), raised)
+        raw_fitted, raw_raised = float(model.raw_threshold), None
+        if short_event_factor is not None and np.isfinite(raw_fitted) and raw_fitted > 0:
+            peak = margin * float(scores["raw_score"].max()) / short_event_factor
+            raw_raised = min(max(raw_fitted, peak), max_factor * raw_fitted)
+            raw_raised = raw_raised if raw_raised > raw_fitted else None
+        if raised > fitted or raw_raised is not None:
+            bundle.set_threshold(str(entity), raised, raw_raised)
             changed[str(entity)] = [fitted, raised]
     return changed
 

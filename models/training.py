@@ -170,7 +170,9 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
     features_df, persistent = adapt_window(settings, spec, view, features_df, days, min_rows)
     bundle = fit_bundle(spark, settings, spec, view, days, features_df, params)
     false_alerts = labelled_alerts(settings, dataset, False, days)
-    raised = raise_thresholds(bundle, alert_rows(store, spec, view, false_alerts), false_alerts)
+    raised = raise_thresholds(
+        bundle, alert_rows(store, spec, view, false_alerts), false_alerts, short_event_factor=spec.short_event_factor
+    )
     shadow_alerts = labelled_alerts(settings, dataset, None, days[-1:])
 
     if raised:

@@ -132,6 +132,36 @@ def test_a_false_alert_raises_its_entitys_threshold_just_above_its_peak_at_most_
     assert bundle.score(wild.drop(columns=["id"]))["flagged"].all()
 
 
+def test_a_false_short_event_raises_the_unsmoothed_threshold_and_the_manifest_keeps_it(tmp_path):
+    from models.bundle import ModelBundle
+    from models.incidents import severe_rows
+    from models.promotion import raise_thresholds
+
+    factor = 1.2
+    bundle, frame = _tiny_bundle()
+    raw_fitted = bundle.entities["a"].raw_threshold
+    blip = _alert_rows(frame, 1, 14.0)  # a 3-minute jump: severe at the unsmoothed scale
+    scored = bundle.score(blip.drop(columns=["id"]))
+    assert severe_rows(scored["raw_score"], scored["raw_threshold"], factor).any()
+    label = pd.DataFrame({"id": [1], "label": [False]})
+
+    # without the short-event rule the unsmoothed threshold decides nothing and stays as fitted
+    raise_thresholds(bundle, blip, label)
+    assert bundle.entities["a"].raw_threshold == raw_fitted
+
+    bundle, frame = _tiny_bundle()
+    bundle.save(tmp_path / "bundle")  # as training does: the models are stored, then feedback raises
+    raise_thresholds(bundle, blip, label, short_event_factor=factor)
+    raised = bundle.entities["a"].raw_threshold
+    assert raw_fitted < raised <= bundle.params.feedback_max_factor * raw_fitted
+    rescored = bundle.score(blip.drop(columns=["id"]))
+    assert not severe_rows(rescored["raw_score"], rescored["raw_threshold"], factor).any()  # it would not come back
+
+    assert ModelBundle.load(tmp_path / "bundle").entities["a"].raw_threshold == raw_fitted
+    bundle.save_manifest()
+    assert ModelBundle.load(tmp_path / "bundle").entities["a"].raw_threshold == pytest.approx(raised)
+
+
 def test_precision_over_labelled_alerts_compares_challenger_with_champion():
     from models.promotion import labelled_precision, precision_ok
 

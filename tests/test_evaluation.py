@@ -188,38 +188,6 @@ def _write_mini_smd(root, machine="machine-9-1", train_rows=3 * 1440 + 300, test
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_evaluate_smd_on_a_mini_machine(spark, settings, tmp_path):
-    from fleetwatch.app.smd_evaluation import evaluate_smd
-
-    data = tmp_path / "smd"
-    machine = _write_mini_smd(data)
-    settings = settings.model_copy(update={"min_history_days": 1})
-    out = tmp_path / "report" / "smd.json"
-    report = evaluate_smd(settings, data, machines=None, out=out, start=dt.date(2026, 1, 1), console=None)
-
-    on_disk = json.loads(out.read_text())
-    for key in ("auprc_mean", "roc_auc_mean", "best_f1_mean", "f1_at_threshold_mean", "event_recall_mean",
-                "false_incidents_per_day_mean", "hitrate_150_mean", "alarm_share_normal_mean", "alarm_share_normal_max",
-                "alert_precision_mean", "reference", "machines", "settings", "wall_time_s"):
-        assert key in on_disk, key
-    assert set(on_disk["reference"]) == {"pca", "iforest"}
-    assert list(on_disk["machines"]) == [machine]
-    r = on_disk["machines"][machine]
-    assert r["test_rows"] == 1440 + 200 and r["labelled_rows"] == 40 and r["labelled_segments"] == 1
-    for key in ("auprc", "roc_auc", "best_f1", "f1_at_threshold", "event_recall", "hitrate_150",
-                "hitrate_150_flagged_rows"):
-        assert 0.0 <= r[key] <= 1.0, key
-    assert r["interpretation_events_flagged"] == 1
-    # a 0.5 jump on two metrics is plain to see: the spike ranks high and is alerted
-    assert r["roc_auc"] > 0.9 and r["event_recall"] == 1.0
-    assert report["settings"]["training_window_days"] == 3
-    assert report["precision_labelled"] is None and report["labelled_alerts"] == 0
-    assert out.with_suffix(".md").is_file() and (out.parent / "smd_pr_curves.png").is_file()
-    assert report["mlflow_run_id"]
-
-
-@pytest.mark.integration
-@pytest.mark.slow
 def test_smd_exported_as_csv_gives_the_figures_of_evaluate_smd(spark, tmp_path, monkeypatch):
     """The generic path (CSV export -> dataset init -> ingest files -> evaluate --labels) against
     evaluate smd, figure by figure, on a mini machine whose test part starts at midnight."""
@@ -234,7 +202,7 @@ def test_smd_exported_as_csv_gives_the_figures_of_evaluate_smd(spark, tmp_path, 
     for key in [k for k in os.environ if k.startswith("FLEETWATCH_")]:
         monkeypatch.delenv(key)
     data = tmp_path / "smd"
-    machine = _write_mini_smd(data, train_rows=3 * 1440)
+    machine = _write_mini_smd(data, train_rows=2 * 1440)
     start = dt.date(2026, 1, 1)
     a = Settings(home=tmp_path / "smd-home", min_history_days=1)
     b = Settings(home=tmp_path / "csv-home", min_history_days=1)
@@ -257,7 +225,9 @@ def test_smd_exported_as_csv_gives_the_figures_of_evaluate_smd(spark, tmp_path, 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_cross_validated_smd_chooses_without_the_held_out_machine(spark, settings, tmp_path):
+def test_evaluate_smd_reports_every_machine_and_cross_validates_without_the_held_out_one(spark, settings, tmp_path):
+    """``evaluate smd --cross-validate`` on three mini machines: the report's figures per machine and
+    as means, its page, plots and MLflow run, then the leave-one-machine-out choice."""
     from fleetwatch.app.cross_validation import Candidate, replay_incidents
     from fleetwatch.app.evaluation_inputs import read_alerts, read_scores
     from fleetwatch.app.smd_evaluation import evaluate_smd
@@ -268,6 +238,27 @@ def test_cross_validated_smd_chooses_without_the_held_out_machine(spark, setting
     settings = settings.model_copy(update={"min_history_days": 1})
     out = tmp_path / "report" / "smd.json"
     report = evaluate_smd(settings, data, machines=None, out=out, start=dt.date(2026, 1, 1), console=None, cross_validate=True)
+
+    on_disk = json.loads(out.read_text())
+    for key in ("auprc_mean", "roc_auc_mean", "best_f1_mean", "f1_at_threshold_mean", "event_recall_mean",
+                "false_incidents_per_day_mean", "hitrate_150_mean", "alarm_share_normal_mean", "alarm_share_normal_max",
+                "alert_precision_mean", "reference", "machines", "settings", "wall_time_s"):
+        assert key in on_disk, key
+    assert set(on_disk["reference"]) == {"pca", "iforest"}
+    assert sorted(on_disk["machines"]) == machines
+    for machine in machines:
+        r = on_disk["machines"][machine]
+        assert r["test_rows"] == 1440 + 200 and r["labelled_rows"] == 40 and r["labelled_segments"] == 1
+        for key in ("auprc", "roc_auc", "best_f1", "f1_at_threshold", "event_recall", "hitrate_150",
+                    "hitrate_150_flagged_rows"):
+            assert 0.0 <= r[key] <= 1.0, (machine, key)
+        assert r["interpretation_events_flagged"] == 1
+        # a 0.5 jump on two metrics is plain to see: the spike ranks high and is alerted
+        assert r["roc_auc"] > 0.9 and r["event_recall"] == 1.0, machine
+    assert report["settings"]["training_window_days"] == 3
+    assert report["precision_labelled"] is None and report["labelled_alerts"] == 0
+    assert out.with_suffix(".md").is_file() and (out.parent / "smd_pr_curves.png").is_file()
+    assert report["mlflow_run_id"]
 
     cv = json.loads(out.read_text())["cross_validation"]
     assert set(cv["folds"]) == set(machines) == set(cv["machines"])

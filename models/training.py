@@ -22,6 +22,7 @@ from feature_store.views import view_for
 from fleetwatch.core.errors import FleetWatchError
 from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import Settings
+from fleetwatch.core.spark import task_slots
 from fleetwatch.core.specs import DatasetSpec, load_spec
 from models import model_store, registry
 from models.adaptation import adapt_window
@@ -87,13 +88,20 @@ def _info(row) -> dict:
     return info
 
 
+def bucket_count(n_entities: int, per_task: int, slots: int) -> int:
+    """Buckets for ``n_entities``: at most ``per_task`` entities each, and no fewer buckets than
+    the session has task slots (while there are entities to share), so a small fleet is fitted
+    on every core rather than in one task."""
+    return max(1, math.ceil(n_entities / per_task), min(n_entities, slots))
+
+
 def bucket_labels(spark, n_buckets: int) -> list[int]:
     """Labels for ``n_buckets`` buckets that Spark's hash partitioning into ``n_buckets``
     partitions sends to ``n_buckets`` different partitions, so that every task (core) fits one
     bucket and no two buckets queue on one task."""
-    candidates = spark.range(0, 64 * n_buckets + 64).select(
-        F.col("id"), F.pmod(F.hash(F.col("id")), F.lit(n_buckets)).alias("p")
-    )
+    # int, like the literals fit_bundle labels buckets with: Spark hashes an int and a long differently
+    ids = F.col("id").cast("int")
+    candidates = spark.range(0, 64 * n_buckets + 64).select(ids.alias("id"), F.pmod(F.hash(ids), F.lit(n_buckets)).alias("p"))
     first = candidates.groupBy("p").agg(F.min("id").alias("id")).collect()
     by_partition = {int(r.p): int(r.id) for r in first}
     if len(by_partition) < n_buckets:  # practically never: 64 candidates per partition
@@ -113,7 +121,7 @@ def fit_bundle(spark, settings: Settings, spec: DatasetSpec, view, days: list[dt
     n_entities = df.select(ENTITY).distinct().count()
     if n_entities == 0:
         raise FleetWatchError(f"{spec.name}: the training window {days[0]}..{days[-1]} holds no rows")
-    n_buckets = max(1, math.ceil(n_entities / settings.train_entities_per_task))
+    n_buckets = bucket_count(n_entities, settings.train_entities_per_task, task_slots(spark))
     labels = F.array(*[F.lit(label) for label in bucket_labels(spark, n_buckets)])
     index = (F.pmod(F.xxhash64(ENTITY), F.lit(n_buckets)) + 1).cast("int")
     bucketed = df.withColumn("_bucket", F.element_at(labels, index)).repartition(n_buckets, "_bucket")

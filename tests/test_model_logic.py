@@ -268,3 +268,34 @@ def test_a_member_can_leave_out_the_level_values_and_means_together():
     assert ModelParams.model_validate(params.model_dump()) == params  # what a bundle saves, it loads
     with pytest.raises(ValueError, match="median"):
         ModelParams(subspaces=("value+median",))
+
+
+# -- sharing the training over Spark tasks ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entities", "per_task", "slots", "buckets"),
+    [(10, 32, 2, 2), (100, 32, 2, 4), (1, 32, 2, 1), (3, 32, 8, 3), (1000, 32, 8, 32), (0, 32, 2, 1)],
+)
+def test_a_fleet_gets_at_least_one_bucket_per_task_slot_and_at_most_per_task_entities_a_bucket(
+    entities, per_task, slots, buckets
+):
+    from models.training import bucket_count
+
+    assert bucket_count(entities, per_task, slots) == buckets
+
+
+def test_buckets_land_on_as_many_spark_partitions_as_there_are_buckets(spark):
+    """The labels that Spark's hash partitioning sends to different partitions: with 2 task slots
+    (``local[2]``) a small fleet's two buckets are fitted by two tasks at once."""
+    from pyspark.sql import functions as F
+
+    from fleetwatch.core.spark import task_slots
+    from models.training import bucket_labels
+
+    assert task_slots(spark) == 2
+    for n in (2, 3, 7):
+        labels = bucket_labels(spark, n)
+        frame = spark.createDataFrame([(label,) for label in labels], "_bucket int").repartition(n, "_bucket")
+        sizes = frame.withColumn("p", F.spark_partition_id()).groupBy("p").count().collect()
+        assert len(labels) == n and sorted(r["count"] for r in sizes) == [1] * n, (n, labels)

@@ -151,6 +151,23 @@ def is_connect(spark) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
+def task_slots(spark) -> int:
+    """How many tasks the session runs at once (its default parallelism), to share work over.
+
+    A Spark Connect session has no SparkContext here: its ``spark.default.parallelism`` when set,
+    else the cores of its ``local[N]`` master, else this machine's cores.
+    """
+    if not is_connect(spark):
+        return max(1, spark.sparkContext.defaultParallelism)
+    value = spark.conf.get("spark.default.parallelism", None)
+    if value:
+        return max(1, int(value))
+    local = re.fullmatch(r"local\[(\d+|\*)(?:,\s*\d+)?\]", spark.conf.get("spark.master", "") or "")
+    if local and local.group(1) != "*":
+        return max(1, int(local.group(1)))
+    return os.cpu_count() or 1
+
+
 def application_id(spark) -> str:
     """The Spark application a session runs in (the same for every session of one Connect server)."""
     return spark.conf.get("spark.app.id")

@@ -25,10 +25,10 @@ ANOMALY = (  # cpu swings wildly from day 3 20:00 to day 4 06:00, then returns
 )
 
 
-def _raw(day: dt.date, rng: np.random.Generator) -> pd.DataFrame:
+def _raw(day: dt.date, rng: np.random.Generator, entities=("e0", SHIFTED, ANOMALOUS, "e3")) -> pd.DataFrame:
     ts = pd.date_range(pd.Timestamp(day, tz="UTC"), periods=1440, freq="min")
     frames = []
-    for entity in ("e0", SHIFTED, ANOMALOUS, "e3"):
+    for entity in entities:
         daily = 2 * np.sin(2 * np.pi * np.arange(1440) / 1440)
         cpu = 40 + daily + rng.normal(0, 2, 1440)
         mem = 60 + rng.normal(0, 1.5, 1440)
@@ -114,3 +114,32 @@ def test_a_level_shift_is_one_carried_alert_then_adapted_and_a_long_anomaly_is_n
     ts = pd.to_datetime(scores["ts"], utc=True)
     assert scores.loc[(ts >= ANOMALY[0]) & (ts < ANOMALY[1]), "flagged"].mean() > 0.8
     assert scores.loc[ts < ANOMALY[0] - pd.Timedelta(hours=1), "flagged"].mean() < 0.05
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_backtest_with_adapt_retrains_when_the_shift_asks_and_the_new_level_stops_alerting(spark, shift_settings):
+    """``evaluate --adapt``: the backtest's test nights retrain when the nightly DAG would, so time
+    in alarm on an entity whose normal moved is what a deployment would see."""
+    from fleetwatch.app.backtest import run_platform
+    from fleetwatch.core.alerts_store import AlertsStore
+    from fleetwatch.core.lake import Lake, write_pandas_partition
+
+    s = shift_settings
+    write_spec(s.specs_dir, DatasetSpec(name=DS, metrics=[MetricSpec(name="cpu", max=200.0), MetricSpec(name="mem")]))
+    lake, rng = Lake(s.lake_root), np.random.default_rng(11)
+    days = DAYS[3:]  # the shift starts on the third day (DAYS[5]); no anomaly inside these days
+    for day in days:
+        write_pandas_partition(lake, _raw(day, rng, entities=("e0", SHIFTED)), lake.raw(DS, day))
+
+    run = run_platform(s, DS, days, days[:2], days[2:], lambda *a, **k: None, adapt=True)
+
+    asked = {a["day"]: a["entities"] for a in run["adaptation"]}
+    assert asked and set().union(*asked.values()) == {SHIFTED}, run["adaptation"]
+    first = min(asked)
+    assert first >= DAYS[5].isoformat()  # not before the shift
+    minutes = AlertsStore(s.alerts_db_url).entity_nights(DS, days[-1], 1).set_index("entity_id")["alarm_minutes"]
+    assert minutes.get(SHIFTED, 0.0) < 60, (minutes, run["adaptation"])  # the new level is normal now
+    # the night that asked, before the retrain, the entity was in alarm for most of the shift
+    asked_night = AlertsStore(s.alerts_db_url).entity_nights(DS, dt.date.fromisoformat(first), 1)
+    assert asked_night.set_index("entity_id")["alarm_minutes"].get(SHIFTED, 0.0) > 600, asked_night

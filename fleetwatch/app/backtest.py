@@ -32,6 +32,7 @@ from fleetwatch.core.quality import validate_partition
 from fleetwatch.core.spark import get_spark
 from fleetwatch.core.specs import load_spec
 from models import registry
+from models.adaptation import adaptation_queue
 from models.bundle import ModelBundle
 from models.explain import incident_evidence, top_contributors
 from models.frames import sampling_step
@@ -48,7 +49,7 @@ MIN_REFERENCE_HISTORY = 2  # history rows the reference detectors need to be fit
 def run_backtest(
     settings, dataset: str, *, days, train_days, test_days, points, events, first_test: dict, entities, out: Path,
     say, started: float, header: dict, title: str | None = None, rows_per_day: int = MINUTES_PER_DAY,
-    skip_invalid: bool = False, cross_validate: bool = False,
+    skip_invalid: bool = False, cross_validate: bool = False, adapt: bool = False,
 ) -> dict:
     """Run the platform over ``days`` (training on ``train_days``), then report quality on ``test_days``.
 
@@ -60,11 +61,12 @@ def run_backtest(
     the report's fields.
     With ``cross_validate`` the settings after scoring are also chosen leaving one entity out
     (``cross_validation``): the report's ``cross_validation`` gives out-of-fold figures beside the
-    in-sample ones.
+    in-sample ones. With ``adapt`` the test nights also retrain as the nightly DAG asks when an
+    entity is to adapt to a new normal (``run_platform``); the report's ``adaptation`` lists them.
     Writes the report to ``out`` (JSON), a Markdown page and plots beside it, and an MLflow run.
     """
     settings = settings.model_copy(update={"training_window_days": len(train_days)})
-    run = run_platform(settings, dataset, days, train_days, test_days, say, skip_invalid=skip_invalid)
+    run = run_platform(settings, dataset, days, train_days, test_days, say, skip_invalid=skip_invalid, adapt=adapt)
     days = [d for d in days if d not in run["quarantined"]]
     test_days = [d for d in test_days if d not in run["quarantined"]]
     scores = read_scores(settings, dataset, test_days)
@@ -98,6 +100,7 @@ def run_backtest(
             "test_days": [test_days[0].isoformat(), test_days[-1].isoformat()],
             "settings": run["settings"],
             "model": run["model"],
+            **({"adaptation": run["adaptation"]} if adapt else {}),
             "timings_s": {**run["timings_s"], "total": round(time.monotonic() - started, 1)},
             "wall_time_s": round(time.monotonic() - started, 1),
         }
@@ -157,9 +160,17 @@ def label_rows(scores: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(label=label)
 
 
-def run_platform(settings, dataset: str, days, train_days, test_days, say, *, skip_invalid: bool = False) -> dict:
+def run_platform(
+    settings, dataset: str, days, train_days, test_days, say, *, skip_invalid: bool = False, adapt: bool = False
+) -> dict:
     """The DAG tasks in-process: validate and build features for every day, train on the
     training days, then score and publish each test day as one nightly partition.
+
+    With ``adapt``, a night whose persistent alerts ask their entities to adapt
+    (``models.adaptation.adaptation_queue``: lasted ``persistent_adapt_days`` nights, or over the
+    alarm-share budget) retrains on the window ending that night, as the nightly DAG's retrain
+    request does, and the next nights score with whatever the promotion gate made champion.
+    Retrains that drift alone would request are not replayed.
 
     A partition that fails validation is quarantined and fails the run, as a night does; with
     ``skip_invalid`` it is left out instead (listed under ``quarantined``) and the run goes on.
@@ -195,16 +206,24 @@ def run_platform(settings, dataset: str, days, train_days, test_days, say, *, sk
     say(f"{trained} ({timings['train']} s)")
 
     t = time.monotonic()
+    spec = load_spec(settings.specs_dir, dataset)
+    adaptation = []
     for day in [d for d in test_days if d not in quarantined]:
         score_partition(spark, settings, dataset, day)
         publish_alerts(settings, dataset, day)
+        queued = adaptation_queue(settings, spec, day) if adapt and day != test_days[-1] else []
+        if queued:
+            retrain = train_models(spark, settings, dataset, day)
+            champion = registry.champion_version(settings, dataset)
+            adaptation.append({"day": day.isoformat(), "entities": queued, "summary": retrain, "champion": champion})
+            say(f"{day}: {', '.join(queued)} asked to adapt: {retrain}")
     timings["score_and_publish"] = round(time.monotonic() - t, 1)
     say(f"scored and published {len(test_days)} test days ({timings['score_and_publish']} s)")
 
-    spec = load_spec(settings.specs_dir, dataset)
     return {
         "timings_s": timings,
         "quarantined": quarantined,
+        "adaptation": adaptation,
         "model": {"name": registry.model_name(dataset), "version": version, "train_summary": trained},
         "settings": {
             "training_window_days": settings.training_window_days,

@@ -387,6 +387,9 @@ def evaluate_smd_cmd(
     cross_validate: bool = typer.Option(
         False, "--cross-validate", help="Also choose the settings after scoring leaving one machine out."
     ),
+    adapt: bool = typer.Option(
+        False, "--adapt", help="Retrain on test nights whose persistent alerts ask an entity to adapt, as the DAGs do."
+    ),
 ) -> None:
     """Ingest SMD, run the nightly and retrain paths, and compare alerts with the labels."""
     from fleetwatch.app.smd_evaluation import evaluate_smd  # lazy: PySpark, pandas and scikit-learn
@@ -394,7 +397,7 @@ def evaluate_smd_cmd(
     try:
         report = evaluate_smd(
             get_settings(), Path(data), machines=machines, out=out, start=parse_day(start), console=console,
-            cross_validate=cross_validate,
+            cross_validate=cross_validate, adapt=adapt,
         )
     except FleetWatchError as exc:
         _fail(exc)

@@ -65,6 +65,9 @@ def evaluate_dataset_cmd(
     cross_validate: bool = typer.Option(
         False, "--cross-validate", help="Also choose the settings after scoring leaving one entity out."
     ),
+    adapt: bool = typer.Option(
+        False, "--adapt", help="Retrain on test nights whose persistent alerts ask an entity to adapt, as the DAGs do."
+    ),
 ) -> None:
     """Backtest a dataset: run the nightly and retrain paths over its history and compare with labels."""
     from fleetwatch.app.labelled_evaluation import evaluate_labelled  # lazy: PySpark, pandas and scikit-learn
@@ -73,7 +76,7 @@ def evaluate_dataset_cmd(
         report = evaluate_labelled(
             get_settings(), name, labels, train_days=train_days,
             train_until=parse_day(train_until) if train_until else None,
-            out=out or Path(f"{name}_report.json"), console=console, cross_validate=cross_validate,
+            out=out or Path(f"{name}_report.json"), console=console, cross_validate=cross_validate, adapt=adapt,
         )
     except FleetWatchError as exc:
         _fail(exc)

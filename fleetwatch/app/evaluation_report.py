@@ -153,6 +153,10 @@ def markdown(report: dict, plots: list[Path], title: str | None = None) -> str:
             f"| {_fmt(r['alarm_share_normal'])} | {_fmt(r['alert_precision'])} "
             f"| {_fmt(r['reference']['pca']['auprc'])} | {_fmt(r['reference']['iforest']['auprc'])} |"
         )
+    if "adaptation" in report:
+        lines += ["", "Retrains the test nights asked for to adapt entities to a new normal: "
+                  + ("; ".join(f"{a['day']} ({', '.join(a['entities'])}; champion v{a['champion']})"
+                               for a in report["adaptation"]) or "none") + "."]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
 

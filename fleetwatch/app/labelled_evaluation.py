@@ -54,10 +54,11 @@ def split_days(
 
 def evaluate_labelled(
     settings, dataset: str, labels: Path, *, train_days: int | None = None, train_until: dt.date | None = None,
-    out: Path, console=None, cross_validate: bool = False,
+    out: Path, console=None, cross_validate: bool = False, adapt: bool = False,
 ) -> dict:
     """Backtest ``dataset`` against the events of ``labels``; writes and returns the report (with
-    ``cross_validate``, also the settings after scoring chosen leaving one entity out)."""
+    ``cross_validate``, also the settings after scoring chosen leaving one entity out; with
+    ``adapt``, test nights retrain when an entity is to adapt to a new normal)."""
     started = time.monotonic()
     say = console.print if console is not None else (lambda *a, **k: None)
     spec = load_spec(settings.specs_dir, dataset)
@@ -80,5 +81,5 @@ def evaluate_labelled(
         first_test=first_test, entities=None, out=out, say=say, started=started,
         header={"labels": str(labels), "labelled_events": len(events)},
         title=f"FleetWatch on {dataset}: backtest against {Path(labels).name}",
-        rows_per_day=spec.rows_per_day, skip_invalid=True, cross_validate=cross_validate,
+        rows_per_day=spec.rows_per_day, skip_invalid=True, cross_validate=cross_validate, adapt=adapt,
     )

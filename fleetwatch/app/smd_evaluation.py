@@ -25,14 +25,15 @@ from fleetwatch.core.datasets.smd import ingest_smd, smd_labels
 
 def evaluate_smd(
     settings, data_dir: Path, *, machines: list[str] | None, out: Path, start: dt.date, console=None, dataset: str = "smd",
-    cross_validate: bool = False,
+    cross_validate: bool = False, adapt: bool = False,
 ) -> dict:
     """Ingest SMD, run the platform's nightly and retrain paths, and report quality against labels.
 
     Writes the JSON report to ``out``, a Markdown page and PNG plots beside it
     (``<out stem>.md``, ``<out stem>_*.png``) and logs all of it to MLflow as an evaluation run
     of the dataset's experiment. With ``cross_validate`` the settings after scoring are also chosen
-    leaving one machine out (``backtest.run_backtest``). Returns the report.
+    leaving one machine out, and with ``adapt`` the test nights retrain when an entity is to adapt
+    to a new normal (``backtest.run_backtest``). Returns the report.
     """
     started = time.monotonic()
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -46,7 +47,7 @@ def evaluate_smd(
     return run_backtest(
         settings, dataset, days=days, train_days=train_days, test_days=test_days, points=points, events=events,
         first_test={m: meta["first_test_ts"] for m, meta in summary["per_machine"].items()},
-        entities=summary["machines"], out=out, say=say, started=started, cross_validate=cross_validate,
+        entities=summary["machines"], out=out, say=say, started=started, cross_validate=cross_validate, adapt=adapt,
         header={"machines_evaluated": summary["machines"], "data_dir": str(data_dir), "start": summary["start"]},
     )
 

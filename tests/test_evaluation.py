@@ -161,6 +161,30 @@ def test_choose_sees_only_the_machines_it_is_given_and_keeps_the_false_incident_
     assert choose(table, [long_only, short_too], ["m1", "m2", "m3"], 2.0, 0.1) == long_only
 
 
+def test_the_replay_carries_incidents_across_midnight_as_publishing_does():
+    import json as js
+
+    from fleetwatch.app.cross_validation import carry_across_nights
+
+    def inc(night, start, end, n, phase):
+        return {"night": night, "entity_id": "m", "start_ts": _ts(start)[0], "end_ts": _ts(end)[0], "n_points": n,
+                "phases": js.dumps([{"top_metrics": phase}])}
+
+    day = 1440
+    found = pd.DataFrame([
+        inc("2026-01-01", 1300, 1439, 140, "a"),        # runs to midnight ...
+        inc("2026-01-02", day + 2, day + 100, 99, "b"),  # ... and goes on 3 minutes later: the same alert
+        inc("2026-01-02", day + 500, day + 1439, 940, "c"),  # later that night: a new one, to midnight
+        inc("2026-01-03", 2 * day + 30, 2 * day + 40, 11, "d"),  # 31 minutes after its last flagged row: too far
+        inc("2026-01-05", 4 * day + 1, 4 * day + 9, 9, "e"),  # after a night without incidents: new
+    ])
+    out = carry_across_nights(found, pd.Timedelta(minutes=6))
+    assert list(out["start_ts"]) == list(_ts(1300, day + 500, 2 * day + 30, 4 * day + 1))
+    assert out["end_ts"].iloc[0] == _ts(day + 100)[0] and out["n_points"].iloc[0] == 239
+    assert [p["top_metrics"] for p in js.loads(out["phases"].iloc[0])] == ["a", "b"]
+    assert len(carry_across_nights(found, pd.Timedelta(minutes=31))) == 3  # a step of 31 minutes joins "d" to "c"
+
+
 def _write_mini_smd(root, machine="machine-9-1", train_rows=3 * 1440 + 300, test_rows=1440 + 200, seed=0):
     """A small SMD-format folder: 38 smooth daily-cycle metrics, one injected spike event."""
     rng = np.random.default_rng(seed)

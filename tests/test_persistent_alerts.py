@@ -4,6 +4,7 @@ the new_normal label, the minutes in alarm per entity and night, and older table
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pandas as pd
 import pytest
@@ -69,6 +70,30 @@ def test_a_deviation_across_three_nights_is_one_persistent_alert(store):
     assert not bool(later["persistent"]) and later["nights"] == 1
     # e2's first alert of night 2 starts a minute after midnight, but its night-1 alert ended at 03:20
     assert len(alerts[alerts["entity_id"] == "e2"]) == 2 and not alerts.loc[alerts["entity_id"] == "e2", "persistent"].any()
+
+
+def _with_phases(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each incident's phases: one phase over its span, naming the night it was found."""
+    frame = frame.copy()
+    frame["phases"] = [
+        json.dumps([{"start_ts": r.start_ts.isoformat(), "end_ts": r.end_ts.isoformat(), "n_points": int(r.n_points),
+                     "top_metrics": f"night-{r.dt}", "contributions": []}])
+        for r in frame.assign(dt=[str(t.date()) for t in frame["start_ts"]]).itertuples()
+    ]
+    return frame
+
+
+def test_a_carried_alert_says_what_moved_on_each_of_its_nights(store):
+    _publish_all(store, [_with_phases(f) for f in shifted_nights()])
+
+    e1 = store.frame("fleet").query("entity_id == 'e1'").sort_values("start_ts").iloc[0]
+    phases = json.loads(e1["phases"])
+    assert [p["top_metrics"] for p in phases] == [f"night-{d}" for d in NIGHTS]  # all three nights, in order
+    assert phases[0]["start_ts"] == _at(NIGHTS[0], 18).isoformat() and phases[-1]["end_ts"] == _at(NIGHTS[2], 12).isoformat()
+    # the third night republished: still its phases once each
+    store.publish_partition("fleet", NIGHTS[2], _with_phases(shifted_nights()[2]), carry_step=STEP, sampling_seconds=60)
+    again = store.frame("fleet").query("entity_id == 'e1'").sort_values("start_ts").iloc[0]
+    assert json.loads(again["phases"]) == phases
 
 
 def test_republishing_any_night_gives_the_same_alerts(store):
@@ -145,6 +170,20 @@ def test_a_table_made_before_persistent_alerts_gains_the_columns_and_keeps_its_r
         reopened.publish_partition("fleet", NIGHTS[1], shifted_nights()[1], carry_step=STEP, sampling_seconds=60)
         e1 = reopened.frame("fleet").query("entity_id == 'e1'")
         assert len(e1) == 1 and e1.iloc[0]["nights"] == 2 and bool(e1.iloc[0]["persistent"])
+    finally:
+        reopened.dispose()
+
+
+def test_a_table_made_before_nights_kept_phases_keeps_the_first_nights_phases(store):
+    frames = [_with_phases(f) for f in shifted_nights()]
+    store.publish_partition("fleet", NIGHTS[0], frames[0], carry_step=STEP, sampling_seconds=60)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE alert_nights DROP COLUMN phases"))
+    reopened = AlertsStore(store.url)
+    try:
+        reopened.publish_partition("fleet", NIGHTS[1], frames[1], carry_step=STEP, sampling_seconds=60)
+        e1 = reopened.frame("fleet").query("entity_id == 'e1'").iloc[0]
+        assert [p["top_metrics"] for p in json.loads(e1["phases"])] == [f"night-{d}" for d in NIGHTS[:2]]
     finally:
         reopened.dispose()
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fleetwatch.app import metrics as M
+from fleetwatch.core.alert_carry import joined_phases
 from fleetwatch.core.errors import FleetWatchError
 from models.incidents import entity_incidents, group_incidents, phases_json, two_scale_flags
 
@@ -60,14 +61,43 @@ def grid(
 
 def replay_incidents(rows: pd.DataFrame, cand: Candidate, sampling_seconds: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One entity's scored rows (``dt``: their nightly partition) flagged and grouped as the scoring
-    job would with ``cand``; returns ``(rows with flags, incidents)``, incidents never spanning nights."""
+    job would with ``cand``, night by night, then carried across nights as publishing carries them
+    (:func:`carry_across_nights`); returns ``(rows with flags, incidents)``."""
     flagged = two_scale_flags(rows, cand.short_event_factor)
     found = group_incidents(
         flagged.assign(night=flagged["dt"].astype(str)), entity_col="night", gap_minutes=cand.incident_gap_minutes,
         sampling_seconds=sampling_seconds, min_points=_points(cand.min_incident_minutes, sampling_seconds),
         severe_col="severe",
     )
-    return flagged, found
+    return flagged, carry_across_nights(found, _carry_step(cand, sampling_seconds))
+
+
+def carry_across_nights(incidents: pd.DataFrame, step: pd.Timedelta) -> pd.DataFrame:
+    """Incidents found night by night (``night``: their partition) joined as publishing joins them
+    (``fleetwatch.core.alert_carry``): a night's first incident continues the previous night's
+    last one when it starts at most ``step`` after it ended. A joined incident spans both, sums
+    their points and keeps the first one's other fields; ``phases``, where present, are joined."""
+    if incidents.empty:
+        return incidents
+    found = incidents.sort_values("start_ts").reset_index(drop=True)
+    nights = pd.to_datetime(found["night"].astype(str)).dt.date
+    out: list[dict] = []
+    for i, row in enumerate(found.to_dict("records")):
+        first_of_night = i == 0 or nights[i] != nights[i - 1]
+        follows = i > 0 and (nights[i] - nights[i - 1]).days == 1
+        if out and first_of_night and follows and pd.Timedelta(0) < row["start_ts"] - out[-1]["end_ts"] <= step:
+            last = out[-1]
+            last["end_ts"] = row["end_ts"]
+            last["n_points"] = int(last["n_points"]) + int(row["n_points"])
+            if "phases" in row:
+                last["phases"] = joined_phases([last["phases"], row["phases"]])
+            continue
+        out.append(dict(row))
+    return pd.DataFrame(out, columns=found.columns)
+
+
+def _carry_step(cand: Candidate, sampling_seconds: int) -> pd.Timedelta:
+    return pd.Timedelta(minutes=cand.incident_gap_minutes, seconds=sampling_seconds)
 
 
 def alert_figures(rows: pd.DataFrame, labelled: pd.DataFrame, incidents: pd.DataFrame, first_test, rows_per_day: int) -> dict:
@@ -159,12 +189,13 @@ def cross_validate(
 
 def replayed_alerts(rows: pd.DataFrame, cand: Candidate, spec, explain) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One entity's rows flagged with ``cand`` and its alerts, explained night by night with
-    ``entity_incidents`` as the scoring job explains them (``contributions``, ``phases`` as JSON)."""
+    ``entity_incidents`` as the scoring job explains them (``contributions``, ``phases`` as JSON)
+    and carried across nights as publishing carries them."""
     flagged = two_scale_flags(rows, cand.short_event_factor)
     names, bundle = explain
     entity = str(rows["entity_id"].iloc[0])
     records = []
-    for _, night in flagged.groupby("dt", sort=True):
+    for day, night in flagged.groupby("dt", sort=True):
         night = night.reset_index(drop=True)
         if not night["flagged"].any():
             continue
@@ -176,17 +207,18 @@ def replayed_alerts(rows: pd.DataFrame, cand: Candidate, spec, explain) -> tuple
             short_event_factor=cand.short_event_factor,
         )
         records += [
-            {"entity_id": inc["entity_id"], "start_ts": inc["start_ts"], "end_ts": inc["end_ts"],
+            {"night": str(day), "entity_id": inc["entity_id"], "start_ts": inc["start_ts"], "end_ts": inc["end_ts"],
              "n_points": inc["n_points"], "contributions": json.dumps(inc["ranked"]),
              "phases": phases_json(inc["phases"], bundle.params.explain.top_metrics)}
             for inc in found
         ]
     alerts = pd.DataFrame.from_records(
-        records, columns=["entity_id", "start_ts", "end_ts", "n_points", "contributions", "phases"]
+        records, columns=["night", "entity_id", "start_ts", "end_ts", "n_points", "contributions", "phases"]
     )
     for col in ("start_ts", "end_ts"):
         alerts[col] = _utc(alerts[col])
-    return flagged, alerts
+    alerts = carry_across_nights(alerts, _carry_step(cand, spec.sampling_seconds)).drop(columns="night")
+    return flagged, alerts.reset_index(drop=True)
 
 
 def markdown_section(cv: dict, in_sample_refs: dict) -> list[str]:

@@ -6,12 +6,15 @@ incident by the rule that joins flagged points (``models.incidents.max_step``: a
 plus one sampling interval between the alert's last flagged row and the incident's first). The
 alert then keeps its id and label; its part of each night is a row of ``alert_nights``, from
 which its span, points, peak and severity are summed up again after every publish, so
-republishing any night gives the same alert.
+republishing any night gives the same alert. Its ``phases`` (which metrics moved, hour by hour)
+are those of all its nights in time order; ``top_metrics`` and ``contributions`` stay those of
+the night it began.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pandas as pd
 import sqlalchemy as sa
@@ -87,9 +90,17 @@ def night_rows(dataset: str, day: dt.date, rows: list[dict], ids: list[int], sam
                 "alert_id": alert_id, "dt": day, "dataset": dataset, "entity_id": row["entity_id"],
                 "start_ts": row["start_ts"], "end_ts": row["end_ts"], "n_points": row["n_points"],
                 "peak_score": row["peak_score"], "severity": row["severity"], "alarm_minutes": minutes,
+                "phases": row.get("phases"),
             }
         )
     return out
+
+
+def joined_phases(nights) -> str | None:
+    """One alert's phases over its nights (each a JSON list or None), in time order; None when no
+    night has any (alerts published before phases existed)."""
+    lists = [json.loads(n) for n in nights if isinstance(n, str) and n]
+    return json.dumps([phase for phases in lists for phase in phases]) if lists else None
 
 
 def refresh(conn: sa.Connection, ids: set[int]) -> None:
@@ -101,10 +112,13 @@ def refresh(conn: sa.Connection, ids: set[int]) -> None:
     for part in parts:
         by_alert.setdefault(part["alert_id"], []).append(part)
     for alert_id, nights in by_alert.items():
+        nights = sorted(nights, key=lambda n: n["dt"])
+        phases = joined_phases(n["phases"] for n in nights)
         conn.execute(
             sa.update(alerts)
             .where(alerts.c.id == alert_id)
             .values(
+                **({"phases": phases} if phases is not None else {}),
                 start_ts=min(n["start_ts"] for n in nights),
                 end_ts=max(n["end_ts"] for n in nights),
                 n_points=sum(n["n_points"] for n in nights),
@@ -121,7 +135,8 @@ def backfill(conn: sa.Connection) -> None:
     """Give alerts published before ``alert_nights`` existed their one night (and their
     carry columns), so carrying and the minutes in alarm see them too."""
     have = sa.select(alert_nights.c.alert_id)
-    cols = [alerts.c[c] for c in ("id", "dt", "dataset", "entity_id", "start_ts", "end_ts", "n_points", "peak_score", "severity")]
+    cols = [alerts.c[c] for c in ("id", "dt", "dataset", "entity_id", "start_ts", "end_ts", "n_points", "peak_score", "severity",
+                                  "phases")]
     rows = conn.execute(sa.select(*cols).where(alerts.c.id.not_in(have))).mappings().all()
     if not rows:
         return
@@ -159,3 +174,14 @@ def entity_nights(conn: sa.Connection, dataset: str, day: dt.date, nights: int) 
     frame["nights"] = frame["entity_id"].map(lambda e: persistent[e]["nights"] if e in persistent else None)
     frame["new_normal"] = frame["entity_id"].map(lambda e: bool(persistent[e]["new_normal"]) if e in persistent else False)
     return frame.sort_values(["alarm_minutes", "entity_id"], ascending=[False, True]).reset_index(drop=True)
+
+
+def backfill_phases(conn: sa.Connection) -> None:
+    """Give each alert's first night the alert's phases, once ``alert_nights.phases`` is added to
+    an older database (before it, an alert's phases were those of its first night)."""
+    first = (
+        sa.select(alerts.c.phases)
+        .where(alerts.c.id == alert_nights.c.alert_id, alerts.c.dt == alert_nights.c.dt)
+        .scalar_subquery()
+    )
+    conn.execute(sa.update(alert_nights).where(alert_nights.c.phases.is_(None)).values(phases=first))

@@ -108,6 +108,7 @@ alert_nights = sa.Table(
     sa.Column("peak_score", sa.Float, nullable=False),
     sa.Column("severity", sa.String, nullable=False),
     sa.Column("alarm_minutes", sa.Float, nullable=False),
+    sa.Column("phases", sa.Text, nullable=True),
     sa.Index("ix_alert_nights_dataset_dt", "dataset", "dt"),
     sa.Index("ix_alert_nights_dataset_entity_dt", "dataset", "entity_id", "dt"),
 )
@@ -117,6 +118,6 @@ GENERATED = {"id", "created_at", "label", "labelled_at", "new_normal", "persiste
 ALERT_COLUMNS = [c.name for c in alerts.columns if c.name not in GENERATED]
 DRIFT_COLUMNS = [c.name for c in drift.columns if c.name not in GENERATED]
 # columns added after the first release: nullable, and added to an older table by ``create``
-ADDED_COLUMNS = {"alerts": ("phases", "new_normal", "persistent", "nights", "last_dt")}
+ADDED_COLUMNS = {"alerts": ("phases", "new_normal", "persistent", "nights", "last_dt"), "alert_nights": ("phases",)}
 # published columns that incident partitions written before them lack
 OPTIONAL_COLUMNS = {"alerts": ("phases",)}

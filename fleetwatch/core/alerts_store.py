@@ -153,6 +153,8 @@ class AlertsStore:
                         column = metadata.tables[table].c[name]
                         kind = column.type.compile(dialect=conn.dialect)
                         conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+                        if (table, name) == ("alert_nights", "phases"):
+                            alert_carry.backfill_phases(conn)
             alert_carry.backfill(conn)
         self._created = True
 

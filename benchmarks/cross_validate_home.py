@@ -1,11 +1,14 @@
-"""Leave-one-machine-out choice of the settings after scoring, on an SMD home already evaluated.
+"""The report of an SMD home an evaluation filled, made again with this code, without training or
+scoring again; with the leave-one-machine-out choice of the settings after scoring.
 
-``fleetwatch evaluate smd --cross-validate`` runs the same at the end of its run; this re-runs that
-step alone on what an earlier ``fleetwatch evaluate smd`` left (scores partitions, labels,
-champion bundle, its report's in-sample figures), without training or scoring again, and writes
-the report with its ``cross_validation`` section beside the first one.
+``fleetwatch evaluate smd --cross-validate`` does all of it in one run. This takes what an earlier
+``fleetwatch evaluate smd`` left (scores and incident partitions, labels, champion bundle, its
+report): with ``--republish`` it first publishes the test nights again, in order, with this code's
+alerts store (how alerts are carried across nights), then makes the report and its
+``cross_validation`` section as ``backtest.run_backtest`` does, and writes it beside the first one
+(``<report stem>_cv.json`` and ``.md``).
 
-    FLEETWATCH_HOME=/tmp/ev/home .venv/bin/python -m benchmarks.cross_validate_home --report /tmp/ev/report.json
+    FLEETWATCH_HOME=/tmp/ev/home .venv/bin/python -m benchmarks.cross_validate_home --report /tmp/ev/report.json --republish
 """
 
 from __future__ import annotations
@@ -13,41 +16,52 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
-from fleetwatch.app.backtest import cross_validated, explain_inputs
-from fleetwatch.app.cross_validation import markdown_section
-from fleetwatch.app.evaluation_inputs import as_utc, read_scores
-from fleetwatch.app.evaluation_report import jsonable
+from fleetwatch.app.backtest import run_backtest
 from fleetwatch.core.datasets.smd import smd_labels
+from fleetwatch.core.publishing import publish_alerts
 from fleetwatch.core.settings import get_settings
 from fleetwatch.core.specs import load_spec
+
+
+def _days(first: str, last: str) -> list[dt.date]:
+    a, b = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    return [a + dt.timedelta(days=i) for i in range((b - a).days + 1)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--report", type=Path, required=True, help="The JSON report of the evaluated home.")
     parser.add_argument("--dataset", default="smd")
+    parser.add_argument("--republish", action="store_true", help="publish the test nights again with this code first")
     args = parser.parse_args()
+    started = time.monotonic()
     settings = get_settings()
     report = json.loads(args.report.read_text())
-    first, last = (dt.date.fromisoformat(d) for d in report["test_days"])
-    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-    days = [d for d in days if d.isoformat() not in set(report.get("quarantined_days", []))]
+    quarantined = {dt.date.fromisoformat(d) for d in report.get("quarantined_days", [])}
+    train_days = [d for d in _days(*report["train_days"]) if d not in quarantined]
+    test_days = [d for d in _days(*report["test_days"]) if d not in quarantined]
+    days = sorted({*_days(report["train_days"][0], report["test_days"][1])} - quarantined)
+    if args.republish:
+        for day in test_days:
+            publish_alerts(settings, args.dataset, day)
+        print(f"published {len(test_days)} test nights again")
     points, events = smd_labels(settings, args.dataset)
-    events = events[events["metrics"].notna() & (events["metrics"].astype(str) != "")].reset_index(drop=True)
     machines = list(report["machines"])
-    points = points[points["entity_id"].isin(machines)]
-    first_test = {m: as_utc(points.loc[points["entity_id"] == m, "ts"]).min() for m in machines}
-    scores = read_scores(settings, args.dataset, days)
-    cv = cross_validated(
-        settings, args.dataset, scores, points, events, first_test, machines, explain_inputs(settings, args.dataset),
-        report["machines"], load_spec(settings.specs_dir, args.dataset).rows_per_day, print,
-    )
-    report["cross_validation"] = cv
+    first_test = {m: points.loc[points["entity_id"] == m, "ts"].min() for m in machines}
+    run = {key: report[key] for key in ("timings_s", "model", "settings")} | {
+        "quarantined": sorted(quarantined), "adaptation": report.get("adaptation", [])
+    }
+    header = {k: report[k] for k in ("machines_evaluated", "data_dir", "start") if k in report}
     out = args.report.with_name(args.report.stem + "_cv.json")
-    out.write_text(json.dumps(jsonable(report), indent=2) + "\n")
-    out.with_suffix(".md").write_text("\n".join(markdown_section(cv, report["reference"])))
+    new = run_backtest(
+        settings, args.dataset, days=days, train_days=train_days, test_days=test_days, points=points, events=events,
+        first_test=first_test, entities=machines, out=out, say=print, started=started, header=header,
+        rows_per_day=load_spec(settings.specs_dir, args.dataset).rows_per_day, cross_validate=True, run=run,
+    )
+    cv = new["cross_validation"]
     print(json.dumps({"in_sample": cv["in_sample"], "out_of_fold": cv["out_of_fold"]}, indent=2))
 
 

@@ -49,7 +49,7 @@ MIN_REFERENCE_HISTORY = 2  # history rows the reference detectors need to be fit
 def run_backtest(
     settings, dataset: str, *, days, train_days, test_days, points, events, first_test: dict, entities, out: Path,
     say, started: float, header: dict, title: str | None = None, rows_per_day: int = MINUTES_PER_DAY,
-    skip_invalid: bool = False, cross_validate: bool = False, adapt: bool = False,
+    skip_invalid: bool = False, cross_validate: bool = False, adapt: bool = False, run: dict | None = None,
 ) -> dict:
     """Run the platform over ``days`` (training on ``train_days``), then report quality on ``test_days``.
 
@@ -63,10 +63,13 @@ def run_backtest(
     (``cross_validation``): the report's ``cross_validation`` gives out-of-fold figures beside the
     in-sample ones. With ``adapt`` the test nights also retrain as the nightly DAG asks when an
     entity is to adapt to a new normal (``run_platform``); the report's ``adaptation`` lists them.
+    Given ``run`` (what :func:`run_platform` returned, for a home that already holds its
+    partitions and alerts), the report is made from that home without running the platform again.
     Writes the report to ``out`` (JSON), a Markdown page and plots beside it, and an MLflow run.
     """
     settings = settings.model_copy(update={"training_window_days": len(train_days)})
-    run = run_platform(settings, dataset, days, train_days, test_days, say, skip_invalid=skip_invalid, adapt=adapt)
+    if run is None:
+        run = run_platform(settings, dataset, days, train_days, test_days, say, skip_invalid=skip_invalid, adapt=adapt)
     days = [d for d in days if d not in run["quarantined"]]
     test_days = [d for d in test_days if d not in run["quarantined"]]
     scores = read_scores(settings, dataset, test_days)

@@ -69,6 +69,8 @@ def replay_incidents(rows: pd.DataFrame, cand: Candidate, sampling_seconds: int)
         sampling_seconds=sampling_seconds, min_points=_points(cand.min_incident_minutes, sampling_seconds),
         severe_col="severe",
     )
+    entity = rows["entity_id"].iloc[0] if len(rows) else None
+    found = found.assign(night=found["entity_id"], entity_id=entity)  # grouped by night: its key is in entity_id
     return flagged, carry_across_nights(found, _carry_step(cand, sampling_seconds))
 
 

@@ -94,20 +94,26 @@ def over_budget(settings: Settings, spec: DatasetSpec, day: dt.date) -> pd.DataF
     return nights[nights["alarm_share"] > budget].assign(budget=budget)
 
 
-def adaptation_queue(settings: Settings, spec: DatasetSpec, day: dt.date) -> list[str]:
+def adaptation_queue(settings: Settings, spec: DatasetSpec, day: dt.date, judged_until: dt.date | None = None) -> list[str]:
     """Entities whose persistent alert open on ``day`` asks for a retrain: labelled new_normal,
-    lasted ``persistent_adapt_days`` nights, or its entity is over its alarm-share budget."""
+    lasted ``persistent_adapt_days`` nights, or its entity is over its alarm-share budget.
+
+    ``judged_until`` is the last day the champion was trained on. A deviation that began by then
+    was already judged by that retrain (adapted to, or left out as an anomaly): unless labelled
+    new_normal, it asks again only ``persistent_adapt_days`` nights after that day, so a long
+    anomaly does not ask for a retrain every night.
+    """
     open_alerts = _store(settings).persistent(spec.name, [day])
     open_alerts = open_alerts[pd.to_datetime(open_alerts["last_dt"]).dt.date == day]
     if open_alerts.empty:
         return []
     over = set(over_budget(settings, spec, day)[ENTITY])
-    queued = (
-        open_alerts["new_normal"].eq(True)
-        | (open_alerts["nights"] >= settings.persistent_adapt_days)
-        | open_alerts[ENTITY].isin(over)
-    ) & (open_alerts["label"] != True)  # noqa: E712 - a confirmed anomaly is never adapted to
-    return sorted(set(open_alerts.loc[queued, ENTITY]))
+    due = (open_alerts["nights"] >= settings.persistent_adapt_days) | open_alerts[ENTITY].isin(over)
+    if judged_until is not None:
+        judged = pd.to_datetime(open_alerts["dt"]).dt.date <= judged_until
+        due &= ~judged | ((day - judged_until).days >= settings.persistent_adapt_days)
+    queued = (open_alerts["new_normal"].eq(True) | due) & (open_alerts["label"] != True)  # noqa: E712
+    return sorted(set(open_alerts.loc[queued, ENTITY]))  # (a confirmed anomaly is never adapted to)
 
 
 def decide(

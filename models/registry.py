@@ -9,6 +9,7 @@ the promotion gate (:func:`passes_gate`). The champion it replaces keeps the ali
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import shutil
@@ -101,6 +102,18 @@ def champion_version(settings: Settings, dataset: str) -> str | None:
         return _alias_version(client(settings), model_name(dataset), CHAMPION)
     except MlflowException:
         return None
+
+
+def champion_window_end(settings: Settings, dataset: str) -> dt.date | None:
+    """The last day the champion was trained on (its version's ``window_end`` tag); None without one."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client(settings).get_model_version_by_alias(model_name(dataset), CHAMPION)
+    except MlflowException:
+        return None
+    end = mv.tags.get("window_end")
+    return dt.date.fromisoformat(end[:10]) if end else None
 
 
 def has_champion(settings: Settings, dataset: str) -> bool:

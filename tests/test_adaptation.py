@@ -92,6 +92,22 @@ def test_an_entity_over_its_alarm_share_budget_is_queued_before_the_set_nights(s
     assert store.entity_nights("fleet", NIGHTS[1], 2).set_index("entity_id")["alarm_minutes"]["e2"] == pytest.approx(22)
 
 
+def test_a_deviation_the_champion_already_judged_asks_again_only_after_the_set_nights(settings):
+    """A retrain on a window holding the deviation adapted to it or left it out: the same open
+    alert does not ask for a retrain the next night, only persistent_adapt_days nights later."""
+    _publish_shift(settings, 3)
+    s = settings.model_copy(update={"persistent_adapt_days": 2, "alarm_budget_nights": 2})
+    spec = _spec(alarm_budget=1.0)  # e1 is over budget too
+    assert adaptation_queue(s, spec, NIGHTS[2]) == ["e1"]  # no champion has seen it (judged_until None)
+    assert adaptation_queue(s, spec, NIGHTS[2], judged_until=NIGHTS[0] - dt.timedelta(days=1)) == ["e1"]
+    assert adaptation_queue(s, spec, NIGHTS[2], judged_until=NIGHTS[1]) == []  # judged the night before
+    assert adaptation_queue(s, spec, NIGHTS[2], judged_until=NIGHTS[0]) == ["e1"]  # judged 2 nights ago
+
+    [carried] = AlertsStore(settings.alerts_db_url).frame("fleet").query("entity_id == 'e1'")["id"]
+    AlertsStore(settings.alerts_db_url).label(int(carried), False, new_normal=True)
+    assert adaptation_queue(s, spec, NIGHTS[2], judged_until=NIGHTS[1]) == ["e1"]  # a user's word goes
+
+
 def test_training_adapts_to_labelled_or_due_level_shifts_and_leaves_other_deviations_out(settings, rng):
     from models.adaptation import decide
 

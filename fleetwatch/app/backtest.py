@@ -209,19 +209,10 @@ def run_platform(
     say(f"{trained} ({timings['train']} s)")
 
     t = time.monotonic()
-    spec = load_spec(settings.specs_dir, dataset)
-    adaptation = []
-    for day in [d for d in test_days if d not in quarantined]:
-        score_partition(spark, settings, dataset, day)
-        publish_alerts(settings, dataset, day)
-        queued = adaptation_queue(settings, spec, day) if adapt and day != test_days[-1] else []
-        if queued:
-            retrain = train_models(spark, settings, dataset, day)
-            champion = registry.champion_version(settings, dataset)
-            adaptation.append({"day": day.isoformat(), "entities": queued, "summary": retrain, "champion": champion})
-            say(f"{day}: {', '.join(queued)} asked to adapt: {retrain}")
+    adaptation = run_nights(spark, settings, dataset, [d for d in test_days if d not in quarantined], say, adapt=adapt)
     timings["score_and_publish"] = round(time.monotonic() - t, 1)
     say(f"scored and published {len(test_days)} test days ({timings['score_and_publish']} s)")
+    spec = load_spec(settings.specs_dir, dataset)
 
     return {
         "timings_s": timings,
@@ -240,6 +231,25 @@ def run_platform(
             "model_params": model_params(settings, spec).model_dump(),
         },
     }
+
+
+def run_nights(spark, settings, dataset: str, nights, say, *, adapt: bool = False) -> list[dict]:
+    """Score and publish each of ``nights`` in order, as the nightly DAG does; with ``adapt``, a
+    night whose persistent alerts ask their entities to adapt (``adaptation_queue``, given the
+    champion's training window) retrains on the window ending that night. Returns the retrains."""
+    spec = load_spec(settings.specs_dir, dataset)
+    adaptation = []
+    for day in nights:
+        score_partition(spark, settings, dataset, day)
+        publish_alerts(settings, dataset, day)
+        judged = registry.champion_window_end(settings, dataset)
+        queued = adaptation_queue(settings, spec, day, judged) if adapt and day != nights[-1] else []
+        if queued:
+            retrain = train_models(spark, settings, dataset, day)
+            champion = registry.champion_version(settings, dataset)
+            adaptation.append({"day": day.isoformat(), "entities": queued, "summary": retrain, "champion": champion})
+            say(f"{day}: {', '.join(queued)} asked to adapt: {retrain}")
+    return adaptation
 
 
 def _promote_newest(settings, dataset: str) -> str:

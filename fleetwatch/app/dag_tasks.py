@@ -45,5 +45,7 @@ def adapting(settings: Settings, dataset: str, ds: str) -> list[str]:
     """Entities whose persistent alert open on ``ds`` asks for a retrain (``models.adaptation``)."""
     from fleetwatch.core.specs import load_spec  # lazy: pandas loads when the task runs, not at each DAG parse
     from models.adaptation import adaptation_queue
+    from models.registry import champion_window_end
 
-    return adaptation_queue(settings, load_spec(settings.specs_dir, dataset), parse_day(ds))
+    spec = load_spec(settings.specs_dir, dataset)
+    return adaptation_queue(settings, spec, parse_day(ds), champion_window_end(settings, dataset))

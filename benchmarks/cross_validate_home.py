@@ -9,6 +9,7 @@ alerts store (how alerts are carried across nights), then makes the report and i
 (``<report stem>_cv.json`` and ``.md``).
 
     FLEETWATCH_HOME=/tmp/ev/home .venv/bin/python -m benchmarks.cross_validate_home --report /tmp/ev/report.json --republish
+    FLEETWATCH_HOME=/tmp/ev-copy/home .venv/bin/python -m benchmarks.cross_validate_home --report /tmp/ev-copy/report.json --adapt
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import json
 import time
 from pathlib import Path
 
-from fleetwatch.app.backtest import run_backtest
+from fleetwatch.app.backtest import run_backtest, run_nights
 from fleetwatch.core.datasets.smd import smd_labels
 from fleetwatch.core.publishing import publish_alerts
 from fleetwatch.core.settings import get_settings
+from fleetwatch.core.spark import get_spark
 from fleetwatch.core.specs import load_spec
+from models import registry
 
 
 def _days(first: str, last: str) -> list[dt.date]:
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, required=True, help="The JSON report of the evaluated home.")
     parser.add_argument("--dataset", default="smd")
     parser.add_argument("--republish", action="store_true", help="publish the test nights again with this code first")
+    parser.add_argument("--adapt", action="store_true", help="score the test nights again from version 1, adapting")
     args = parser.parse_args()
     started = time.monotonic()
     settings = get_settings()
@@ -44,7 +48,14 @@ def main() -> None:
     train_days = [d for d in _days(*report["train_days"]) if d not in quarantined]
     test_days = [d for d in _days(*report["test_days"]) if d not in quarantined]
     days = sorted({*_days(report["train_days"][0], report["test_days"][1])} - quarantined)
-    if args.republish:
+    settings = settings.model_copy(update={"training_window_days": len(train_days)})
+    adaptation = report.get("adaptation", [])
+    if args.adapt:
+        registry.promote(settings, args.dataset, "1")
+        spark = get_spark(settings, "fleetwatch-evaluate")
+        adaptation = run_nights(spark, settings, args.dataset, test_days, print, adapt=True)
+        print(f"scored {len(test_days)} test nights again, {len(adaptation)} retrains")
+    elif args.republish:
         for day in test_days:
             publish_alerts(settings, args.dataset, day)
         print(f"published {len(test_days)} test nights again")
@@ -52,14 +63,14 @@ def main() -> None:
     machines = list(report["machines"])
     first_test = {m: points.loc[points["entity_id"] == m, "ts"].min() for m in machines}
     run = {key: report[key] for key in ("timings_s", "model", "settings")} | {
-        "quarantined": sorted(quarantined), "adaptation": report.get("adaptation", [])
+        "quarantined": sorted(quarantined), "adaptation": adaptation
     }
     header = {k: report[k] for k in ("machines_evaluated", "data_dir", "start") if k in report}
     out = args.report.with_name(args.report.stem + "_cv.json")
     new = run_backtest(
         settings, args.dataset, days=days, train_days=train_days, test_days=test_days, points=points, events=events,
         first_test=first_test, entities=machines, out=out, say=print, started=started, header=header,
-        rows_per_day=load_spec(settings.specs_dir, args.dataset).rows_per_day, cross_validate=True, run=run,
+        rows_per_day=load_spec(settings.specs_dir, args.dataset).rows_per_day, cross_validate=True, adapt=args.adapt, run=run,
     )
     cv = new["cross_validation"]
     print(json.dumps({"in_sample": cv["in_sample"], "out_of_fold": cv["out_of_fold"]}, indent=2))

@@ -20,6 +20,8 @@ import json
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from fleetwatch.app.backtest import run_backtest, run_nights
 from fleetwatch.core.datasets.smd import smd_labels
 from fleetwatch.core.publishing import publish_alerts
@@ -50,8 +52,13 @@ def main() -> None:
     days = sorted({*_days(report["train_days"][0], report["test_days"][1])} - quarantined)
     settings = settings.model_copy(update={"training_window_days": len(train_days)})
     adaptation = report.get("adaptation", [])
-    if args.adapt:
+    if args.adapt:  # from the state after training: version 1 champion, no alert published yet
         registry.promote(settings, args.dataset, "1")
+        engine = sa.create_engine(settings.alerts_db_url)
+        with engine.begin() as conn:
+            for table in ("alert_nights", "alerts"):
+                conn.execute(sa.text(f"DELETE FROM {table} WHERE dataset = :d"), {"d": args.dataset})
+        engine.dispose()
         spark = get_spark(settings, "fleetwatch-evaluate")
         adaptation = run_nights(spark, settings, args.dataset, test_days, print, adapt=True)
         print(f"scored {len(test_days)} test nights again, {len(adaptation)} retrains")

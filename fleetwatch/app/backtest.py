@@ -242,8 +242,9 @@ def run_nights(spark, settings, dataset: str, nights, say, *, adapt: bool = Fals
     for day in nights:
         score_partition(spark, settings, dataset, day)
         publish_alerts(settings, dataset, day)
-        judged = registry.champion_window_end(settings, dataset)
-        queued = adaptation_queue(settings, spec, day, judged) if adapt and day != nights[-1] else []
+        if not adapt or day == nights[-1]:
+            continue
+        queued = adaptation_queue(settings, spec, day, registry.champion_window_end(settings, dataset))
         if queued:
             retrain = train_models(spark, settings, dataset, day)
             champion = registry.champion_version(settings, dataset)

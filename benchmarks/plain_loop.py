@@ -1,8 +1,9 @@
 """The plain per-entity loop a data scientist writes, as the yardstick for FleetWatch's cost.
 
 One process, one thread: pandas reads the raw lake partitions, computes each entity's rolling
-features (the values, 5/15/60-minute means, standard deviations and z-scores, and the rate of
-change: the columns of FleetWatch's default feature view), then entity by entity fits the same
+features with the pandas function FleetWatch's Spark tasks run (``feature_store.transforms``:
+the values, 5/15/60-minute means, standard deviations and z-scores, and the rate of change),
+then entity by entity fits the same
 detector set FleetWatch fits with scikit-learn and torch directly, and scores the night's day:
 
 - a robust scaler (median and IQR, clipped) on the first 80 % of the rows, the rest held out;
@@ -14,7 +15,7 @@ detector set FleetWatch fits with scikit-learn and torch directly, and scores th
 
 Hyper-parameters (trees, rows per tree, network widths, epochs, batch, learning rate, training
 rows, hold-out share, smoothing) are read from a ``ModelParams``, so both sides fit the same
-models on the same rows; everything else is this module's own code. :func:`run` times reading,
+models on the same rows; fitting and scoring are this module's own code. :func:`run` times reading,
 features, fitting and scoring separately.
 
     .venv/bin/python -m benchmarks.plain_loop --lake .fleetwatch/lake --dataset demo \\
@@ -34,36 +35,15 @@ import pandas as pd
 import torch
 from sklearn.ensemble import IsolationForest
 
+from feature_store.transforms import entity_features
+from feature_store.views import FeatureView
 from models.params import ModelParams
-
-WINDOWS = (5, 15, 60)
 
 
 def read_raw(lake_root: str, dataset: str, days: list[dt.date]) -> pd.DataFrame:
     """The raw partitions of ``days``, concatenated (a local lake)."""
     frames = [pd.read_parquet(Path(lake_root) / "raw" / dataset / f"dt={d.isoformat()}") for d in days]
     return pd.concat(frames, ignore_index=True)
-
-
-def entity_features(rows: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """One entity's rolling features, rows in time order (windows are ``(t - w, t]``)."""
-    rows = rows.sort_values("ts").set_index("ts")
-    elapsed = rows.index.to_series().diff().dt.total_seconds().div(60).to_numpy()
-    out = {}
-    for m in metrics:
-        x = rows[m].astype(float)
-        out[m] = x
-        for w in WINDOWS:
-            roll = x.rolling(f"{w}min")
-            mean, std = roll.mean(), roll.std().fillna(0.0)
-            out[f"{m}__mean_{w}m"] = mean
-            out[f"{m}__std_{w}m"] = std
-            out[f"{m}__z_{w}m"] = ((x - mean) / std).where(std > 0, 0.0)
-        roc = x.diff().to_numpy() / elapsed
-        out[f"{m}__roc"] = pd.Series(np.where(elapsed > 0, roc, 0.0), index=rows.index)
-    frame = pd.DataFrame(out)
-    frame.insert(0, "entity_id", rows["entity_id"].to_numpy())
-    return frame.reset_index()
 
 
 def _statistic(column: str) -> str:
@@ -205,7 +185,8 @@ def run(lake_root: str, dataset: str, metrics: list[str], train_days: list[dt.da
     clock = _Clock()
     raw = read_raw(lake_root, dataset, [*train_days, night])
     clock.lap("read")
-    frames = {entity: entity_features(rows, metrics) for entity, rows in raw.groupby("entity_id", sort=True)}
+    view = FeatureView("telemetry", 1, "entity_id", "ts", tuple(metrics))
+    frames = {entity: entity_features(rows, view) for entity, rows in raw.groupby("entity_id", sort=True)}
     clock.lap("features")
     features = [c for c in next(iter(frames.values())).columns if c not in ("ts", "entity_id")]
     night_start = pd.Timestamp(night, tz="UTC")

@@ -206,3 +206,40 @@ def test_read_features_adds_dt_and_skips_missing_days(spark, settings, fleet):
     assert dict(frame.dtypes)["dt"] == "date"
     assert {r.dt for r in frame.select("dt").distinct().collect()} == {DAY}
     assert frame.count() == 230
+
+
+@pytest.mark.integration
+def test_pandas_windows_match_sql_range_frames_with_ties_gaps_and_missing_values(spark):
+    from benchmarks.feature_engines import sql_range_frames  # Spark SQL range frames: an independent oracle
+    from feature_store.transforms import compute_features
+
+    rng = np.random.default_rng(7)
+    ts = pd.date_range("2026-03-02", periods=400, freq="1min")
+    frame = pd.DataFrame({"entity_id": rng.choice(["a", "b", "c"], len(ts)), "ts": ts, "cpu": rng.normal(50, 10, len(ts))})
+    frame["requests"] = rng.poisson(100, len(ts)).astype(float)
+    frame = frame.drop(index=range(100, 130))  # a half-hour gap for every entity
+    frame.loc[frame.index[::37], "cpu"] = np.nan  # missing values
+    ties = frame[frame.entity_id == "a"].iloc[[5, 50, 51]].assign(cpu=[1.0, 99.0, 7.0])  # rows sharing a timestamp
+    frame = pd.concat([frame, ties], ignore_index=True).sample(frac=1, random_state=1)  # any order in
+    frame.loc[frame.index[0], "requests"] = 5.0  # a constant-window row gives z = 0
+
+    df = spark.createDataFrame(frame.astype({"ts": "datetime64[us]"}))
+    view = view_for(SPEC)
+    got = compute_features(df, view).toPandas()
+    want = sql_range_frames(df, view).toPandas()
+    key = ["entity_id", "ts", "cpu"]
+    got, want = (f.sort_values(key, na_position="first").reset_index(drop=True) for f in (got, want))
+    assert list(got.columns) == ["entity_id", "ts", *view.feature_columns] and len(got) == len(frame)
+    rate = [f"{m}__roc" for m in view.metrics]
+    tied = got.duplicated(["entity_id", "ts"], keep=False)
+    after_tie = tied.groupby(got.entity_id).shift(1, fill_value=False)
+    # Rows that share a timestamp share every window; their order among themselves, and so the
+    # rate of change of them and of the row after them, is arbitrary in SQL.
+    pd.testing.assert_frame_equal(got.drop(columns=rate), want.drop(columns=rate), check_dtype=False, rtol=1e-9, atol=1e-9)
+    plain = ~(tied | after_tie)
+    pd.testing.assert_frame_equal(got.loc[plain], want.loc[plain], check_dtype=False, rtol=1e-9, atol=1e-9)
+    zero_rates = (got.loc[tied, "requests__roc"] == 0).groupby(got.loc[tied, "ts"]).agg(["sum", "size"])
+    assert (zero_rates["sum"] >= zero_rates["size"] - 1).all()  # no time passes between peers
+    assert got.cpu.isna().sum() >= 10
+    assert got.cpu__z_5m.isna().equals(got.cpu.isna() & (got.cpu__std_5m > 0))  # missing where the window varies
+    assert (got.loc[tied].groupby("ts").cpu__mean_5m.nunique() == 1).all()

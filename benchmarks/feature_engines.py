@@ -5,7 +5,10 @@ FleetWatch computes each entity's rolling windows in pandas inside Spark tasks
 with Spark SQL window functions over epoch-second range frames, the way the feature step worked
 before; the tests use it as an independent oracle for the pandas version. This script times both
 on the same cached rows in one Spark session (written to Spark's ``noop`` sink, so only the
-computation is timed), and the pandas function alone on the same rows in this process:
+computation is timed), then the Parquet write of the computed features with and without
+dictionary encoding (the feature partitions are written without; interleaved, the second of two
+rounds kept), and the pandas function alone
+on the same rows in this process:
 
     .venv/bin/python -m benchmarks.feature_engines --entities 100 200 --metrics 8
 
@@ -20,6 +23,7 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -81,6 +85,17 @@ def measure(entities: int, metrics: int) -> dict:
         build(df, view).write.format("noop").mode("overwrite").save()
         out[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": meter.cpu_seconds() - cpu}
         _log(f"{entities} entities, {name}: {out[name]}")
+    features = compute_features(df, view).cache()
+    features.count()
+    writes = (("Parquet write, dictionary", "true"), ("Parquet write, plain", "false"))
+    for name, dictionary in writes * 2:  # interleaved twice, the second round kept: the first warms the writer
+        path = tempfile.mkdtemp() + "/features"
+        wall, cpu = time.perf_counter(), meter.cpu_seconds()
+        features.write.option("parquet.enable.dictionary", dictionary).mode("overwrite").parquet(path)
+        out[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": meter.cpu_seconds() - cpu}
+        out[name]["bytes"] = sum(f.stat().st_size for f in Path(path).iterdir())
+        _log(f"{entities} entities, {name}: {out[name]}")
+    features.unpersist()
     wall, cpu = time.perf_counter(), time.process_time()
     for _, rows in frame.groupby("entity_id", sort=False):
         entity_features(rows, view)
@@ -103,15 +118,17 @@ def main() -> None:
     args = parser.parse_args()
     print(
         "| entities | rows | pandas in Spark: wall s, CPU-s | Spark SQL range frames: wall s, CPU-s | CPU ratio "
-        "| pandas, one process: CPU-s | max abs difference | load (1 min) |"
+        "| pandas, one process: CPU-s | max abs difference | Parquet write, dictionary / plain: CPU-s, MB | load (1 min) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n in args.entities:
         r = measure(n, args.metrics)
         new, old, one = r["pandas in Spark"], r["Spark SQL range frames"], r["pandas, one process"]
+        dic, plain = r["Parquet write, dictionary"], r["Parquet write, plain"]
         print(
             f"| {n:,} | {r['rows']:,} | {new['wall_s']:.1f}, {new['cpu_s']:.1f} | {old['wall_s']:.1f}, {old['cpu_s']:.1f} | "
             f"{old['cpu_s'] / new['cpu_s']:.1f}x | {one['cpu_s']:.1f} | {r['max_abs_difference']:.1e} | "
+            f"{dic['cpu_s']:.1f}, {dic['bytes'] / 1e6:.0f} / {plain['cpu_s']:.1f}, {plain['bytes'] / 1e6:.0f} | "
             f"{r['load_1min']:.1f}-{r['load_1min_after']:.1f} |",
             flush=True,
         )

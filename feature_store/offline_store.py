@@ -63,7 +63,7 @@ class OfflineStore:
             )
         final = self.lake.features(spec.name, view.ref, day)
         rows = df.select(*columns).sortWithinPartitions(view.entity_column, view.timestamp_column)
-        return write_spark_partition(self.lake, rows, final, self.spark)
+        return write_spark_partition(self.lake, rows, final, self.spark, dictionary=False)
 
     def available_days(self, dataset: str, view: FeatureView) -> list[dt.date]:
         """Days that have a feature partition of ``view``, oldest first."""

@@ -198,11 +198,15 @@ class Lake:
         tmp.replace(p)
 
 
-def write_spark_partition(lake: Lake, df, final: str, spark) -> str:
-    """Write a Spark DataFrame as the partition at ``final`` atomically; returns ``final``."""
+def write_spark_partition(lake: Lake, df, final: str, spark, dictionary: bool = True) -> str:
+    """Write a Spark DataFrame as the partition at ``final`` atomically; returns ``final``.
+
+    ``dictionary=False`` writes plain-encoded columns: for continuous doubles, such as features,
+    a dictionary never fits and trying it costs about as much CPU as the rest of the write.
+    """
     staging = lake.staging_path(final, spark)
     try:
-        df.write.mode("overwrite").parquet(staging)
+        df.write.mode("overwrite").option("parquet.enable.dictionary", str(dictionary).lower()).parquet(staging)
         lake.publish(staging, final, spark)
     except BaseException:
         lake.discard(staging, spark)

@@ -26,7 +26,7 @@ from models.params import FeatureLayout
 from models.scaling import RobustClipScaler
 
 FLEET = "__fleet__"
-ARCHIVE_FORMAT = 2
+ARCHIVE_FORMAT = 3
 _FILE_SUFFIX = {"iforest": "npz", "autoencoder": "pt"}
 
 

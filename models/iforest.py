@@ -1,11 +1,12 @@
 """IsolationForest behind the detector contract, saved as plain arrays (no pickle).
 
 A fitted forest is its trees' node tables and a few numbers. :meth:`IForestDetector.to_bytes`
-keeps exactly those: one ``.npz`` of every tree's nodes and values (concatenated), the feature
-subsets, per-tree path-length tables and seeds, and a JSON header of the forest's and the trees'
-scalar attributes; loading rebuilds the same scikit-learn objects from them (``Tree.__setstate__``),
-so scores are identical, without unpickling anything and many times faster than a generic
-object format.
+keeps what isolation reads of them, each in its narrowest exact type: one ``.npz`` of every tree's
+children, split feature and threshold, row counts and depths (concatenated), the feature subsets
+and seeds, and a JSON header of the forest's and the trees' scalar attributes. Loading rebuilds
+the scikit-learn objects from them (``Tree.__setstate__``; the path-length corrections recomputed
+from the row counts as scikit-learn computes them), so scores are identical, without unpickling
+anything. Impurities and leaf values, which isolation never reads, are not kept (zero on load).
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from sklearn.tree._tree import Tree
 
 from models.base import BaseDetector
 
-FORMAT = 1
+FORMAT = 2
+_NODE_DTYPE = Tree(1, np.ones(1, dtype=np.intp), 1).__getstate__()["nodes"].dtype
+# What isolation reads of a node, in the narrowest exact type: children, split, rows.
+_NODE_FIELDS = {"left_child": np.int32, "right_child": np.int32, "feature": np.int32, "threshold": np.float64,
+                "n_node_samples": np.int32, "missing_go_to_left": np.uint8}
 _FOREST_ARRAYS = ("estimators_", "estimators_features_", "_seeds", "_average_path_length_per_tree",
                   "_decision_path_lengths", "estimator_")
 
@@ -87,14 +92,13 @@ class IForestDetector(BaseDetector):
             "tree_max_depth": [int(t["max_depth"]) for t in trees],
             "tree_nodes": [int(t["node_count"]) for t in trees],
         }
+        nodes = np.concatenate([t["nodes"] for t in trees])
         arrays = {
             "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-            "nodes": np.concatenate([t["nodes"] for t in trees]),
-            "values": np.concatenate([t["values"] for t in trees]),
-            "features": np.stack(forest.estimators_features_),
+            **{name: nodes[name].astype(dtype) for name, dtype in _NODE_FIELDS.items()},
+            "depths": np.concatenate(forest._decision_path_lengths).astype(np.uint8),
+            "features": np.stack(forest.estimators_features_).astype(np.int32),
             "seeds": np.asarray(forest._seeds),
-            "average_path_length": np.concatenate(forest._average_path_length_per_tree),
-            "decision_path_lengths": np.concatenate(forest._decision_path_lengths),
         }
         out = io.BytesIO()
         np.savez(out, **arrays)
@@ -107,8 +111,12 @@ class IForestDetector(BaseDetector):
             header = json.loads(npz["header"].tobytes())
             if header.get("format") != FORMAT:
                 raise ValueError(f"isolation forest saved in format {header.get('format')}, expected {FORMAT}")
-            nodes, values, features = npz["nodes"], npz["values"], npz["features"]
-            apl, dpl, seeds = npz["average_path_length"], npz["decision_path_lengths"], npz["seeds"]
+            fields = {name: npz[name] for name in _NODE_FIELDS}
+            depths, features, seeds = npz["depths"].astype(np.int64), npz["features"].astype(np.intp), npz["seeds"]
+        nodes = np.zeros(len(depths), dtype=_NODE_DTYPE)
+        for name, values in fields.items():
+            nodes[name] = values
+        nodes["weighted_n_node_samples"] = nodes["n_node_samples"]  # fitted without sample weights
         forest = IsolationForest.__new__(IsolationForest)
         forest.__dict__.update(_restored(header["forest"]))
         n_features = int(forest.__dict__.get("n_features_in_", header["n_features_in"]))
@@ -119,7 +127,7 @@ class IForestDetector(BaseDetector):
             est.random_state = seed
             tree = Tree(n_features, np.ones(1, dtype=np.intp), 1)
             tree.__setstate__({"max_depth": depth, "node_count": count, "nodes": nodes[start : start + count],
-                               "values": values[start : start + count]})
+                               "values": np.zeros((count, 1, 1))})
             est.tree_ = tree
             estimators.append(est)
             start += count
@@ -127,8 +135,8 @@ class IForestDetector(BaseDetector):
         forest.estimators_ = estimators
         forest.estimators_features_ = list(features)
         forest._seeds = seeds
-        forest._average_path_length_per_tree = tuple(np.split(apl, ends))
-        forest._decision_path_lengths = tuple(np.split(dpl, ends))
+        forest._average_path_length_per_tree = tuple(np.split(_average_path_length(nodes["n_node_samples"]), ends))
+        forest._decision_path_lengths = tuple(np.split(depths, ends))
         forest.estimator_ = None if header["template"] is None else ExtraTreeRegressor(**header["template"])
         detector = cls(**header["params"])
         detector.forest_ = forest

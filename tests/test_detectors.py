@@ -90,15 +90,19 @@ def test_iforest_round_trips_as_plain_arrays_with_identical_scores():
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:  # nothing in it needs unpickling
         assert all(npz[k].dtype != object for k in npz.files)
         nodes = sum(e.tree_.node_count for e in detector.forest_.estimators_)
-        assert len(npz["features"]) == 30 and npz["nodes"].shape[0] == nodes
+        assert len(npz["features"]) == 30 and npz["threshold"].shape[0] == npz["depths"].shape[0] == nodes
+        assert npz["left_child"].dtype == np.int32 and npz["depths"].dtype == np.uint8  # compact, exact types
     loaded = IForestDetector.from_bytes(data)
     assert loaded.get_params() == detector.get_params()
     assert loaded.n_features_in_ == 5
     Y = low_rank(200, d=5) * 3
     np.testing.assert_array_equal(loaded.score_samples(Y), detector.score_samples(Y))
+    np.testing.assert_array_equal(loaded.forest_.score_samples(Y), detector.forest_.score_samples(Y))  # scikit-learn's own
+    for before, after in zip(detector.forest_.estimators_, loaded.forest_.estimators_, strict=True):
+        np.testing.assert_array_equal(after.tree_.apply(Y.astype(np.float32)), before.tree_.apply(Y.astype(np.float32)))
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    arrays["header"] = np.frombuffer(arrays["header"].tobytes().replace(b'"format": 1', b'"format": 7'), dtype=np.uint8)
+    arrays["header"] = np.frombuffer(arrays["header"].tobytes().replace(b'"format": 2', b'"format": 7'), dtype=np.uint8)
     other = io.BytesIO()
     np.savez(other, **arrays)
     with pytest.raises(ValueError, match="format 7"):

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fleetwatch.app import metrics as M
-from fleetwatch.core.alert_carry import joined_phases
+from fleetwatch.core.alert_carry import continues, joined_phases
 from fleetwatch.core.errors import FleetWatchError
 from models.incidents import entity_incidents, group_incidents, phases_json, two_scale_flags
 
@@ -87,7 +87,7 @@ def carry_across_nights(incidents: pd.DataFrame, step: pd.Timedelta) -> pd.DataF
     for i, row in enumerate(found.to_dict("records")):
         first_of_night = i == 0 or nights[i] != nights[i - 1]
         follows = i > 0 and (nights[i] - nights[i - 1]).days == 1
-        if out and first_of_night and follows and pd.Timedelta(0) < row["start_ts"] - out[-1]["end_ts"] <= step:
+        if out and first_of_night and follows and continues(out[-1]["end_ts"], row["start_ts"], step):
             last = out[-1]
             last["end_ts"] = row["end_ts"]
             last["n_points"] = int(last["n_points"]) + int(row["n_points"])

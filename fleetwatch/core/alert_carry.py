@@ -52,6 +52,12 @@ def match_incidents(old: list, rows: list[dict]) -> dict[int, int]:
     return matched
 
 
+def continues(previous_end, start, step) -> bool:
+    """Whether an incident starting at ``start`` continues one that ended at ``previous_end``: it
+    starts after it, by at most ``step``. The one rule of carrying, here and in the evaluation."""
+    return dt.timedelta(0) < start - previous_end <= step
+
+
 def carried(conn: sa.Connection, dataset: str, day: dt.date, rows: list[dict], step: dt.timedelta) -> dict[int, int]:
     """Which rows (by position) continue which alert of the previous night (by id).
 
@@ -74,7 +80,7 @@ def carried(conn: sa.Connection, dataset: str, day: dt.date, rows: list[dict], s
     out = {}
     for entity, i in first.items():
         night = last.get(entity)
-        if night is not None and dt.timedelta(0) < rows[i]["start_ts"] - night["end_ts"] <= step:
+        if night is not None and continues(night["end_ts"], rows[i]["start_ts"], step):
             out[i] = night["alert_id"]
     return out
 

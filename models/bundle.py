@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -32,23 +33,35 @@ INFO_COLUMNS = ["scope", "n_rows", "threshold", "fingerprint", "file", "entry", 
 
 
 class _LazyEntities(Mapping):
-    """Entity models read from the store's parts on first access, then kept."""
+    """Entity models read from the store's parts on first access; the ``keep`` most recently used
+    are kept, so a scoring process's memory does not grow with the fleet (a fitted entity holds
+    tens of MB of tree nodes). Models replaced in memory (feedback thresholds) stay pinned."""
 
-    def __init__(self, reader: model_store.PartReader, info: dict[str, dict]):
+    def __init__(self, reader: model_store.PartReader, info: dict[str, dict], keep: int):
+        if keep < 1:
+            raise ValueError(f"a bundle must keep at least one loaded model, got keep={keep}")
         self._reader = reader
         self._info = info
-        self._loaded: dict[str, EntityModel] = {}
+        self._keep = keep
+        self._loaded: OrderedDict[str, EntityModel] = OrderedDict()
+        self._pinned: dict[str, EntityModel] = {}
 
     def __getitem__(self, entity: str) -> EntityModel:
-        if entity not in self._loaded:
-            info = self._info[entity]
-            model = self._reader.read(entity, info)
-            if info["threshold"] != model.threshold and info["threshold"] == info["threshold"]:
-                model = dataclasses.replace(model, threshold=info["threshold"])  # raised by feedback
-            if info.get("raw_threshold") is not None and info["raw_threshold"] != model.raw_threshold:
-                model = dataclasses.replace(model, raw_threshold=float(info["raw_threshold"]))  # raised by feedback
-            self._loaded[entity] = model
-        return self._loaded[entity]
+        if entity in self._pinned:
+            return self._pinned[entity]
+        if entity in self._loaded:
+            self._loaded.move_to_end(entity)
+            return self._loaded[entity]
+        info = self._info[entity]
+        model = self._reader.read(entity, info)
+        if info["threshold"] != model.threshold and info["threshold"] == info["threshold"]:
+            model = dataclasses.replace(model, threshold=info["threshold"])  # raised by feedback
+        if info.get("raw_threshold") is not None and info["raw_threshold"] != model.raw_threshold:
+            model = dataclasses.replace(model, raw_threshold=float(info["raw_threshold"]))  # raised by feedback
+        self._loaded[entity] = model
+        if len(self._loaded) > self._keep:
+            self._loaded.popitem(last=False)
+        return model
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
@@ -56,8 +69,13 @@ class _LazyEntities(Mapping):
     def __len__(self) -> int:
         return len(self._info)
 
+    def loaded(self) -> int:
+        """How many models are held in memory now."""
+        return len(self._loaded) + len(self._pinned)
+
     def replace(self, entity: str, model: EntityModel) -> None:
-        self._loaded[entity] = model
+        self._loaded.pop(entity, None)
+        self._pinned[entity] = model
 
 
 @dataclass
@@ -207,10 +225,11 @@ class ModelBundle:
         return cls.load(location)
 
     @classmethod
-    def load(cls, directory: str, entities: set[str] | None = None) -> ModelBundle:
+    def load(cls, directory: str, entities: set[str] | None = None, keep_models: int = 8) -> ModelBundle:
         """The bundle whose manifest is in ``directory`` (a store location, or the copy MLflow
         keeps, which names the location); only ``entities`` (all when None) are readable, each
-        read on first use. Entities outside the set can still be asked for their scope."""
+        read on first use and the ``keep_models`` most recently used kept in memory. Entities
+        outside the set can still be asked for their scope."""
         directory = str(directory)
         if not model_store.exists(f"{directory}/{model_store.MANIFEST}"):
             raise FileNotFoundError(f"no model bundle at {directory} ({model_store.MANIFEST} missing)")
@@ -230,7 +249,7 @@ class ModelBundle:
             feature_cols=manifest["feature_cols"],
             feature_metric=manifest["feature_metric"],
             metrics=manifest["metrics"],
-            entities=_LazyEntities(reader, chosen),
+            entities=_LazyEntities(reader, chosen, keep_models),
             fleet=reader.read("__fleet__", manifest["fleet"]),
             window_start=dt.date.fromisoformat(manifest["window_start"]),
             window_end=dt.date.fromisoformat(manifest["window_end"]),

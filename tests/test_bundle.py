@@ -275,6 +275,22 @@ def test_a_model_that_does_not_match_its_checksum_is_refused(bundle, tmp_path):
         loaded.entities["a"]
 
 
+def test_a_scoring_process_keeps_only_its_most_recent_models_and_scores_the_same(bundle, new_day, tmp_path):
+    folder = bundle.save(tmp_path / "bundle")
+    one = ModelBundle.load(folder, keep_models=1)
+    fitted_b = one.entities["b"].threshold
+    one.set_threshold("b", 3 * fitted_b)  # replaced in memory: pinned, never dropped
+    for entity in ("a", "c", "a", "c"):
+        one.entities[entity]
+    assert one.entities.loaded() == 2  # the pinned b and the last one read
+    assert one.entities["b"].threshold == 3 * fitted_b
+    one.set_threshold("b", fitted_b)
+    pd.testing.assert_frame_equal(one.score(new_day), ModelBundle.load(folder).score(new_day))
+    assert one.entities.loaded() <= 2
+    with pytest.raises(ValueError, match="keep=0"):
+        ModelBundle.load(folder, keep_models=0)
+
+
 def test_a_raised_threshold_is_kept_in_the_manifest_and_applied_on_load(bundle, tmp_path):
     copy = ModelBundle.load(bundle.save(tmp_path / "bundle"))
     fitted = copy.entities["a"].threshold

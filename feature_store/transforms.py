@@ -4,7 +4,8 @@ A window of ``w`` minutes holds the rows in ``(t - w min, t]`` whatever the gaps
 Spark groups the rows by entity and hands each entity's rows to :func:`entity_features` as one
 pandas frame (``applyInPandas``), so the work spreads over the cluster's tasks while each window
 is computed incrementally: Spark SQL's sliding range frames re-aggregate every frame row by row,
-about 20 times the CPU for the default view (``benchmarks/README.md``, "Features").
+4 to 7 times the CPU for the default view (``benchmarks/feature_engines.py``; figures in
+``benchmarks/README.md``, "Scale").
 """
 
 from __future__ import annotations

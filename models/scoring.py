@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 
 import pandas as pd
+from pyspark.sql import functions as F
 
 from feature_store.offline_store import OfflineStore
 from feature_store.views import view_for
@@ -20,6 +22,7 @@ from fleetwatch.core.lake import Lake, write_spark_partition
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec, load_spec
 from models import registry
+from models.alarm_cap import apply_cap
 from models.bundle import load_cached, open_checked
 from models.frames import ENTITY, TS, canonical, one_thread_per_task, sampling_step
 from models.incidents import entity_incidents, phases_json, severity, two_scale_flags
@@ -44,14 +47,27 @@ def score_schema(spec: DatasetSpec) -> str:
         "threshold double",
         "raw_threshold double",
         "flagged boolean",
+        "alarm_cap double",
+        "uncapped_alarm_minutes double",
     ]
     cols += [f"`{m}` double" for m in metrics] + [f"`err__{m}` double" for m in metrics]
     return ", ".join(cols)
 
 
-def score_frame(df, spec: DatasetSpec, bundle_dir: str):
+@dataclass(frozen=True)
+class AlarmCap:
+    """What the alarm cap (``models.alarm_cap``) needs on a night: the budget share, the incident
+    gap, and each entity's uncapped minutes in alarm on the window's earlier nights."""
+
+    budget_share: float
+    gap_minutes: int
+    previous: dict[str, list[float]]
+
+
+def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = None):
     """Per-row scores of a canonical feature DataFrame (entity_id, ts, features) in Spark, flagged
-    at two time scales (``models.incidents.two_scale_flags`` with the spec's ``short_event_factor``)."""
+    at two time scales (``models.incidents.two_scale_flags`` with the spec's ``short_event_factor``);
+    with ``cap``, each entity's thresholds are capped to its alarm-share budget (``models.alarm_cap``)."""
     metrics = spec.metric_names
     columns = [c.split(" ")[0].strip("`") for c in score_schema(spec).split(", ")]
 
@@ -59,7 +75,14 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str):
         one_thread_per_task()
         bundle = load_cached(bundle_dir)
         pdf = pdf.sort_values(TS).reset_index(drop=True)
-        out = two_scale_flags(bundle.score(pdf), spec.short_event_factor)
+        scored = bundle.score(pdf).assign(alarm_cap=1.0, uncapped_alarm_minutes=float("nan"))
+        if cap is not None:
+            scored = apply_cap(
+                scored, factor=spec.short_event_factor, budget_share=cap.budget_share,
+                previous_minutes=cap.previous.get(str(pdf[ENTITY].iloc[0]), []), gap_minutes=cap.gap_minutes,
+                sampling_seconds=sampling_step(pdf[TS], spec.sampling_seconds), incidents_per_night=spec.alarm_budget,
+            )
+        out = two_scale_flags(scored, spec.short_event_factor)
         out["scope"] = bundle.scope_of(str(pdf[ENTITY].iloc[0]))
         for m in metrics:
             out[m] = pdf[m].to_numpy(dtype=float)
@@ -139,8 +162,9 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     champ = registry.champion(settings, dataset)
     open_checked(champ.bundle_dir, f"{champ.name} v{champ.version}")
     features = canonical(OfflineStore(spark, lake).read_features(dataset, view, [day]), spec).drop("dt")
+    cap = alarm_cap_for(spark, settings, spec, lake, day)
     scores_path = write_spark_partition(
-        lake, score_frame(features, spec, champ.bundle_dir), lake.partition("scores", dataset, day), spark
+        lake, score_frame(features, spec, champ.bundle_dir, cap), lake.partition("scores", dataset, day), spark
     )
     scores = spark.read.parquet(scores_path)
     lineage = {"model_name": champ.name, "model_version": champ.version, "feature_view": view.ref, "run_id": champ.run_id}
@@ -148,17 +172,37 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     inc_path = write_spark_partition(lake, incidents.coalesce(1), lake.partition("incidents", dataset, day), spark)
     n_rows = scores.count()
     n_flagged = scores.filter("flagged").count()
+    n_capped = scores.filter("alarm_cap > 1").select(ENTITY).distinct().count()
     alarm = alarm_minutes(spark.read.parquet(inc_path), spec.sampling_seconds)
     registry.log_night(
         settings, dataset, day,
         tags={"model_name": champ.name, "model_version": champ.version, "model_uri": f"models:/{champ.name}/{champ.version}",
               "feature_view": view.ref},
         metrics={"rows_scored": n_rows, "flagged_rows": n_flagged, "alerts": float(len(alarm)),
-                 "alarm_minutes": float(alarm.sum()), "entities_in_alarm": float(alarm.index.nunique()),
+                 "alarm_minutes": float(alarm.sum()), "entities_in_alarm": float(alarm.index.nunique()), "entities_capped": float(n_capped),
                  "alarm_minutes_max_entity": float(alarm.groupby(level=0).sum().max()) if len(alarm) else 0.0},
     )
     return (f"scored {n_rows} rows with {champ.name} v{champ.version}: {n_flagged} flagged, {len(alarm)} incidents, "
-            f"{alarm.sum():.0f} minutes in alarm")
+            f"{alarm.sum():.0f} minutes in alarm, {n_capped} entities capped to their alarm budget")
+
+
+def alarm_cap_for(spark, settings: Settings, spec: DatasetSpec, lake: Lake, day: dt.date) -> AlarmCap:
+    """The night's alarm cap: the spec's alarm-share budget (never binding with
+    ``settings.alarm_cap`` off, so the uncapped minutes are still recorded) and each entity's
+    uncapped minutes on the scored nights among the ``alarm_budget_nights - 1`` before ``day``."""
+    previous: dict[str, list[float]] = {}
+    for back in range(1, settings.alarm_budget_nights):
+        path = lake.partition("scores", spec.name, day - dt.timedelta(days=back))
+        if not lake.exists(path, spark):
+            continue
+        night = spark.read.parquet(path)
+        if "uncapped_alarm_minutes" not in night.columns:  # scored before the cap existed
+            continue
+        minutes = night.groupBy(ENTITY).agg(F.max("uncapped_alarm_minutes").alias("m")).dropna().toPandas()
+        for entity, m in zip(minutes[ENTITY], minutes["m"], strict=True):
+            previous.setdefault(str(entity), []).append(float(m))
+    budget = spec.alarm_share(settings.alarm_budget_incident_minutes) if settings.alarm_cap else float("inf")
+    return AlarmCap(budget_share=budget, gap_minutes=spec.incident_gap(settings.incident_gap_minutes), previous=previous)
 
 
 def alarm_minutes(incidents, sampling_seconds: int) -> pd.Series:

@@ -1,6 +1,8 @@
 """A level shift and a long anomaly on real Spark: the shift is one alert carried across three
 nights, the retrain it asks for adapts its entity (the next night raises no alert for it), and
-the long anomaly inside the same training window stays an anomaly."""
+the long anomaly inside the same training window stays an anomaly. These run with the alarm cap
+off (``FLEETWATCH_ALARM_CAP=false``), the carry's own behaviour; the last test runs the same
+nights with the cap on."""
 
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ def _raw(day: dt.date, rng: np.random.Generator, entities=("e0", SHIFTED, ANOMAL
 
 @pytest.fixture
 def shift_settings(settings, monkeypatch) -> Settings:
+    monkeypatch.setenv("FLEETWATCH_ALARM_CAP", "false")
     monkeypatch.setenv("FLEETWATCH_MIN_HISTORY_DAYS", "2")
     monkeypatch.setenv("FLEETWATCH_TRAINING_WINDOW_DAYS", "8")
     monkeypatch.setenv("FLEETWATCH_PERSISTENT_ADAPT_DAYS", "3")
@@ -143,3 +146,55 @@ def test_a_backtest_with_adapt_retrains_when_the_shift_asks_and_the_new_level_st
     # the night that asked, before the retrain, the entity was in alarm for most of the shift
     asked_night = AlertsStore(s.alerts_db_url).entity_nights(DS, dt.date.fromisoformat(first), 1)
     assert asked_night.set_index("entity_id")["alarm_minutes"].get(SHIFTED, 0.0) > 600, asked_night
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_with_the_alarm_cap_the_shifted_entity_keeps_to_its_budget_and_the_others_are_untouched(
+    spark, shift_settings, monkeypatch
+):
+    from feature_store.pipeline import build_features
+    from fleetwatch.core.alerts_store import AlertsStore
+    from fleetwatch.core.lake import Lake, write_pandas_partition
+    from fleetwatch.core.publishing import publish_alerts
+    from models.scoring import score_partition
+    from models.training import train_models
+
+    spec = DatasetSpec(name=DS, metrics=[MetricSpec(name="cpu", max=200.0), MetricSpec(name="mem")])
+    write_spec(shift_settings.specs_dir, spec)
+    lake, rng = Lake(shift_settings.lake_root), np.random.default_rng(11)
+    for day in DAYS[:8]:
+        write_pandas_partition(lake, _raw(day, rng, entities=("e0", SHIFTED, "e3")), lake.raw(DS, day))
+        build_features(spark, shift_settings, DS, day)
+    train_models(spark, shift_settings, DS, DAYS[2])
+    uncapped = {}
+    for day in DAYS[3:8]:  # cap off: what the nights hold
+        score_partition(spark, shift_settings, DS, day)
+        uncapped[day] = pd.read_parquet(lake.partition("scores", DS, day))
+    monkeypatch.setenv("FLEETWATCH_ALARM_CAP", "true")
+    s = Settings()
+    store = AlertsStore(s.alerts_db_url)
+    budget = spec.alarm_share(s.alarm_budget_incident_minutes) * 1440  # one hour a night
+    untouched = []
+    for day in DAYS[5:8]:
+        score_partition(spark, s, DS, day)
+        publish_alerts(s, DS, day)
+        night = store.entity_nights(DS, day, 1).set_index("entity_id")
+        scores = pd.read_parquet(lake.partition("scores", DS, day))
+        shifted = scores[scores["entity_id"] == SHIFTED]
+        assert shifted["uncapped_alarm_minutes"].iloc[0] > 600  # the shift alone: 18 hours on its first night
+        assert (shifted["alarm_cap"] > 1).all()
+        assert night["alarm_minutes"].get(SHIFTED, 0.0) <= budget, night
+        alerts = store.frame(DS)
+        assert ((alerts["entity_id"] == SHIFTED) & (alerts["dt"] == day)).sum() <= spec.alarm_budget
+        for entity in ("e0", "e3"):  # quiet entities keep their fitted thresholds and flags within budget
+            mine, before = scores[scores["entity_id"] == entity], uncapped[day][uncapped[day]["entity_id"] == entity]
+            window = [u[u["entity_id"] == entity]["uncapped_alarm_minutes"].iloc[0] for d, u in uncapped.items()
+                      if day - dt.timedelta(days=s.alarm_budget_nights) < d <= day]
+            if np.mean(window) <= budget:
+                untouched.append((entity, day, int(before["flagged"].sum())))
+                assert (mine["alarm_cap"] == 1.0).all()
+                assert mine["flagged"].tolist() == before["flagged"].tolist()
+            else:  # an ordinary night of more than an hour in alarm is held to the budget too
+                assert night["alarm_minutes"].get(entity, 0.0) <= budget, (entity, day, window)
+    assert any(flagged for *_, flagged in untouched), untouched  # some quiet entity-night alerted, untouched

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     alarm_budget_nights: int = Field(
         3, ge=1, description="Nights over which an entity's minutes in alarm are held to its alarm-share budget."
     )
+    alarm_cap: bool = Field(
+        True, description=(
+            "Hold each entity's minutes in alarm to its alarm-share budget: on a night that puts its last "
+            "alarm_budget_nights over the budget, its thresholds rise until the night is within it."
+        ),
+    )
     alarm_budget_incident_minutes: float = Field(
         60.0, gt=0, description=(
             "Minutes each of the spec's alarm_budget incidents a day may last: the default alarm-share budget is "

@@ -179,7 +179,8 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
         tags={"model_name": champ.name, "model_version": champ.version, "model_uri": f"models:/{champ.name}/{champ.version}",
               "feature_view": view.ref},
         metrics={"rows_scored": n_rows, "flagged_rows": n_flagged, "alerts": float(len(alarm)),
-                 "alarm_minutes": float(alarm.sum()), "entities_in_alarm": float(alarm.index.nunique()), "entities_capped": float(n_capped),
+                 "alarm_minutes": float(alarm.sum()), "entities_in_alarm": float(alarm.index.nunique()),
+                 "entities_capped": float(n_capped),
                  "alarm_minutes_max_entity": float(alarm.groupby(level=0).sum().max()) if len(alarm) else 0.0},
     )
     return (f"scored {n_rows} rows with {champ.name} v{champ.version}: {n_flagged} flagged, {len(alarm)} incidents, "

@@ -22,68 +22,82 @@ of a long alarm below the night's top minutes.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from models.incidents import max_step
 
 
-def exceedance(frame: pd.DataFrame, factor: float | None) -> np.ndarray:
-    """Per row, the largest factor by which both thresholds could be scaled and still flag it:
-    ``score / threshold``, or ``raw_score / (factor * raw_threshold)`` where the short-event rule
-    applies (``models.incidents.two_scale_flags`` flags exactly the rows above 1)."""
+@dataclass(frozen=True)
+class AlertRule:
+    """How flagged rows become alerts: the incident gap, the sampling interval, and the fewest
+    flagged rows an incident needs unless one is severe (the spec's ``min_incident_minutes``)."""
+
+    gap_minutes: int
+    sampling_seconds: int
+    min_points: int = 1
+
+
+def exceedance(frame: pd.DataFrame, factor: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the largest factor by which both thresholds could be scaled and still flag it
+    (``models.incidents.two_scale_flags`` flags exactly the rows above 1), and the same for the
+    short-event rule alone (``raw_score / (factor * raw_threshold)``; 0 without it)."""
     score = frame["score"].to_numpy(dtype=float)
     threshold = frame["threshold"].to_numpy(dtype=float)
+    severe = np.zeros(score.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
         need = np.where(threshold > 0, score / threshold, np.where(score > threshold, np.inf, 0.0))
         if factor is not None:
             raw_thr = frame["raw_threshold"].to_numpy(dtype=float)
             raw = frame["raw_score"].to_numpy(dtype=float) / (factor * raw_thr)
-            need = np.maximum(need, np.where(np.isfinite(raw_thr) & (raw_thr > 0), raw, 0.0))
-    return np.nan_to_num(need, nan=0.0, posinf=np.finfo(float).max)
+            severe = np.where(np.isfinite(raw_thr) & (raw_thr > 0), raw, 0.0)
+    big = np.finfo(float).max
+    severe = np.nan_to_num(severe, nan=0.0, posinf=big)
+    return np.maximum(np.nan_to_num(need, nan=0.0, posinf=big), severe), severe
 
 
-def alarm_minutes(ts: np.ndarray, flagged: np.ndarray, gap_minutes: int, sampling_seconds: int) -> float:
-    """Minutes covered by the incidents of one entity's flagged rows (``ts`` in time order)."""
-    return _alarm(_stamps(ts), np.asarray(flagged, dtype=bool), gap_minutes, sampling_seconds)[0]
+def alarm(stamps: np.ndarray, need: np.ndarray, severe: np.ndarray, scale: float, rule: AlertRule) -> tuple[float, int]:
+    """(minutes covered, incidents) of the alerts one entity's rows raise with both thresholds
+    scaled by ``scale``; ``stamps`` are its timestamps in ns, in time order."""
+    rows = np.flatnonzero(need > scale)
+    if rows.size == 0:
+        return 0.0, 0
+    st = stamps[rows]
+    new = np.r_[True, np.diff(st) > max_step(rule.gap_minutes, rule.sampling_seconds).value]
+    group = np.cumsum(new) - 1
+    points = np.bincount(group)
+    kept = (points >= rule.min_points) | (np.bincount(group, weights=severe[rows] > scale) > 0)
+    span = st[np.r_[new[1:], True]] - st[new]
+    return float((span[kept].sum() / 60e9) + kept.sum() * rule.sampling_seconds / 60), int(kept.sum())
 
 
-def _stamps(ts) -> np.ndarray:
+def stamps_of(ts) -> np.ndarray:
     return pd.to_datetime(pd.Series(ts)).astype("int64").to_numpy()
 
 
-def _alarm(stamps: np.ndarray, flagged: np.ndarray, gap_minutes: int, sampling_seconds: int) -> tuple[float, int]:
-    """(minutes covered, incidents) of the flagged rows."""
-    stamps = stamps[flagged]
-    if stamps.size == 0:
-        return 0.0, 0
-    steps = np.diff(stamps)
-    joined = steps[steps <= max_step(gap_minutes, sampling_seconds).value]
-    incidents = steps.size - joined.size + 1
-    return float(joined.sum() / 60e9 + incidents * sampling_seconds / 60), int(incidents)
-
-
 def cap_scale(
-    ts: np.ndarray, need: np.ndarray, allowed_minutes: float, gap_minutes: int, sampling_seconds: int,
-    allowed_incidents: float = np.inf,
+    stamps: np.ndarray, need: np.ndarray, severe: np.ndarray, rule: AlertRule, allowed_minutes: float,
+    allowed_incidents: float = math.inf,
 ) -> float:
-    """The smallest factor (at least 1) whose flags (``need > factor``) cover at most
-    ``allowed_minutes`` in at most ``allowed_incidents`` incidents. Minutes only fall as the
-    factor rises, incidents nearly so (a higher factor can split one), so the candidates (the
-    rows' own ``need`` values) are bisected; the factor returned always holds both."""
-    stamps = _stamps(ts)
+    """The smallest factor (at least 1) whose alerts cover at most ``allowed_minutes`` in at most
+    ``allowed_incidents`` incidents. Minutes only fall as the factor rises, incidents nearly so (a
+    higher factor can split one), so the candidates (the rows' own ``need`` values) are bisected;
+    the factor returned always holds both."""
 
-    def holds(flags: np.ndarray) -> bool:
-        minutes, incidents = _alarm(stamps, flags, gap_minutes, sampling_seconds)
+    def holds(scale: float) -> bool:
+        minutes, incidents = alarm(stamps, need, severe, scale, rule)
         return minutes <= allowed_minutes and incidents <= allowed_incidents
 
-    if holds(need > 1.0):
+    if holds(1.0):
         return 1.0
     candidates = np.unique(need[need > 1.0])  # flagging need > c for c in candidates; the top one flags nothing
     lo, hi = 0, candidates.size - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if holds(need > candidates[mid]):
+        if holds(candidates[mid]):
             hi = mid
         else:
             lo = mid + 1
@@ -91,26 +105,23 @@ def cap_scale(
 
 
 def apply_cap(
-    frame: pd.DataFrame, *, factor: float | None, budget_share: float, previous_minutes: list[float],
-    gap_minutes: int, sampling_seconds: int, incidents_per_night: float = np.inf, minutes_per_night: float = 1440.0,
+    frame: pd.DataFrame, *, factor: float | None, rule: AlertRule, budget_share: float, incidents_per_night: float,
+    previous: list[tuple[float, float]], minutes_per_night: float = 1440.0,
 ) -> pd.DataFrame:
-    """One entity's scored night (time order) with its thresholds capped where the window is over
-    budget; adds ``alarm_cap`` (the factor, 1 when not capped) and ``uncapped_alarm_minutes``.
-
-    ``previous_minutes`` are the uncapped minutes in alarm of the window's earlier nights that
-    were scored (none: tonight alone decides). A capped night also keeps to
-    ``incidents_per_night`` (the spec's ``alarm_budget``), so that the cap does not cut one long
-    alarm into many short ones.
-    """
-    need = exceedance(frame, factor)
-    ts = frame["ts"].to_numpy()
-    tonight = alarm_minutes(ts, need > 1.0, gap_minutes, sampling_seconds)
-    nights = 1 + len(previous_minutes)
-    share = (tonight + float(sum(previous_minutes))) / (nights * minutes_per_night)
+    """One entity's scored night (time order) with its thresholds capped where its window is over
+    budget; adds ``alarm_cap`` (the factor, 1 when not capped), ``uncapped_alarm_minutes`` and
+    ``uncapped_incidents``. ``previous`` holds ``(uncapped minutes, uncapped incidents)`` of the
+    window's earlier nights that were scored (none: tonight alone decides)."""
+    need, severe = exceedance(frame, factor)
+    stamps = stamps_of(frame["ts"])
+    minutes, incidents = alarm(stamps, need, severe, 1.0, rule)
+    nights = 1 + len(previous)
+    over_minutes = (minutes + sum(m for m, _ in previous)) / (nights * minutes_per_night) > budget_share
+    over_incidents = (incidents + sum(i for _, i in previous)) / nights > incidents_per_night
     scale = 1.0
-    if share > budget_share:
-        scale = cap_scale(ts, need, budget_share * minutes_per_night, gap_minutes, sampling_seconds, incidents_per_night)
+    if over_minutes or over_incidents:
+        scale = cap_scale(stamps, need, severe, rule, budget_share * minutes_per_night, incidents_per_night)
     return frame.assign(
         threshold=frame["threshold"] * scale, raw_threshold=frame["raw_threshold"] * scale,
-        alarm_cap=scale, uncapped_alarm_minutes=tonight,
+        alarm_cap=scale, uncapped_alarm_minutes=minutes, uncapped_incidents=float(incidents),
     )

@@ -22,7 +22,7 @@ from fleetwatch.core.lake import Lake, write_spark_partition
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec, load_spec
 from models import registry
-from models.alarm_cap import apply_cap
+from models.alarm_cap import AlertRule, apply_cap
 from models.bundle import load_cached, open_checked
 from models.frames import ENTITY, TS, canonical, one_thread_per_task, sampling_step
 from models.incidents import entity_incidents, phases_json, severity, two_scale_flags
@@ -49,6 +49,7 @@ def score_schema(spec: DatasetSpec) -> str:
         "flagged boolean",
         "alarm_cap double",
         "uncapped_alarm_minutes double",
+        "uncapped_incidents double",
     ]
     cols += [f"`{m}` double" for m in metrics] + [f"`err__{m}` double" for m in metrics]
     return ", ".join(cols)
@@ -57,11 +58,12 @@ def score_schema(spec: DatasetSpec) -> str:
 @dataclass(frozen=True)
 class AlarmCap:
     """What the alarm cap (``models.alarm_cap``) needs on a night: the budget share, the incident
-    gap, and each entity's uncapped minutes in alarm on the window's earlier nights."""
+    gap, and each entity's uncapped (minutes in alarm, incidents) on the window's earlier nights."""
 
     budget_share: float
+    incidents_per_night: float
     gap_minutes: int
-    previous: dict[str, list[float]]
+    previous: dict[str, list[tuple[float, float]]]
 
 
 def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = None):
@@ -75,12 +77,13 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = N
         one_thread_per_task()
         bundle = load_cached(bundle_dir)
         pdf = pdf.sort_values(TS).reset_index(drop=True)
-        scored = bundle.score(pdf).assign(alarm_cap=1.0, uncapped_alarm_minutes=float("nan"))
+        scored = bundle.score(pdf).assign(alarm_cap=1.0, uncapped_alarm_minutes=float("nan"), uncapped_incidents=float("nan"))
         if cap is not None:
+            sampling = sampling_step(pdf[TS], spec.sampling_seconds)
             scored = apply_cap(
                 scored, factor=spec.short_event_factor, budget_share=cap.budget_share,
-                previous_minutes=cap.previous.get(str(pdf[ENTITY].iloc[0]), []), gap_minutes=cap.gap_minutes,
-                sampling_seconds=sampling_step(pdf[TS], spec.sampling_seconds), incidents_per_night=spec.alarm_budget,
+                incidents_per_night=cap.incidents_per_night, previous=cap.previous.get(str(pdf[ENTITY].iloc[0]), []),
+                rule=AlertRule(cap.gap_minutes, sampling, spec.min_incident_points_at(sampling)),
             )
         out = two_scale_flags(scored, spec.short_event_factor)
         out["scope"] = bundle.scope_of(str(pdf[ENTITY].iloc[0]))
@@ -188,22 +191,32 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
 
 
 def alarm_cap_for(spark, settings: Settings, spec: DatasetSpec, lake: Lake, day: dt.date) -> AlarmCap:
-    """The night's alarm cap: the spec's alarm-share budget (never binding with
-    ``settings.alarm_cap`` off, so the uncapped minutes are still recorded) and each entity's
-    uncapped minutes on the scored nights among the ``alarm_budget_nights - 1`` before ``day``."""
+    """The night's alarm cap: the spec's alarm-share budget and ``alarm_budget`` incidents a night
+    (never binding with ``settings.alarm_cap`` off, so the uncapped alarm is still recorded) and
+    each entity's uncapped alarm on the scored nights among the ``alarm_budget_nights - 1`` before
+    ``day``."""
     previous: dict[str, list[float]] = {}
     for back in range(1, settings.alarm_budget_nights):
         path = lake.partition("scores", spec.name, day - dt.timedelta(days=back))
         if not lake.exists(path, spark):
             continue
         night = spark.read.parquet(path)
-        if "uncapped_alarm_minutes" not in night.columns:  # scored before the cap existed
+        if "uncapped_incidents" not in night.columns:  # scored before the cap existed
             continue
-        minutes = night.groupBy(ENTITY).agg(F.max("uncapped_alarm_minutes").alias("m")).dropna().toPandas()
-        for entity, m in zip(minutes[ENTITY], minutes["m"], strict=True):
-            previous.setdefault(str(entity), []).append(float(m))
-    budget = spec.alarm_share(settings.alarm_budget_incident_minutes) if settings.alarm_cap else float("inf")
-    return AlarmCap(budget_share=budget, gap_minutes=spec.incident_gap(settings.incident_gap_minutes), previous=previous)
+        uncapped = (
+            night.groupBy(ENTITY)
+            .agg(F.max("uncapped_alarm_minutes").alias("m"), F.max("uncapped_incidents").alias("i"))
+            .dropna()
+            .toPandas()
+        )
+        for entity, m, i in zip(uncapped[ENTITY], uncapped["m"], uncapped["i"], strict=True):
+            previous.setdefault(str(entity), []).append((float(m), float(i)))
+    on = settings.alarm_cap
+    return AlarmCap(
+        budget_share=spec.alarm_share(settings.alarm_budget_incident_minutes) if on else float("inf"),
+        incidents_per_night=spec.alarm_budget if on else float("inf"),
+        gap_minutes=spec.incident_gap(settings.incident_gap_minutes), previous=previous,
+    )
 
 
 def alarm_minutes(incidents, sampling_seconds: int) -> pd.Series:

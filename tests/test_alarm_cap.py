@@ -1,5 +1,6 @@
-"""The alarm cap: an entity over its alarm-share budget keeps at most its budget of minutes in
-alarm tonight, its most anomalous ones; a quiet night and a window within budget are untouched."""
+"""The alarm cap: an entity over its alarm budget keeps at most its budget of minutes in alarm
+and of incidents tonight, its most anomalous ones; a quiet night and a window within budget are
+untouched."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.alarm_cap import alarm_minutes, apply_cap, cap_scale, exceedance
+from models.alarm_cap import AlertRule, alarm, apply_cap, cap_scale, exceedance, stamps_of
 from models.incidents import group_incidents, two_scale_flags
 
 NIGHT = pd.date_range("2026-03-01", periods=1440, freq="min", tz="UTC")
 BUDGET = 120 / 1440  # two hours a night
 GAP = 15
+RULE = AlertRule(GAP, 60)
 
 
 @pytest.fixture
@@ -27,10 +29,20 @@ def _night(score: np.ndarray, raw: np.ndarray | None = None) -> pd.DataFrame:
     )
 
 
-def _covered(frame: pd.DataFrame, factor=None) -> float:
-    """Minutes the night's incidents cover, counted as the alerts table counts them."""
-    found = group_incidents(two_scale_flags(frame, factor), gap_minutes=GAP, sampling_seconds=60)
+def _covered(frame: pd.DataFrame, factor=None, min_points=1) -> float:
+    """Minutes the night's alerts cover, counted as the alerts table counts them."""
+    found = _alerts(frame, factor, min_points)
     return float(((found["end_ts"] - found["start_ts"]).dt.total_seconds() / 60 + 1).sum())
+
+
+def _alerts(frame: pd.DataFrame, factor=None, min_points=1) -> pd.DataFrame:
+    return group_incidents(two_scale_flags(frame, factor), gap_minutes=GAP, sampling_seconds=60, min_points=min_points,
+                           severe_col="severe")
+
+
+def _cap(frame, factor=None, previous=(), incidents=np.inf, rule=RULE):
+    return apply_cap(frame, factor=factor, rule=rule, budget_share=BUDGET, incidents_per_night=incidents,
+                     previous=list(previous))
 
 
 @pytest.fixture
@@ -42,17 +54,20 @@ def drifted(rng) -> pd.DataFrame:
     return _night(score)
 
 
-def test_minutes_in_alarm_join_flagged_rows_within_the_gap():
-    flagged = np.zeros(1440, dtype=bool)
-    flagged[[10, 20, 30, 100]] = True  # 10-30 joined (gaps of 9 minutes), 100 apart
-    assert alarm_minutes(NIGHT.to_numpy(), flagged, GAP, 60) == pytest.approx(21 + 1)
-    assert alarm_minutes(NIGHT.to_numpy(), np.zeros(1440, dtype=bool), GAP, 60) == 0.0
+def test_the_alarm_counts_the_alerts_the_night_raises():
+    need = np.zeros(1440)
+    need[[10, 20, 30, 100]] = 2.0  # 10-30 joined (gaps of 9 minutes), 100 apart
+    stamps, none = stamps_of(NIGHT), np.zeros(1440)
+    assert alarm(stamps, need, none, 1.0, RULE) == (pytest.approx(21 + 1), 2)
+    assert alarm(stamps, need, none, 2.0, RULE) == (0.0, 0)  # scaled thresholds flag nothing
+    assert alarm(stamps, need, none, 1.0, AlertRule(GAP, 60, min_points=3)) == (pytest.approx(21), 1)
+    severe = np.where(np.arange(1440) == 100, 2.0, 0.0)  # a severe row keeps a short incident
+    assert alarm(stamps, need, severe, 1.0, AlertRule(GAP, 60, min_points=3)) == (pytest.approx(22), 2)
 
 
 def test_a_drifted_night_is_capped_to_its_budget_and_keeps_the_event(drifted):
     uncapped = _covered(drifted)
-    capped = apply_cap(drifted, factor=None, budget_share=BUDGET, previous_minutes=[], gap_minutes=GAP,
-                       sampling_seconds=60)
+    capped = _cap(drifted)
     assert uncapped == pytest.approx(1440)
     assert capped["alarm_cap"].iloc[0] > 1
     assert capped["uncapped_alarm_minutes"].iloc[0] == pytest.approx(uncapped)
@@ -66,8 +81,7 @@ def test_the_short_event_rule_is_capped_with_the_smoothed_threshold(drifted):
     raw = drifted["score"].to_numpy() * 2.5  # unsmoothed noise: every row "severe" at factor 2
     frame = drifted.assign(raw_score=raw)
     assert _covered(frame, 2.0) == pytest.approx(1440)
-    capped = apply_cap(frame, factor=2.0, budget_share=BUDGET, previous_minutes=[], gap_minutes=GAP,
-                       sampling_seconds=60)
+    capped = _cap(frame, factor=2.0)
     assert _covered(capped, 2.0) <= BUDGET * 1440
     assert two_scale_flags(capped, 2.0)["flagged"].to_numpy()[120:150].all()
 
@@ -75,8 +89,7 @@ def test_the_short_event_rule_is_capped_with_the_smoothed_threshold(drifted):
 def test_a_night_within_budget_keeps_its_fitted_thresholds_whatever_the_window_held(rng):
     score = 1.0 + rng.normal(0, 0.2, 1440)
     score[600:660] = 8.0  # one hour in alarm: within two
-    capped = apply_cap(_night(score), factor=None, budget_share=BUDGET, previous_minutes=[1440.0, 1440.0],
-                       gap_minutes=GAP, sampling_seconds=60)
+    capped = _cap(_night(score), previous=[(1440.0, 9.0), (1440.0, 9.0)], incidents=1)
     assert (capped["alarm_cap"] == 1.0).all()
     assert (capped["threshold"] == 3.0).all()
 
@@ -85,27 +98,45 @@ def test_one_long_event_on_quiet_nights_is_not_capped_but_a_lasting_one_is(rng):
     score = 1.0 + rng.normal(0, 0.2, 1440)
     score[300:480] = 8.0  # three hours: over tonight's budget, within the window's
     night = _night(score)
-    once = apply_cap(night, factor=None, budget_share=BUDGET, previous_minutes=[0.0, 0.0], gap_minutes=GAP,
-                     sampling_seconds=60)
+    once = _cap(night, previous=[(0.0, 0.0), (0.0, 0.0)], incidents=1)
     assert (once["alarm_cap"] == 1.0).all()
-    again = apply_cap(night, factor=None, budget_share=BUDGET, previous_minutes=[180.0, 180.0], gap_minutes=GAP,
-                      sampling_seconds=60)
+    again = _cap(night, previous=[(180.0, 1.0), (180.0, 1.0)], incidents=1)
     assert again["alarm_cap"].iloc[0] > 1
     assert _covered(again) <= BUDGET * 1440
 
 
 def test_the_cap_is_the_smallest_that_holds(drifted):
-    need = exceedance(drifted, None)
-    ts = drifted["ts"].to_numpy()
-    scale = cap_scale(ts, need, 120, GAP, 60)
-    assert alarm_minutes(ts, need > scale, GAP, 60) <= 120
+    need, severe = exceedance(drifted, None)
+    stamps = stamps_of(drifted["ts"])
+    scale = cap_scale(stamps, need, severe, RULE, 120)
+    assert alarm(stamps, need, severe, scale, RULE)[0] <= 120
     below = np.max(need[need < scale / (1 + 1e-12)])  # the next lower candidate breaks the budget
-    assert alarm_minutes(ts, need > below, GAP, 60) > 120
+    assert alarm(stamps, need, severe, below, RULE)[0] > 120
 
 
 def test_a_capped_night_keeps_to_the_incidents_it_may_raise(drifted):
-    capped = apply_cap(drifted, factor=None, budget_share=BUDGET, previous_minutes=[], gap_minutes=GAP,
-                       sampling_seconds=60, incidents_per_night=1)
-    found = group_incidents(two_scale_flags(capped, None), gap_minutes=GAP, sampling_seconds=60)
+    capped = _cap(drifted, incidents=1)
+    found = _alerts(capped)
     assert len(found) == 1  # not the event plus scattered minutes of the drifted normal
     assert found["start_ts"].iloc[0] <= NIGHT[120] and found["end_ts"].iloc[0] >= NIGHT[149]
+
+
+def test_a_night_of_many_alerts_is_held_to_the_incidents_it_may_raise_keeping_the_worst(rng):
+    score = 1.0 + rng.normal(0, 0.2, 1440)
+    for k, start in enumerate(range(60, 60 + 11 * 120, 120)):  # eleven 20-minute alerts a night, peaks rising
+        score[start:start + 20] = 4.0 + k
+    night = _night(score)
+    rule = AlertRule(GAP, 60, min_points=15)
+    assert len(_alerts(night, min_points=15)) == 11
+    quiet = _cap(night, previous=[(220.0, 2.0)], incidents=2, rule=rule)  # window 2 nights: (11 + 2) / 2 > 2
+    found = _alerts(quiet, min_points=15)
+    assert len(found) == 2 and _covered(quiet, min_points=15) <= BUDGET * 1440
+    assert found["start_ts"].min() >= NIGHT[60 + 9 * 120]  # the two highest
+    assert quiet["uncapped_incidents"].iloc[0] == 11
+
+
+def test_short_blips_below_the_alert_length_do_not_count_against_the_budget(rng):
+    score = 1.0 + rng.normal(0, 0.2, 1440)
+    score[::60] = 5.0  # a one-minute blip an hour: no alert at 15 minutes
+    capped = _cap(_night(score), incidents=1, rule=AlertRule(5, 60, min_points=15))
+    assert (capped["alarm_cap"] == 1.0).all() and capped["uncapped_incidents"].iloc[0] == 0

@@ -97,7 +97,7 @@ def test_the_raw_score_rises_where_smoothing_dilutes_the_spike(scored):
 def test_the_nightly_incidents_job_raises_the_short_severe_spike(spark, bundle, day, scored, tmp_path):
     location = bundle.save(tmp_path / "bundle")
     frame = two_scale_flags(scored, SPEC.short_event_factor).drop(columns=["severe"])
-    frame = frame.assign(alarm_cap=1.0, uncapped_alarm_minutes=float("nan"))
+    frame = frame.assign(alarm_cap=1.0, uncapped_alarm_minutes=float("nan"), uncapped_incidents=float("nan"))
     for m in METRICS:
         frame[m] = day[m].to_numpy()
     columns = [c.split(" ")[0].strip("`") for c in score_schema(SPEC).split(", ")]

@@ -7,7 +7,8 @@ each held-out entity the candidate is chosen on the others alone (``choose``) an
 the held-out one with the full evaluation (``evaluate``: explanations, HitRate, references). The
 per-entity figures of those choices are the out-of-fold ones. Settings that act before or during
 fitting (score smoothing, the alarm budget that sets each threshold) would need a refit per
-candidate and stay as the spec has them.
+candidate and stay as the spec has them; so does the alarm cap, which the scoring job applied
+with the spec's settings: the replay flags against the thresholds it stored, capped.
 
 The objective, stated before any run: every training entity within ``max_false_per_day`` false
 incidents per day (the product's promise); among the candidates that keep it, the highest mean

@@ -10,12 +10,14 @@ Retraining then decides per persistent alert of the window (:func:`adapt_window`
 adapts (its window starts where the deviation began) when the alert is labelled ``new_normal``,
 or when it is a level shift (:func:`is_level_shift`) and queued by days or by budget; otherwise
 its rows leave the training window, like those of alerts labelled true, so a long anomaly never
-becomes normal.
+becomes normal. A deviation the alarm cap (``models.alarm_cap``) held to the budget holds no alert
+open from night to night; its capped nights are judged the same way (:func:`capped_deviations`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from functools import reduce
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,7 @@ from pyspark.sql import functions as F
 
 from fleetwatch.core.alerts_store import AlertsStore
 from fleetwatch.core.errors import FleetWatchError
+from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec
 from models.feedback import FeedbackUnavailable
@@ -127,8 +130,9 @@ def decide(
         if alert.new_normal:  # normalised to bool by adapt_window
             out[alert.id] = "adapt"
             continue
-        over = set(over_budget(settings, spec, pd.Timestamp(alert.last_dt).date())[ENTITY])
-        due = alert.nights >= settings.persistent_adapt_days or alert.entity_id in over
+        capped = bool(getattr(alert, "capped", False))  # over its budget: that is why it was capped
+        over = set() if capped else set(over_budget(settings, spec, pd.Timestamp(alert.last_dt).date())[ENTITY])
+        due = capped or alert.nights >= settings.persistent_adapt_days or alert.entity_id in over
         mine = history[history[ENTITY] == alert.entity_id].sort_values(TS)
         past = mine[mine[TS] < alert.start_ts]
         during = mine[(mine[TS] >= alert.start_ts) & (mine[TS] <= alert.end_ts)]
@@ -136,11 +140,66 @@ def decide(
     return out
 
 
+def capped_rows(spark, settings: Settings, spec: DatasetSpec, days: list[dt.date]):
+    """The rows of capped nights among ``days`` that the fitted thresholds flagged
+    (``score > threshold / alarm_cap``): a Spark DataFrame of ``entity_id``, ``ts``, ``dt``; None
+    when no scored night of ``days`` records the cap."""
+    lake = Lake(settings.lake_root)
+    frames = []
+    for day in days:
+        path = lake.partition("scores", spec.name, day)
+        if not lake.exists(path, spark):
+            continue
+        night = spark.read.parquet(path)
+        if "alarm_cap" not in night.columns:  # scored before the cap existed
+            continue
+        flagged = night.filter((F.col("alarm_cap") > 1) & (F.col("score") * F.col("alarm_cap") > F.col("threshold")))
+        frames.append(flagged.select(ENTITY, TS, F.lit(day).alias("dt")))
+    return reduce(lambda a, b: a.unionByName(b), frames) if frames else None
+
+
+def capped_deviations(rows) -> pd.DataFrame:
+    """The deviations of :func:`capped_rows`, shaped as persistent alerts (negative ids,
+    ``capped`` true) so that :func:`decide` judges them: one per entity and run of consecutive
+    capped nights, from its first flagged row to its last."""
+    columns = ["id", ENTITY, "dt", "last_dt", "start_ts", "end_ts", "nights", "label", "new_normal", "capped"]
+    if rows is None:
+        return pd.DataFrame(columns=columns)
+    frame = rows.groupBy(ENTITY, "dt").agg(F.min(TS).alias("start_ts"), F.max(TS).alias("end_ts")).toPandas()
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    frame = frame.sort_values([ENTITY, "dt"]).reset_index(drop=True)
+    gap = pd.to_datetime(frame["dt"]).diff() != pd.Timedelta(days=1)
+    frame["run"] = (frame[ENTITY].ne(frame[ENTITY].shift()) | gap).cumsum()
+    runs = frame.groupby("run").agg(
+        entity_id=(ENTITY, "first"), dt=("dt", "min"), last_dt=("dt", "max"), start_ts=("start_ts", "min"),
+        end_ts=("end_ts", "max"), nights=("dt", "size"),
+    ).reset_index(drop=True)
+    runs["start_ts"] = pd.to_datetime(runs["start_ts"], utc=True)
+    runs["end_ts"] = pd.to_datetime(runs["end_ts"], utc=True)
+    return runs.assign(id=-(runs.index + 1), label=None, new_normal=False, capped=True)[columns]
+
+
+def with_capped(alerts: pd.DataFrame, capped: pd.DataFrame) -> pd.DataFrame:
+    """``alerts`` and the capped deviations that no alert of the same entity overlaps (an alert
+    the cap let through whole is judged as itself)."""
+    alerts = alerts.assign(capped=False)
+    keep = [
+        not any((a.entity_id == c.entity_id) and a.start_ts <= c.end_ts and c.start_ts <= a.end_ts
+                for a in alerts.itertuples())
+        for c in capped.itertuples()
+    ]
+    extra = capped[keep] if len(capped) else capped
+    return alerts if extra.empty else pd.concat([alerts, extra], ignore_index=True)
+
+
 def adapt_window(settings: Settings, spec: DatasetSpec, view, features_df, days: list[dt.date], min_rows: int):
     """The training rows after the persistent alerts of ``days`` are decided; and the decisions.
 
     An adapted entity trains from the start of its deviation when at least ``min_rows`` rows lie
-    after it (else on the whole window); an excluded alert's rows are dropped. Without feedback
+    after it (else on the whole window); an excluded alert's rows are dropped (of a capped
+    deviation, the rows its fitted thresholds flagged: a capped night's first to last flag may
+    span a whole night of an entity that was only noisy). Without feedback
     (``settings.train_feedback`` false) nothing changes.
     """
     if not settings.train_feedback:
@@ -153,6 +212,8 @@ def adapt_window(settings: Settings, spec: DatasetSpec, view, features_df, days:
             "or train without labels with `fleetwatch train --no-feedback`"
         ) from None
     alerts = alerts[alerts["label"] != True].assign(new_normal=lambda a: a["new_normal"].eq(True))  # noqa: E712
+    flagged = capped_rows(features_df.sparkSession, settings, spec, days)
+    alerts = with_capped(alerts, capped_deviations(flagged))
     if alerts.empty:  # (alerts labelled true, confirmed anomalies, are excluded already)
         return features_df, {}
     columns = [c for c in view.feature_columns if view.metric_of(c) == c]
@@ -163,6 +224,11 @@ def adapt_window(settings: Settings, spec: DatasetSpec, view, features_df, days:
     decisions = decide(settings, spec, alerts, history, columns)
     ent, ts = F.col(spec.entity_column), F.col(spec.timestamp_column)
     for alert in alerts.itertuples():
+        if decisions[alert.id] == "exclude" and alert.capped:  # only the rows its fitted thresholds flagged
+            drop = flagged.filter((F.col(ENTITY) == alert.entity_id) & F.col("dt").between(alert.dt, alert.last_dt))
+            drop = drop.select(F.col(ENTITY).alias(spec.entity_column), F.col(TS).alias(spec.timestamp_column))
+            features_df = features_df.join(drop, [spec.entity_column, spec.timestamp_column], "left_anti")
+            continue
         if decisions[alert.id] == "exclude":
             features_df = features_df.filter(~((ent == alert.entity_id) & ts.between(alert.start_ts, alert.end_ts)))
             continue

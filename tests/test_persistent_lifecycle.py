@@ -198,3 +198,48 @@ def test_with_the_alarm_cap_every_entity_keeps_to_its_budget_and_the_cap_only_ta
             else:  # here: a few one-minute blips a night against a budget of one alert
                 assert night["alarm_minutes"].get(entity, 0.0) <= budget, (entity, day, window)
                 assert ((alerts["entity_id"] == entity) & (alerts["dt"] == day)).sum() <= spec.alarm_budget
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_with_the_alarm_cap_the_shift_is_still_adapted_to_and_the_long_anomaly_still_left_out(
+    spark, shift_settings, monkeypatch
+):
+    """Capped, neither deviation holds one alert open from night to night; the retrain judges
+    their capped nights instead (``models.adaptation.capped_deviations``)."""
+    from feature_store.pipeline import build_features
+    from fleetwatch.core.lake import Lake, write_pandas_partition
+    from fleetwatch.core.publishing import publish_alerts
+    from models.scoring import score_partition
+    from models.training import train_models
+
+    monkeypatch.setenv("FLEETWATCH_ALARM_CAP", "true")
+    s = Settings()
+    spec = DatasetSpec(name=DS, metrics=[MetricSpec(name="cpu", max=200.0), MetricSpec(name="mem")])
+    write_spec(s.specs_dir, spec)
+    lake, rng = Lake(s.lake_root), np.random.default_rng(11)
+    for day in DAYS:
+        write_pandas_partition(lake, _raw(day, rng), lake.raw(DS, day))
+        build_features(spark, s, DS, day)
+    train_models(spark, s, DS, DAYS[2])
+    for day in DAYS[3:8]:
+        score_partition(spark, s, DS, day)
+        publish_alerts(s, DS, day)
+
+    def uncapped(day, entity):  # what the champion's fitted thresholds flag
+        scores = pd.read_parquet(lake.partition("scores", DS, day))
+        scores = scores[scores["entity_id"] == entity]
+        fitted = scores["score"] * scores["alarm_cap"] > scores["threshold"]
+        return scores.assign(ts=pd.to_datetime(scores["ts"], utc=True), fitted=fitted)
+
+    assert (uncapped(DAYS[4], ANOMALOUS)["alarm_cap"] > 1).all() and (uncapped(DAYS[6], SHIFTED)["alarm_cap"] > 1).all()
+    result = train_models(spark, s, DS, DAYS[7])
+    assert "champion" in result and "1 persistent alerts adapted to" in result, result  # the shift's capped nights
+
+    score_partition(spark, s, DS, DAYS[8])
+    after = uncapped(DAYS[8], SHIFTED)
+    assert after["fitted"].mean() < 0.05, after["fitted"].mean()  # adapted: the new level is normal now
+    score_partition(spark, s, DS, DAYS[3])  # the long anomaly stayed out of training
+    night = uncapped(DAYS[3], ANOMALOUS)
+    assert night.loc[(night["ts"] >= ANOMALY[0]) & (night["ts"] < ANOMALY[1]), "fitted"].mean() > 0.8
+    assert night.loc[night["ts"] < ANOMALY[0] - pd.Timedelta(hours=1), "fitted"].mean() < 0.05

@@ -4,20 +4,21 @@ An entity whose normal has moved flags most of every night until the drift → r
 it (``models.adaptation``), which takes nights and never happens for a deviation that is not a
 clean level shift. Until then the alarm budget must still hold. So each night, per entity:
 
-* the *uncapped* minutes in alarm are measured with the fitted thresholds (``alarm_minutes``:
-  flagged rows joined into incidents by ``models.incidents.max_step``, first to last row plus one
-  sampling interval, as the alerts table counts them);
-* when the uncapped minutes of tonight and the previous nights of the window, as a share of those
-  nights, exceed the budget, both thresholds (smoothed and unsmoothed, so the short-event rule is
-  capped too) are scaled by the smallest factor that brings tonight's minutes within the budget,
-  in no more incidents than the spec's ``alarm_budget`` (``cap_scale``): capping must not cut one
-  long alarm into many short ones. The cap counts every incident, however short, so the alerts that the
-  ``min_incident_minutes`` rule keeps cover at most that.
+* the *uncapped* alarm is measured with the fitted thresholds (``alarm``): the incidents that
+  would alert (flagged rows joined by ``models.incidents.max_step``, kept when they hold
+  ``min_points`` rows or a severe one) and the minutes they cover, first to last row plus one
+  sampling interval, as the alerts table counts them;
+* when the uncapped minutes of tonight and the previous nights of the window exceed the budget
+  share of those nights, both thresholds (smoothed and unsmoothed, so the short-event rule is
+  capped too) are scaled by the smallest factor that brings tonight within the budget's minutes
+  in no more alerts than the uncapped night raises (``cap_scale``): capping never cuts one long
+  alarm into many short ones.
 
-The cap only binds on a night with more alarm than the budget: an entity that is quiet tonight
-keeps its fitted thresholds whatever its window holds. It keeps the most anomalous rows of the
-night, so an event that scores above the drifted normal still alerts; what it costs is the part
-of a long alarm below the night's top minutes.
+The cap only binds on a night over the budget: an entity that is quiet tonight keeps its fitted
+thresholds whatever its window holds. It keeps the most anomalous minutes of the night, so an
+event that scores above the drifted normal still alerts; what it costs is the part of a long
+alarm below the night's top minutes. The number of alerts, the alarm budget's other half, is what
+the fitted threshold holds on held-out days (``models.thresholds``); the cap never adds to it.
 """
 
 from __future__ import annotations
@@ -105,23 +106,36 @@ def cap_scale(
 
 
 def apply_cap(
-    frame: pd.DataFrame, *, factor: float | None, rule: AlertRule, budget_share: float, incidents_per_night: float,
-    previous: list[tuple[float, float]], minutes_per_night: float = 1440.0,
+    frame: pd.DataFrame, *, factor: float | None, rule: AlertRule, budget_share: float, previous: list[float],
+    minutes_per_night: float = 1440.0,
 ) -> pd.DataFrame:
     """One entity's scored night (time order) with its thresholds capped where its window is over
     budget; adds ``alarm_cap`` (the factor, 1 when not capped), ``uncapped_alarm_minutes`` and
-    ``uncapped_incidents``. ``previous`` holds ``(uncapped minutes, uncapped incidents)`` of the
-    window's earlier nights that were scored (none: tonight alone decides)."""
+    ``uncapped_incidents``. ``previous`` holds the uncapped minutes of the window's earlier nights
+    that were scored (none: tonight alone decides)."""
     need, severe = exceedance(frame, factor)
     stamps = stamps_of(frame["ts"])
     minutes, incidents = alarm(stamps, need, severe, 1.0, rule)
-    nights = 1 + len(previous)
-    over_minutes = (minutes + sum(m for m, _ in previous)) / (nights * minutes_per_night) > budget_share
-    over_incidents = (incidents + sum(i for _, i in previous)) / nights > incidents_per_night
     scale = 1.0
-    if over_minutes or over_incidents:
-        scale = cap_scale(stamps, need, severe, rule, budget_share * minutes_per_night, incidents_per_night)
+    if (minutes + sum(previous)) / ((1 + len(previous)) * minutes_per_night) > budget_share:
+        scale = cap_scale(stamps, need, severe, rule, budget_share * minutes_per_night, incidents)
     return frame.assign(
         threshold=frame["threshold"] * scale, raw_threshold=frame["raw_threshold"] * scale,
         alarm_cap=scale, uncapped_alarm_minutes=minutes, uncapped_incidents=float(incidents),
     )
+
+
+def cap_nights(
+    rows: pd.DataFrame, *, factor: float | None, rule: AlertRule, budget_share: float, window_nights: int
+) -> pd.DataFrame:
+    """One entity's scored nights (``dt``: the partition; fitted thresholds) capped night by night
+    in order, each against the window of the nights before it, as the scoring job caps them."""
+    out, uncapped = [], {}
+    for day, night in rows.sort_values("ts").groupby("dt", sort=True):
+        day = pd.Timestamp(day)
+        previous = [m for d, m in uncapped.items() if 0 < (day - d).days < window_nights]
+        capped = apply_cap(night.reset_index(drop=True), factor=factor, rule=rule, budget_share=budget_share,
+                           previous=previous)
+        uncapped[day] = float(capped["uncapped_alarm_minutes"].iloc[0])
+        out.append(capped)
+    return pd.concat(out, ignore_index=True) if out else rows

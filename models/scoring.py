@@ -58,12 +58,11 @@ def score_schema(spec: DatasetSpec) -> str:
 @dataclass(frozen=True)
 class AlarmCap:
     """What the alarm cap (``models.alarm_cap``) needs on a night: the budget share, the incident
-    gap, and each entity's uncapped (minutes in alarm, incidents) on the window's earlier nights."""
+    gap, and each entity's uncapped minutes in alarm on the window's earlier nights."""
 
     budget_share: float
-    incidents_per_night: float
     gap_minutes: int
-    previous: dict[str, list[tuple[float, float]]]
+    previous: dict[str, list[float]]
 
 
 def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = None):
@@ -82,7 +81,7 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = N
             sampling = sampling_step(pdf[TS], spec.sampling_seconds)
             scored = apply_cap(
                 scored, factor=spec.short_event_factor, budget_share=cap.budget_share,
-                incidents_per_night=cap.incidents_per_night, previous=cap.previous.get(str(pdf[ENTITY].iloc[0]), []),
+                previous=cap.previous.get(str(pdf[ENTITY].iloc[0]), []),
                 rule=AlertRule(cap.gap_minutes, sampling, spec.min_incident_points_at(sampling)),
             )
         out = two_scale_flags(scored, spec.short_event_factor)
@@ -191,32 +190,22 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
 
 
 def alarm_cap_for(spark, settings: Settings, spec: DatasetSpec, lake: Lake, day: dt.date) -> AlarmCap:
-    """The night's alarm cap: the spec's alarm-share budget and ``alarm_budget`` incidents a night
-    (never binding with ``settings.alarm_cap`` off, so the uncapped alarm is still recorded) and
-    each entity's uncapped alarm on the scored nights among the ``alarm_budget_nights - 1`` before
-    ``day``."""
+    """The night's alarm cap: the spec's alarm-share budget (never binding with
+    ``settings.alarm_cap`` off, so the uncapped alarm is still recorded) and each entity's uncapped
+    minutes in alarm on the scored nights among the ``alarm_budget_nights - 1`` before ``day``."""
     previous: dict[str, list[float]] = {}
     for back in range(1, settings.alarm_budget_nights):
         path = lake.partition("scores", spec.name, day - dt.timedelta(days=back))
         if not lake.exists(path, spark):
             continue
         night = spark.read.parquet(path)
-        if "uncapped_incidents" not in night.columns:  # scored before the cap existed
+        if "uncapped_alarm_minutes" not in night.columns:  # scored before the cap existed
             continue
-        uncapped = (
-            night.groupBy(ENTITY)
-            .agg(F.max("uncapped_alarm_minutes").alias("m"), F.max("uncapped_incidents").alias("i"))
-            .dropna()
-            .toPandas()
-        )
-        for entity, m, i in zip(uncapped[ENTITY], uncapped["m"], uncapped["i"], strict=True):
-            previous.setdefault(str(entity), []).append((float(m), float(i)))
-    on = settings.alarm_cap
-    return AlarmCap(
-        budget_share=spec.alarm_share(settings.alarm_budget_incident_minutes) if on else float("inf"),
-        incidents_per_night=spec.alarm_budget if on else float("inf"),
-        gap_minutes=spec.incident_gap(settings.incident_gap_minutes), previous=previous,
-    )
+        uncapped = night.groupBy(ENTITY).agg(F.max("uncapped_alarm_minutes").alias("m")).dropna().toPandas()
+        for entity, m in zip(uncapped[ENTITY], uncapped["m"], strict=True):
+            previous.setdefault(str(entity), []).append(float(m))
+    budget = spec.alarm_share(settings.alarm_budget_incident_minutes) if settings.alarm_cap else float("inf")
+    return AlarmCap(budget_share=budget, gap_minutes=spec.incident_gap(settings.incident_gap_minutes), previous=previous)
 
 
 def alarm_minutes(incidents, sampling_seconds: int) -> pd.Series:

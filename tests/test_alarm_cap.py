@@ -1,6 +1,6 @@
-"""The alarm cap: an entity over its alarm budget keeps at most its budget of minutes in alarm
-and of incidents tonight, its most anomalous ones; a quiet night and a window within budget are
-untouched."""
+"""The alarm cap: an entity over its alarm-share budget keeps at most its budget of minutes in
+alarm tonight, its most anomalous ones, in no more alerts than it had; a quiet night and a window
+within budget are untouched."""
 
 from __future__ import annotations
 
@@ -40,9 +40,8 @@ def _alerts(frame: pd.DataFrame, factor=None, min_points=1) -> pd.DataFrame:
                            severe_col="severe")
 
 
-def _cap(frame, factor=None, previous=(), incidents=np.inf, rule=RULE):
-    return apply_cap(frame, factor=factor, rule=rule, budget_share=BUDGET, incidents_per_night=incidents,
-                     previous=list(previous))
+def _cap(frame, factor=None, previous=(), rule=RULE):
+    return apply_cap(frame, factor=factor, rule=rule, budget_share=BUDGET, previous=list(previous))
 
 
 @pytest.fixture
@@ -89,7 +88,7 @@ def test_the_short_event_rule_is_capped_with_the_smoothed_threshold(drifted):
 def test_a_night_within_budget_keeps_its_fitted_thresholds_whatever_the_window_held(rng):
     score = 1.0 + rng.normal(0, 0.2, 1440)
     score[600:660] = 8.0  # one hour in alarm: within two
-    capped = _cap(_night(score), previous=[(1440.0, 9.0), (1440.0, 9.0)], incidents=1)
+    capped = _cap(_night(score), previous=[1440.0, 1440.0])
     assert (capped["alarm_cap"] == 1.0).all()
     assert (capped["threshold"] == 3.0).all()
 
@@ -98,9 +97,9 @@ def test_one_long_event_on_quiet_nights_is_not_capped_but_a_lasting_one_is(rng):
     score = 1.0 + rng.normal(0, 0.2, 1440)
     score[300:480] = 8.0  # three hours: over tonight's budget, within the window's
     night = _night(score)
-    once = _cap(night, previous=[(0.0, 0.0), (0.0, 0.0)], incidents=1)
+    once = _cap(night, previous=[0.0, 0.0])
     assert (once["alarm_cap"] == 1.0).all()
-    again = _cap(night, previous=[(180.0, 1.0), (180.0, 1.0)], incidents=1)
+    again = _cap(night, previous=[180.0, 180.0])
     assert again["alarm_cap"].iloc[0] > 1
     assert _covered(again) <= BUDGET * 1440
 
@@ -114,29 +113,48 @@ def test_the_cap_is_the_smallest_that_holds(drifted):
     assert alarm(stamps, need, severe, below, RULE)[0] > 120
 
 
-def test_a_capped_night_keeps_to_the_incidents_it_may_raise(drifted):
-    capped = _cap(drifted, incidents=1)
-    found = _alerts(capped)
-    assert len(found) == 1  # not the event plus scattered minutes of the drifted normal
+def test_capping_never_cuts_one_long_alarm_into_many(drifted):
+    assert len(_alerts(drifted)) == 1  # uncapped: one alert all night
+    found = _alerts(_cap(drifted))
+    assert len(found) == 1  # capped: one, the event; not the event plus scattered minutes of the drifted normal
     assert found["start_ts"].iloc[0] <= NIGHT[120] and found["end_ts"].iloc[0] >= NIGHT[149]
 
 
-def test_a_night_of_many_alerts_is_held_to_the_incidents_it_may_raise_keeping_the_worst(rng):
+def test_a_night_of_many_alerts_keeps_the_worst_within_the_minutes(rng):
     score = 1.0 + rng.normal(0, 0.2, 1440)
     for k, start in enumerate(range(60, 60 + 11 * 120, 120)):  # eleven 20-minute alerts a night, peaks rising
         score[start:start + 20] = 4.0 + k
     night = _night(score)
     rule = AlertRule(GAP, 60, min_points=15)
     assert len(_alerts(night, min_points=15)) == 11
-    quiet = _cap(night, previous=[(220.0, 2.0)], incidents=2, rule=rule)  # window 2 nights: (11 + 2) / 2 > 2
-    found = _alerts(quiet, min_points=15)
-    assert len(found) == 2 and _covered(quiet, min_points=15) <= BUDGET * 1440
-    assert found["start_ts"].min() >= NIGHT[60 + 9 * 120]  # the two highest
-    assert quiet["uncapped_incidents"].iloc[0] == 11
+    capped = _cap(night, previous=[220.0], rule=rule)
+    found = _alerts(capped, min_points=15)
+    assert 1 <= len(found) < 11 and _covered(capped, min_points=15) <= BUDGET * 1440
+    assert found["start_ts"].min() >= NIGHT[60 + (11 - len(found)) * 120]  # the highest ones
+    assert capped["uncapped_incidents"].iloc[0] == 11
 
 
 def test_short_blips_below_the_alert_length_do_not_count_against_the_budget(rng):
     score = 1.0 + rng.normal(0, 0.2, 1440)
     score[::60] = 5.0  # a one-minute blip an hour: no alert at 15 minutes
-    capped = _cap(_night(score), incidents=1, rule=AlertRule(5, 60, min_points=15))
+    capped = _cap(_night(score), previous=[1440.0], rule=AlertRule(5, 60, min_points=15))
     assert (capped["alarm_cap"] == 1.0).all() and capped["uncapped_incidents"].iloc[0] == 0
+
+
+def test_the_evaluation_replays_the_cap_as_the_nightly_job_applied_it(drifted, rng):
+    from fleetwatch.app.cross_validation import Candidate, ReplayCap, recapped
+    from models.alarm_cap import cap_nights
+
+    quiet = _night(1.0 + rng.normal(0, 0.2, 1440))
+    nights = pd.concat(
+        [frame.assign(ts=frame["ts"] + pd.Timedelta(days=k), dt=(NIGHT[0] + pd.Timedelta(days=k)).date())
+         for k, frame in enumerate([quiet, drifted, drifted, quiet])],
+        ignore_index=True,
+    )
+    scored = cap_nights(nights, factor=None, rule=RULE, budget_share=BUDGET, window_nights=3)
+    caps = scored.groupby("dt")["alarm_cap"].first().to_numpy()
+    assert caps[0] == 1.0 and caps[1] > 1 and caps[2] > 1 and caps[3] == 1.0  # the quiet night after: untouched
+    again = recapped(scored, Candidate(1, None, GAP), 60, ReplayCap(BUDGET, 3))
+    assert np.allclose(again["threshold"], scored["threshold"]) and np.allclose(again["alarm_cap"], scored["alarm_cap"])
+    wider = recapped(scored, Candidate(1, None, GAP), 60, ReplayCap(1.0, 3))  # a budget nothing exceeds
+    assert (wider["alarm_cap"] == 1.0).all() and np.allclose(wider["threshold"], 3.0)

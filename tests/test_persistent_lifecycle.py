@@ -185,19 +185,19 @@ def test_with_the_alarm_cap_every_entity_keeps_to_its_budget_and_the_cap_only_ta
         assert (shifted["alarm_cap"] > 1).all()
         assert night["alarm_minutes"].get(SHIFTED, 0.0) <= budget, night
         alerts = store.frame(DS)
-        assert ((alerts["entity_id"] == SHIFTED) & (alerts["dt"] == day)).sum() <= spec.alarm_budget
+        assert ((alerts["entity_id"] == SHIFTED) & (alerts["dt"] == day)).sum() <= shifted["uncapped_incidents"].iloc[0]
         for entity in ("e0", "e3"):  # quiet entities: the cap only ever takes flags away, and only when over budget
             mine, before = scores[scores["entity_id"] == entity], uncapped[day][uncapped[day]["entity_id"] == entity]
             assert not (mine["flagged"].to_numpy() & ~before["flagged"].to_numpy()).any()
-            window = [u[u["entity_id"] == entity][["uncapped_alarm_minutes", "uncapped_incidents"]].iloc[0]
+            window = [u[u["entity_id"] == entity]["uncapped_alarm_minutes"].iloc[0]
                       for d, u in uncapped.items() if day - dt.timedelta(days=s.alarm_budget_nights) < d <= day]
-            minutes, incidents = np.mean(window, axis=0)
-            if minutes <= budget and incidents <= spec.alarm_budget:
+            if np.mean(window) <= budget:
                 assert (mine["alarm_cap"] == 1.0).all()
                 assert mine["flagged"].tolist() == before["flagged"].tolist()
-            else:  # here: a few one-minute blips a night against a budget of one alert
+            else:  # an ordinary night of more than an hour in alarm
                 assert night["alarm_minutes"].get(entity, 0.0) <= budget, (entity, day, window)
-                assert ((alerts["entity_id"] == entity) & (alerts["dt"] == day)).sum() <= spec.alarm_budget
+                raised = ((alerts["entity_id"] == entity) & (alerts["dt"] == day)).sum()
+                assert raised <= before["uncapped_incidents"].iloc[0]  # never more alerts than uncapped
 
 
 @pytest.mark.integration

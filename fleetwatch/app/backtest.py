@@ -145,9 +145,11 @@ def cross_validated(
         )
         return result | {"reference": per_machine[machine]["reference"]}
 
+    spec = load_spec(settings.specs_dir, dataset)
+    cap = CV.ReplayCap(spec.alarm_share(settings.alarm_budget_incident_minutes), settings.alarm_budget_nights)
     return CV.cross_validate(
-        scores, points, first_test, entities, load_spec(settings.specs_dir, dataset), evaluate, per_machine,
-        explain=explain, say=say,
+        scores, points, first_test, entities, spec, evaluate, per_machine, explain=explain,
+        cap=cap if settings.alarm_cap else None, say=say,
     )
 
 

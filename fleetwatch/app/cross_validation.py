@@ -7,8 +7,9 @@ each held-out entity the candidate is chosen on the others alone (``choose``) an
 the held-out one with the full evaluation (``evaluate``: explanations, HitRate, references). The
 per-entity figures of those choices are the out-of-fold ones. Settings that act before or during
 fitting (score smoothing, the alarm budget that sets each threshold) would need a refit per
-candidate and stay as the spec has them; so does the alarm cap, which the scoring job applied
-with the spec's settings: the replay flags against the thresholds it stored, capped.
+candidate and stay as the spec has them. The alarm cap, which acts after scoring and depends on
+the candidate (it counts alerts by the candidate's rule), is replayed from the fitted thresholds
+with each candidate (``recapped``).
 
 The objective, stated before any run: every training entity within ``max_false_per_day`` false
 incidents per day (the product's promise); among the candidates that keep it, the highest mean
@@ -30,6 +31,7 @@ import pandas as pd
 from fleetwatch.app import metrics as M
 from fleetwatch.core.alert_carry import continues, joined_phases
 from fleetwatch.core.errors import FleetWatchError
+from models.alarm_cap import AlertRule, cap_nights
 from models.incidents import entity_incidents, group_incidents, phases_json, two_scale_flags
 
 MIN_INCIDENT_MINUTES = (1, 3, 5, 10, 15, 30)
@@ -54,17 +56,40 @@ class Candidate:
         return f"min {self.min_incident_minutes} min, short-event factor {factor}, gap {self.incident_gap_minutes} min"
 
 
+@dataclass(frozen=True)
+class ReplayCap:
+    """The alarm cap the scoring job applied (``models.alarm_cap``): replayed with each candidate's
+    own rule from the fitted thresholds, so a candidate's alerts are those the nightly job would
+    raise with it."""
+
+    budget_share: float
+    window_nights: int
+
+
+def recapped(rows: pd.DataFrame, cand: Candidate, sampling_seconds: int, cap: ReplayCap | None) -> pd.DataFrame:
+    """One entity's scored rows with the cap replayed for ``cand``; as scored without ``cap`` (or
+    rows scored before the cap existed)."""
+    if cap is None or "alarm_cap" not in rows.columns:
+        return rows
+    fitted = rows.assign(threshold=rows["threshold"] / rows["alarm_cap"], raw_threshold=rows["raw_threshold"] / rows["alarm_cap"])
+    rule = AlertRule(cand.incident_gap_minutes, sampling_seconds, _points(cand.min_incident_minutes, sampling_seconds))
+    return cap_nights(fitted, factor=cand.short_event_factor, rule=rule, budget_share=cap.budget_share,
+                      window_nights=cap.window_nights)
+
+
 def grid(
     min_minutes=MIN_INCIDENT_MINUTES, factors=SHORT_EVENT_FACTORS, gaps=INCIDENT_GAP_MINUTES
 ) -> list[Candidate]:
     return [Candidate(m, f, g) for m, f, g in itertools.product(min_minutes, factors, gaps)]
 
 
-def replay_incidents(rows: pd.DataFrame, cand: Candidate, sampling_seconds: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One entity's scored rows (``dt``: their nightly partition) flagged and grouped as the scoring
-    job would with ``cand``, night by night, then carried across nights as publishing carries them
-    (:func:`carry_across_nights`); returns ``(rows with flags, incidents)``."""
-    flagged = two_scale_flags(rows, cand.short_event_factor)
+def replay_incidents(
+    rows: pd.DataFrame, cand: Candidate, sampling_seconds: int, cap: ReplayCap | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One entity's scored rows (``dt``: their nightly partition) capped (:func:`recapped`), flagged
+    and grouped as the scoring job would with ``cand``, night by night, then carried across nights
+    as publishing carries them (:func:`carry_across_nights`); returns ``(rows with flags, incidents)``."""
+    flagged = two_scale_flags(recapped(rows, cand, sampling_seconds, cap), cand.short_event_factor)
     found = group_incidents(
         flagged.assign(night=flagged["dt"].astype(str)), entity_col="night", gap_minutes=cand.incident_gap_minutes,
         sampling_seconds=sampling_seconds, min_points=_points(cand.min_incident_minutes, sampling_seconds),
@@ -139,7 +164,7 @@ def choose(table: dict, candidates: list[Candidate], entities, max_false_per_day
 def cross_validate(
     scores: pd.DataFrame, points: pd.DataFrame, first_test, entities, spec, evaluate, in_sample: dict, *,
     explain=None, candidates: list[Candidate] | None = None, max_false_per_day: float = 2.0,
-    max_alarm_share: float = 0.10, say=lambda *a, **k: None,
+    max_alarm_share: float = 0.10, cap: ReplayCap | None = None, say=lambda *a, **k: None,
 ) -> dict:
     """Leave one entity out over ``entities``: the report's ``cross_validation`` section.
 
@@ -159,7 +184,7 @@ def cross_validate(
     for cand in candidates:
         table[cand] = {}
         for e in entities:
-            flagged, found = replay_incidents(rows_of[e], cand, spec.sampling_seconds)
+            flagged, found = replay_incidents(rows_of[e], cand, spec.sampling_seconds, cap)
             table[cand][e] = alert_figures(flagged, labelled_of[e], found, _utc(since[e]), spec.rows_per_day)
     say(f"replayed {len(candidates)} candidate settings on {len(entities)} entities")
 
@@ -167,7 +192,7 @@ def cross_validate(
     for held_out in entities:
         training = [e for e in entities if e != held_out]
         chosen = choose(table, candidates, training, max_false_per_day, max_alarm_share)
-        flagged, alerts = replayed_alerts(rows_of[held_out], chosen, spec, explain)
+        flagged, alerts = replayed_alerts(rows_of[held_out], chosen, spec, explain, cap)
         out_of_fold[held_out] = evaluate(held_out, flagged, alerts)
         folds[held_out] = {"chosen_on": training, "chosen": asdict(chosen), "label": chosen.label()}
         say(f"{held_out}: {chosen.label()} (chosen on {len(training)} others)")
@@ -190,11 +215,13 @@ def cross_validate(
     }
 
 
-def replayed_alerts(rows: pd.DataFrame, cand: Candidate, spec, explain) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One entity's rows flagged with ``cand`` and its alerts, explained night by night with
-    ``entity_incidents`` as the scoring job explains them (``contributions``, ``phases`` as JSON)
-    and carried across nights as publishing carries them."""
-    flagged = two_scale_flags(rows, cand.short_event_factor)
+def replayed_alerts(
+    rows: pd.DataFrame, cand: Candidate, spec, explain, cap: ReplayCap | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One entity's rows capped and flagged with ``cand`` and its alerts, explained night by night
+    with ``entity_incidents`` as the scoring job explains them (``contributions``, ``phases`` as
+    JSON) and carried across nights as publishing carries them."""
+    flagged = two_scale_flags(recapped(rows, cand, spec.sampling_seconds, cap), cand.short_event_factor)
     names, bundle = explain
     entity = str(rows["entity_id"].iloc[0])
     records = []

@@ -307,6 +307,23 @@ def run(entities: list[int], *, metrics: int = 8, train_days: int = 7, quick: bo
     }
 
 
+def plain_only(entities: int, *, metrics: int = 8, train_days: int = 7) -> dict:
+    """The plain loop alone on the fleet ``run_size`` would generate (the same rows, seeds and
+    parameters): for a size whose FleetWatch figures are already measured."""
+    with tempfile.TemporaryDirectory(prefix="fleetwatch-plain-") as root:
+        settings = Settings(home=Path(root), training_window_days=train_days, min_history_days=min(3, train_days))
+        dataset = f"scale{entities}"
+        days = [START + dt.timedelta(days=i) for i in range(train_days + 1)]
+        generate_fleet(settings, dataset, entities=entities, days=len(days), start=START, seed=settings.seed)
+        spec = widen(settings, dataset, metrics, days, settings.seed)
+        load_start = os.getloadavg()
+        plain = plain_loop.run(settings.lake_root, dataset, spec.metric_names, days[:-1], days[-1],
+                               model_params(settings, spec), seed=settings.seed)
+    return {"entities": entities, "metrics": metrics, "train_days": train_days, "plain": plain,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "load_start": list(load_start), "load_end": list(os.getloadavg())}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entities", type=int, nargs="+", default=[100, 1000])
@@ -317,7 +334,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=0.5, help="sampling interval of memory and CPU (s)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
+    parser.add_argument("--plain-only", action="store_true", help="only the plain loop, on the same generated fleet")
     args = parser.parse_args(argv)
+    if args.plain_only:
+        for n in args.entities:
+            print(json.dumps(plain_only(n, metrics=args.metrics, train_days=args.train_days), default=str), flush=True)
+        return
     figures = run(args.entities, metrics=args.metrics, train_days=args.train_days, quick=args.quick,
                   interval=args.interval, spark_master=args.spark_master, keep=args.keep)
     s = figures["spark"]

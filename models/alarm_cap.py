@@ -11,14 +11,15 @@ clean level shift. Until then the alarm budget must still hold. So each night, p
 * when the uncapped minutes of tonight and the previous nights of the window exceed the budget
   share of those nights, both thresholds (smoothed and unsmoothed, so the short-event rule is
   capped too) are scaled by the smallest factor that brings tonight within the budget's minutes
-  in no more alerts than the uncapped night raises (``cap_scale``): capping never cuts one long
-  alarm into many short ones.
+  in no more alerts than the spec's ``alarm_budget`` or the uncapped night, whichever is more
+  (``cap_scale``): capping never cuts one long alarm into many short ones, and an entity in alarm
+  all night may still raise its budget of alerts.
 
 The cap only binds on a night over the budget: an entity that is quiet tonight keeps its fitted
 thresholds whatever its window holds. It keeps the most anomalous minutes of the night, so an
 event that scores above the drifted normal still alerts; what it costs is the part of a long
-alarm below the night's top minutes. The number of alerts, the alarm budget's other half, is what
-the fitted threshold holds on held-out days (``models.thresholds``); the cap never adds to it.
+alarm below the night's top minutes, and on a night of more events than the budget's alerts, the
+events past them.
 """
 
 from __future__ import annotations
@@ -107,18 +108,19 @@ def cap_scale(
 
 def apply_cap(
     frame: pd.DataFrame, *, factor: float | None, rule: AlertRule, budget_share: float, previous: list[float],
-    minutes_per_night: float = 1440.0,
+    alerts_per_night: float = 1.0, minutes_per_night: float = 1440.0,
 ) -> pd.DataFrame:
     """One entity's scored night (time order) with its thresholds capped where its window is over
     budget; adds ``alarm_cap`` (the factor, 1 when not capped), ``uncapped_alarm_minutes`` and
     ``uncapped_incidents``. ``previous`` holds the uncapped minutes of the window's earlier nights
-    that were scored (none: tonight alone decides)."""
+    that were scored (none: tonight alone decides); a capped night raises at most
+    ``alerts_per_night`` alerts, or as many as uncapped when that is more."""
     need, severe = exceedance(frame, factor)
     stamps = stamps_of(frame["ts"])
     minutes, incidents = alarm(stamps, need, severe, 1.0, rule)
     scale = 1.0
     if (minutes + sum(previous)) / ((1 + len(previous)) * minutes_per_night) > budget_share:
-        scale = cap_scale(stamps, need, severe, rule, budget_share * minutes_per_night, incidents)
+        scale = cap_scale(stamps, need, severe, rule, budget_share * minutes_per_night, max(incidents, alerts_per_night))
     return frame.assign(
         threshold=frame["threshold"] * scale, raw_threshold=frame["raw_threshold"] * scale,
         alarm_cap=scale, uncapped_alarm_minutes=minutes, uncapped_incidents=float(incidents),
@@ -126,7 +128,8 @@ def apply_cap(
 
 
 def cap_nights(
-    rows: pd.DataFrame, *, factor: float | None, rule: AlertRule, budget_share: float, window_nights: int
+    rows: pd.DataFrame, *, factor: float | None, rule: AlertRule, budget_share: float, window_nights: int,
+    alerts_per_night: float = 1.0,
 ) -> pd.DataFrame:
     """One entity's scored nights (``dt``: the partition; fitted thresholds) capped night by night
     in order, each against the window of the nights before it, as the scoring job caps them."""
@@ -135,7 +138,7 @@ def cap_nights(
         day = pd.Timestamp(day)
         previous = [m for d, m in uncapped.items() if 0 < (day - d).days < window_nights]
         capped = apply_cap(night.reset_index(drop=True), factor=factor, rule=rule, budget_share=budget_share,
-                           previous=previous)
+                           previous=previous, alerts_per_night=alerts_per_night)
         uncapped[day] = float(capped["uncapped_alarm_minutes"].iloc[0])
         out.append(capped)
     return pd.concat(out, ignore_index=True) if out else rows

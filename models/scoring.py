@@ -57,10 +57,11 @@ def score_schema(spec: DatasetSpec) -> str:
 
 @dataclass(frozen=True)
 class AlarmCap:
-    """What the alarm cap (``models.alarm_cap``) needs on a night: the budget share, the incident
-    gap, and each entity's uncapped minutes in alarm on the window's earlier nights."""
+    """What the alarm cap (``models.alarm_cap``) needs on a night: the budget share and alerts, the
+    incident gap, and each entity's uncapped minutes in alarm on the window's earlier nights."""
 
     budget_share: float
+    alerts_per_night: float
     gap_minutes: int
     previous: dict[str, list[float]]
 
@@ -81,7 +82,7 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = N
             sampling = sampling_step(pdf[TS], spec.sampling_seconds)
             scored = apply_cap(
                 scored, factor=spec.short_event_factor, budget_share=cap.budget_share,
-                previous=cap.previous.get(str(pdf[ENTITY].iloc[0]), []),
+                previous=cap.previous.get(str(pdf[ENTITY].iloc[0]), []), alerts_per_night=cap.alerts_per_night,
                 rule=AlertRule(cap.gap_minutes, sampling, spec.min_incident_points_at(sampling)),
             )
         out = two_scale_flags(scored, spec.short_event_factor)
@@ -205,7 +206,8 @@ def alarm_cap_for(spark, settings: Settings, spec: DatasetSpec, lake: Lake, day:
         for entity, m in zip(uncapped[ENTITY], uncapped["m"], strict=True):
             previous.setdefault(str(entity), []).append(float(m))
     budget = spec.alarm_share(settings.alarm_budget_incident_minutes) if settings.alarm_cap else float("inf")
-    return AlarmCap(budget_share=budget, gap_minutes=spec.incident_gap(settings.incident_gap_minutes), previous=previous)
+    return AlarmCap(budget_share=budget, alerts_per_night=spec.alarm_budget,
+                    gap_minutes=spec.incident_gap(settings.incident_gap_minutes), previous=previous)
 
 
 def alarm_minutes(incidents, sampling_seconds: int) -> pd.Series:

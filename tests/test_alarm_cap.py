@@ -158,3 +158,15 @@ def test_the_evaluation_replays_the_cap_as_the_nightly_job_applied_it(drifted, r
     assert np.allclose(again["threshold"], scored["threshold"]) and np.allclose(again["alarm_cap"], scored["alarm_cap"])
     wider = recapped(scored, Candidate(1, None, GAP), 60, ReplayCap(1.0, 3))  # a budget nothing exceeds
     assert (wider["alarm_cap"] == 1.0).all() and np.allclose(wider["threshold"], 3.0)
+
+
+def test_an_entity_in_alarm_all_night_may_still_raise_its_budget_of_alerts(drifted, rng):
+    two = drifted.copy()
+    two.loc[900:929, "score"] = 11.0 + rng.normal(0, 0.5, 30)  # a second event the same night
+    assert len(_alerts(two)) == 1  # uncapped: one alert all night
+    one = _alerts(_cap(two))
+    assert len(one) == 1
+    both = apply_cap(two, factor=None, rule=RULE, budget_share=BUDGET, previous=[], alerts_per_night=2)
+    found = _alerts(both)
+    assert len(found) == 2 and _covered(both) <= BUDGET * 1440
+    assert found["start_ts"].iloc[0] <= NIGHT[120] and found["start_ts"].iloc[1] <= NIGHT[900]

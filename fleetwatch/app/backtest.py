@@ -146,7 +146,8 @@ def cross_validated(
         return result | {"reference": per_machine[machine]["reference"]}
 
     spec = load_spec(settings.specs_dir, dataset)
-    cap = CV.ReplayCap(spec.alarm_share(settings.alarm_budget_incident_minutes), settings.alarm_budget_nights)
+    cap = CV.ReplayCap(spec.alarm_share(settings.alarm_budget_incident_minutes), settings.alarm_budget_nights,
+                       spec.alarm_budget)
     return CV.cross_validate(
         scores, points, first_test, entities, spec, evaluate, per_machine, explain=explain,
         cap=cap if settings.alarm_cap else None, say=say,

@@ -292,6 +292,9 @@ def _nightly_drift_only(settings: Settings, day: dt.date) -> dict[str, str]:
 
 @pytest.fixture
 def drift_settings(settings, monkeypatch) -> Settings:
+    # what the fitted thresholds flag on the new normal before and after the retrain is measured:
+    # the alarm cap would hold v1's alarm there to the budget (tests/test_persistent_lifecycle.py)
+    monkeypatch.setenv("FLEETWATCH_ALARM_CAP", "false")
     monkeypatch.setenv("FLEETWATCH_MIN_HISTORY_DAYS", "2")
     monkeypatch.setenv("FLEETWATCH_TRAINING_WINDOW_DAYS", "3")
     monkeypatch.setenv("FLEETWATCH_SPARK_MASTER", "local[2]")

@@ -43,6 +43,20 @@ def _raw(day: dt.date, rng: np.random.Generator, entities=("e0", SHIFTED, ANOMAL
     return pd.concat(frames, ignore_index=True)
 
 
+def _lake(spark, s: Settings, days, entities=("e0", SHIFTED, ANOMALOUS, "e3")):
+    """The spec, and the raw and feature partitions of ``days`` (the same rows for every test)."""
+    from feature_store.pipeline import build_features
+    from fleetwatch.core.lake import Lake, write_pandas_partition
+
+    spec = DatasetSpec(name=DS, metrics=[MetricSpec(name="cpu", max=200.0), MetricSpec(name="mem")])
+    write_spec(s.specs_dir, spec)
+    lake, rng = Lake(s.lake_root), np.random.default_rng(11)
+    for day in days:
+        write_pandas_partition(lake, _raw(day, rng, entities=entities), lake.raw(DS, day))
+        build_features(spark, s, DS, day)
+    return spec, lake
+
+
 @pytest.fixture
 def shift_settings(settings, monkeypatch) -> Settings:
     monkeypatch.setenv("FLEETWATCH_ALARM_CAP", "false")
@@ -60,9 +74,7 @@ def shift_settings(settings, monkeypatch) -> Settings:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_level_shift_is_one_carried_alert_then_adapted_and_a_long_anomaly_is_not(spark, shift_settings):
-    from feature_store.pipeline import build_features
     from fleetwatch.core.alerts_store import AlertsStore
-    from fleetwatch.core.lake import Lake, write_pandas_partition
     from fleetwatch.core.publishing import publish_alerts
     from models import registry
     from models.adaptation import adaptation_queue
@@ -70,12 +82,7 @@ def test_a_level_shift_is_one_carried_alert_then_adapted_and_a_long_anomaly_is_n
     from models.training import train_models
 
     s = shift_settings
-    spec = DatasetSpec(name=DS, metrics=[MetricSpec(name="cpu", max=200.0), MetricSpec(name="mem")])
-    write_spec(s.specs_dir, spec)
-    lake, rng = Lake(s.lake_root), np.random.default_rng(11)
-    for day in DAYS:
-        write_pandas_partition(lake, _raw(day, rng), lake.raw(DS, day))
-        build_features(spark, s, DS, day)
+    spec, lake = _lake(spark, s, DAYS)
     store = AlertsStore(s.alerts_db_url)
 
     assert "champion" in train_models(spark, s, DS, DAYS[2])  # v1 on days 0-2: before both
@@ -153,19 +160,12 @@ def test_a_backtest_with_adapt_retrains_when_the_shift_asks_and_the_new_level_st
 def test_with_the_alarm_cap_every_entity_keeps_to_its_budget_and_the_cap_only_takes_flags_away(
     spark, shift_settings, monkeypatch
 ):
-    from feature_store.pipeline import build_features
     from fleetwatch.core.alerts_store import AlertsStore
-    from fleetwatch.core.lake import Lake, write_pandas_partition
     from fleetwatch.core.publishing import publish_alerts
     from models.scoring import score_partition
     from models.training import train_models
 
-    spec = DatasetSpec(name=DS, metrics=[MetricSpec(name="cpu", max=200.0), MetricSpec(name="mem")])
-    write_spec(shift_settings.specs_dir, spec)
-    lake, rng = Lake(shift_settings.lake_root), np.random.default_rng(11)
-    for day in DAYS[:8]:
-        write_pandas_partition(lake, _raw(day, rng, entities=("e0", SHIFTED, "e3")), lake.raw(DS, day))
-        build_features(spark, shift_settings, DS, day)
+    spec, lake = _lake(spark, shift_settings, DAYS[:8], entities=("e0", SHIFTED, "e3"))
     train_models(spark, shift_settings, DS, DAYS[2])
     uncapped = {}
     for day in DAYS[3:8]:  # cap off: what the nights hold
@@ -208,20 +208,13 @@ def test_with_the_alarm_cap_the_shift_is_still_adapted_to_and_the_long_anomaly_s
 ):
     """Capped, neither deviation holds one alert open from night to night; the retrain judges
     their capped nights instead (``models.adaptation.capped_deviations``)."""
-    from feature_store.pipeline import build_features
-    from fleetwatch.core.lake import Lake, write_pandas_partition
     from fleetwatch.core.publishing import publish_alerts
     from models.scoring import score_partition
     from models.training import train_models
 
     monkeypatch.setenv("FLEETWATCH_ALARM_CAP", "true")
     s = Settings()
-    spec = DatasetSpec(name=DS, metrics=[MetricSpec(name="cpu", max=200.0), MetricSpec(name="mem")])
-    write_spec(s.specs_dir, spec)
-    lake, rng = Lake(s.lake_root), np.random.default_rng(11)
-    for day in DAYS:
-        write_pandas_partition(lake, _raw(day, rng), lake.raw(DS, day))
-        build_features(spark, s, DS, day)
+    spec, lake = _lake(spark, s, DAYS)
     train_models(spark, s, DS, DAYS[2])
     for day in DAYS[3:8]:
         score_partition(spark, s, DS, day)

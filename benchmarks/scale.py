@@ -15,10 +15,12 @@ workers: each process's cumulative CPU time is sampled and its last value kept, 
 ended still count), peak resident memory (the driver's, and the peak of the sum over processes)
 and the highest 1-minute load average seen.
 
-Then, on the same lake, in this process: the plain per-entity loop (``benchmarks.plain_loop``),
-and the night's floor: reading the night's feature Parquet plus pure model scoring of its rows
-(models loaded before the clock starts), divided by the cores. Prints a table and writes the
-figures as JSON (``--out``).
+Then, on the same lake, in a child process: the plain per-entity loop (``benchmarks.plain_loop``;
+``--no-plain`` leaves it out), and the night's floor: reading the night's feature Parquet plus pure
+model scoring of its rows (models loaded before the clock starts), divided by the cores. The fleet
+is generated in a child process too, so that the driver's memory is the product's alone: what the
+generator, the loop and the floor held would otherwise stay in the driver's heap and count in the
+next stage's or the next size's peak. Prints a table and writes the figures as JSON (``--out``).
 
     .venv/bin/python -m benchmarks.scale                                  # 100 and 1,000 entities
     .venv/bin/python -m benchmarks.scale --entities 100 --metrics 38 --out scale.json
@@ -27,8 +29,10 @@ figures as JSON (``--out``).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as dt
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -131,16 +135,46 @@ def night_floor(settings: Settings, dataset: str, night: dt.date) -> dict:
     return {**clock.wall, "cpu_seconds": clock.cpu, "rows": len(scores)}
 
 
+def _settings(home: Path, train_days: int, base: dict) -> Settings:
+    return Settings(home=home, training_window_days=train_days, min_history_days=min(3, train_days), **base)
+
+
+def _generate(home: Path, train_days: int, base: dict, dataset: str, entities: int, metrics: int) -> tuple[dict, DatasetSpec]:
+    """The generated, widened fleet of one size (run in a child process)."""
+    settings = _settings(home, train_days, base)
+    days = [START + dt.timedelta(days=i) for i in range(train_days + 1)]
+    generated = generate_fleet(settings, dataset, entities=entities, days=len(days), start=START, seed=settings.seed)
+    return generated, widen(settings, dataset, metrics, days, settings.seed)
+
+
+def _yardsticks(home: Path, train_days: int, base: dict, dataset: str, params, plain: bool) -> tuple[dict, dict | None]:
+    """The night's floor and (``plain``) the plain loop on the same lake (run in a child process)."""
+    settings = _settings(home, train_days, base)
+    days = [START + dt.timedelta(days=i) for i in range(train_days + 1)]
+    floor = night_floor(settings, dataset, days[-1])
+    _log(f"{dataset}, floor: {floor}")
+    if not plain:
+        return floor, None
+    spec = load_spec(settings.specs_dir, dataset)
+    return floor, plain_loop.run(settings.lake_root, dataset, spec.metric_names, days[:-1], days[-1], params,
+                                 seed=settings.seed)
+
+
+def in_child(fn, *args):
+    """``fn(*args)`` in a fresh (spawned) process; its memory never counts as the driver's."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def run_size(spark, entities: int, *, metrics: int, train_days: int, home: Path, meter: TreeMeter,
-             base: dict, quick: bool = False) -> dict:
+             base: dict, quick: bool = False, plain: bool = True) -> dict:
     """Retrain and night for one fleet size, then the plain loop and the floor on the same rows."""
-    settings = Settings(home=home, training_window_days=train_days, min_history_days=min(3, train_days), **base)
+    settings = _settings(home, train_days, base)
     dataset = f"scale{entities}"
     days = [START + dt.timedelta(days=i) for i in range(train_days + 1)]
     training, night = days[:-1], days[-1]
     started = time.perf_counter()
-    generated = generate_fleet(settings, dataset, entities=entities, days=len(days), start=START, seed=settings.seed)
-    spec = widen(settings, dataset, metrics, days, settings.seed)
+    generated, spec = in_child(_generate, home, train_days, base, dataset, entities, metrics)
     params = model_params(settings, spec)
     params = params.model_copy(update=QUICK) if quick else params
     _log(f"{entities} entities: generated {generated['rows']:,} rows, {len(spec.metrics)} metrics "
@@ -165,9 +199,7 @@ def run_size(spark, entities: int, *, metrics: int, train_days: int, home: Path,
 
     scored_rows = spark.read.parquet(Lake(settings.lake_root).partition("scores", dataset, night)).count()
     alerts = AlertsStore(settings.alerts_db_url).frame(dataset, night)
-    floor = night_floor(settings, dataset, night)
-    _log(f"{entities} entities, floor: {floor}")
-    plain = plain_loop.run(settings.lake_root, dataset, spec.metric_names, training, night, params, seed=settings.seed)
+    floor, plain = in_child(_yardsticks, home, train_days, base, dataset, params, plain)
     _log(f"{entities} entities, plain loop: {plain}")
     return {
         "entities": entities,
@@ -199,7 +231,9 @@ def summary(r: dict) -> dict:
     total = {unit: {k: sum(s[stage][unit] for stage in stages) for k, stages in
                     (("retrain", RETRAIN), ("night", NIGHT), ("fleetwatch", fleetwatch_stages))}
              for unit in ("wall_s", "cpu_s")}
-    plain_wall, plain_cpu = sum(r["plain"]["seconds"].values()), sum(r["plain"]["cpu_seconds"].values())
+    nan = float("nan")
+    plain_wall = sum(r["plain"]["seconds"].values()) if r["plain"] else nan
+    plain_cpu = sum(r["plain"]["cpu_seconds"].values()) if r["plain"] else nan
     floor = (r["floor"]["read"] + r["floor"]["score"]) / r["cores"]
     floor_cpu = r["floor"]["cpu_seconds"]["read"] + r["floor"]["cpu_seconds"]["score"]
     return {
@@ -254,8 +288,12 @@ def table(results: list[dict]) -> str:
     lines += ["", "| entities | plain: read | features | fit | score | floor: read | load models | score |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        p, pc, f, fc = r["plain"]["seconds"], r["plain"]["cpu_seconds"], r["floor"], r["floor"]["cpu_seconds"]
-        cells = [f"{p[k]:.1f} / {pc[k]:.1f}" for k in ("read", "features", "fit", "score")]
+        f, fc = r["floor"], r["floor"]["cpu_seconds"]
+        if r["plain"]:
+            p, pc = r["plain"]["seconds"], r["plain"]["cpu_seconds"]
+            cells = [f"{p[k]:.1f} / {pc[k]:.1f}" for k in ("read", "features", "fit", "score")]
+        else:
+            cells = ["not run"] * 4
         cells += [f"{f[k]:.1f} / {fc[k]:.1f}" for k in ("read", "load_models", "score")]
         lines.append(f"| {r['entities']} | " + " | ".join(cells) + " |")
     lines.append("(last table: wall / CPU seconds, one process)")
@@ -263,7 +301,8 @@ def table(results: list[dict]) -> str:
 
 
 def run(entities: list[int], *, metrics: int = 8, train_days: int = 7, quick: bool = False, interval: float = 0.5,
-        spark_master: str | None = None, root: Path | None = None, keep: bool = False, spark=None) -> dict:
+        spark_master: str | None = None, root: Path | None = None, keep: bool = False, spark=None,
+        plain: bool = True) -> dict:
     """The benchmark's entry point: figures of every fleet size (see the module docstring)."""
     base = {"spark_master": spark_master} if spark_master else {}
     owned = root is None
@@ -280,7 +319,8 @@ def run(entities: list[int], *, metrics: int = 8, train_days: int = 7, quick: bo
     try:
         for n in entities:
             home = root / f"n{n}"
-            result = run_size(spark, n, metrics=metrics, train_days=train_days, home=home, meter=meter, base=base, quick=quick)
+            result = run_size(spark, n, metrics=metrics, train_days=train_days, home=home, meter=meter, base=base, quick=quick,
+                              plain=plain)
             result["summary"] = summary(result)
             results.append(result)
             if not keep:
@@ -335,13 +375,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
     parser.add_argument("--plain-only", action="store_true", help="only the plain loop, on the same generated fleet")
+    parser.add_argument("--no-plain", action="store_true", help="leave the plain loop out (it holds every entity's "
+                        "features in one process: about 6.5 GB at 1,000 entities)")
     args = parser.parse_args(argv)
     if args.plain_only:
         for n in args.entities:
             print(json.dumps(plain_only(n, metrics=args.metrics, train_days=args.train_days), default=str), flush=True)
         return
     figures = run(args.entities, metrics=args.metrics, train_days=args.train_days, quick=args.quick,
-                  interval=args.interval, spark_master=args.spark_master, keep=args.keep)
+                  interval=args.interval, spark_master=args.spark_master, keep=args.keep, plain=not args.no_plain)
     s = figures["spark"]
     print(f"Spark {s['version']} {s['master']}, driver memory {s['driver_memory']}, maxResultSize {s['max_result_size']}; "
           f"{figures['cpus']} CPUs, {figures['memory_gib']:.0f} GiB; load at start "

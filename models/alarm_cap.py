@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from models.frames import epoch_ns
 from models.incidents import max_step
 
 
@@ -77,7 +78,7 @@ def alarm(stamps: np.ndarray, need: np.ndarray, severe: np.ndarray, scale: float
 
 
 def stamps_of(ts) -> np.ndarray:
-    return pd.to_datetime(pd.Series(ts)).astype("int64").to_numpy()
+    return epoch_ns(ts)
 
 
 def cap_scale(

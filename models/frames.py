@@ -46,11 +46,18 @@ def even_rows(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
+def epoch_ns(ts) -> np.ndarray:
+    """Timestamps as int64 nanoseconds since the epoch, whatever their stored unit: pandas keeps
+    the unit it read (Parquet and Arrow give microseconds), and an integer view of ``us`` values
+    read as nanoseconds would make every step 1,000 times shorter."""
+    return pd.to_datetime(pd.Series(ts), utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+
+
 def sampling_step(ts, default: int) -> int:
     """An entity's own sampling interval in seconds: the median step between its distinct
     timestamps, or ``default`` (the spec's) when it has fewer than two. Rows of a mixed fleet
     keep their own pace; counts of rows that stand for a span of time are scaled by it."""
-    stamps = np.unique(pd.to_datetime(pd.Series(ts), utc=True).astype("int64").to_numpy())
+    stamps = np.unique(epoch_ns(ts))
     if stamps.size < 2:
         return default
     return max(1, round(float(np.median(np.diff(stamps))) / 1e9))

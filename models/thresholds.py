@@ -7,6 +7,7 @@ from bisect import bisect_left
 import numpy as np
 import pandas as pd
 
+from models.frames import epoch_ns
 from models.incidents import max_step
 
 
@@ -64,7 +65,7 @@ def threshold_for_budget(
         raise ValueError("scores must be a non-empty 1-D array of finite values")
     if budget_per_day <= 0:
         raise ValueError(f"budget_per_day must be > 0, got {budget_per_day}")
-    stamps = pd.to_datetime(pd.Series(ts), utc=True).astype("int64").to_numpy()
+    stamps = epoch_ns(ts)
     codes = np.zeros(scores.size, dtype=np.int64) if entities is None else pd.factorize(np.asarray(entities))[0]
     if stamps.size != scores.size or codes.size != scores.size:
         raise ValueError("scores, ts and entities must have the same length")

@@ -76,6 +76,12 @@ def test_inference_refuses_in_one_line_naming_the_option(sample, kwargs, message
     assert "\n" not in str(err.value)
 
 
+def test_inference_reads_the_interval_whatever_unit_the_timestamps_were_read_in():
+    sample = _sample()
+    sample["time"] = pd.to_datetime(sample["time"], utc=True).dt.as_unit("us")  # as Parquet gives them
+    assert infer_spec("servers", sample).spec.sampling_seconds == 300
+
+
 def test_an_option_settles_what_the_sample_cannot():
     got = infer_spec("servers", _sample(step_s=(60, 300)), sampling_seconds=60)
     assert got.spec.sampling_seconds == 60 and got.evidence["sampling_seconds"].startswith("given")

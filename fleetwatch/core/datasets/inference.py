@@ -141,7 +141,8 @@ def _sampling(frame: pd.DataFrame, given: int | None) -> tuple[int, str, dict[st
     steps = {}
     gaps = 0
     for entity, ts in frame.groupby("entity")["ts"]:
-        diffs = np.diff(np.sort(ts.dropna().astype("int64").unique()) // 1_000_000_000)
+        seconds = pd.to_datetime(ts.dropna(), utc=True).dt.as_unit("s").astype("int64")  # whatever unit was read
+        diffs = np.diff(np.sort(seconds.unique()))
         diffs = diffs[diffs > 0]
         if len(diffs):
             med = float(np.median(diffs))

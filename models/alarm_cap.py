@@ -16,8 +16,10 @@ clean level shift. Until then the alarm budget must still hold. So each night, p
   all night may still raise its budget of alerts.
 
 The cap only binds on a night over the budget: an entity that is quiet tonight keeps its fitted
-thresholds whatever its window holds. It keeps the most anomalous minutes of the night, so an
-event that scores above the drifted normal still alerts; what it costs is the part of a long
+thresholds whatever its window holds. It keeps the most anomalous minutes of the night, measured
+(with ``level_minutes``) against the night's own level around each row (``local_level``), so an
+event that stands out of the drifted normal around it still alerts, even when the drift itself
+swells higher elsewhere in the night; what it costs is the part of a long
 alarm below the night's top minutes, and on a night of more events than the budget's alerts, the
 events past them.
 """
@@ -107,30 +109,46 @@ def cap_scale(
     return float(candidates[lo]) * (1 + 1e-12)  # strictly above the row it unflags, whatever the rounding
 
 
+def local_level(values: np.ndarray, rows: int) -> np.ndarray:
+    """Each row's level: the median of ``values`` over the ``rows`` rows centred on it, at least 1
+    (``values`` are in units of the fitted threshold). An excursion shorter than half the window
+    does not move it; a lasting change of level moves it at the change, since a row's window
+    holds more rows of its own side."""
+    level = pd.Series(values).rolling(rows, center=True, min_periods=1).median().to_numpy()
+    return np.maximum(np.nan_to_num(level, nan=1.0), 1.0)
+
+
 def apply_cap(
     frame: pd.DataFrame, *, factor: float | None, rule: AlertRule, budget_share: float, previous: list[float],
-    alerts_per_night: float = 1.0, minutes_per_night: float = 1440.0,
+    alerts_per_night: float = 1.0, minutes_per_night: float = 1440.0, level_minutes: float | None = None,
 ) -> pd.DataFrame:
     """One entity's scored night (time order) with its thresholds capped where its window is over
-    budget; adds ``alarm_cap`` (the factor, 1 when not capped), ``uncapped_alarm_minutes`` and
-    ``uncapped_incidents``. ``previous`` holds the uncapped minutes of the window's earlier nights
-    that were scored (none: tonight alone decides); a capped night raises at most
-    ``alerts_per_night`` alerts, or as many as uncapped when that is more."""
+    budget; adds ``alarm_cap`` (each row's factor on both thresholds, 1 on a night not capped),
+    ``uncapped_alarm_minutes`` and ``uncapped_incidents``. ``previous`` holds the uncapped minutes
+    of the window's earlier nights that were scored (none: tonight alone decides); a capped night
+    raises at most ``alerts_per_night`` alerts, or as many as uncapped when that is more. With
+    ``level_minutes``, a capped night measures each row against its own level (``local_level`` of
+    the rows' ``need`` over that many minutes) before the night's factor is found, so the minutes
+    kept are those that stand out most from the drifted normal around them, not the night's
+    highest."""
     need, severe = exceedance(frame, factor)
     stamps = stamps_of(frame["ts"])
     minutes, incidents = alarm(stamps, need, severe, 1.0, rule)
-    scale = 1.0
+    rows = np.ones(len(frame))
     if (minutes + sum(previous)) / ((1 + len(previous)) * minutes_per_night) > budget_share:
-        scale = cap_scale(stamps, need, severe, rule, budget_share * minutes_per_night, max(incidents, alerts_per_night))
+        if level_minutes:
+            rows = local_level(need, max(1, round(level_minutes * 60 / rule.sampling_seconds)))
+            need, severe = need / rows, severe / rows
+        rows = rows * cap_scale(stamps, need, severe, rule, budget_share * minutes_per_night, max(incidents, alerts_per_night))
     return frame.assign(
-        threshold=frame["threshold"] * scale, raw_threshold=frame["raw_threshold"] * scale,
-        alarm_cap=scale, uncapped_alarm_minutes=minutes, uncapped_incidents=float(incidents),
+        threshold=frame["threshold"] * rows, raw_threshold=frame["raw_threshold"] * rows,
+        alarm_cap=rows, uncapped_alarm_minutes=minutes, uncapped_incidents=float(incidents),
     )
 
 
 def cap_nights(
     rows: pd.DataFrame, *, factor: float | None, rule: AlertRule, budget_share: float, window_nights: int,
-    alerts_per_night: float = 1.0,
+    alerts_per_night: float = 1.0, level_minutes: float | None = None,
 ) -> pd.DataFrame:
     """One entity's scored nights (``dt``: the partition; fitted thresholds) capped night by night
     in order, each against the window of the nights before it, as the scoring job caps them."""
@@ -139,7 +157,7 @@ def cap_nights(
         day = pd.Timestamp(day)
         previous = [m for d, m in uncapped.items() if 0 < (day - d).days < window_nights]
         capped = apply_cap(night.reset_index(drop=True), factor=factor, rule=rule, budget_share=budget_share,
-                           previous=previous, alerts_per_night=alerts_per_night)
+                           previous=previous, alerts_per_night=alerts_per_night, level_minutes=level_minutes)
         uncapped[day] = float(capped["uncapped_alarm_minutes"].iloc[0])
         out.append(capped)
     return pd.concat(out, ignore_index=True) if out else rows

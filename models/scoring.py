@@ -64,6 +64,7 @@ class AlarmCap:
     alerts_per_night: float
     gap_minutes: int
     previous: dict[str, list[float]]
+    level_minutes: float = 0.0
 
 
 def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = None):
@@ -84,6 +85,7 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = N
                 scored, factor=spec.short_event_factor, budget_share=cap.budget_share,
                 previous=cap.previous.get(str(pdf[ENTITY].iloc[0]), []), alerts_per_night=cap.alerts_per_night,
                 rule=AlertRule(cap.gap_minutes, sampling, spec.min_incident_points_at(sampling)),
+                level_minutes=cap.level_minutes or None,
             )
         out = two_scale_flags(scored, spec.short_event_factor)
         out["scope"] = bundle.scope_of(str(pdf[ENTITY].iloc[0]))
@@ -207,7 +209,8 @@ def alarm_cap_for(spark, settings: Settings, spec: DatasetSpec, lake: Lake, day:
             previous.setdefault(str(entity), []).append(float(m))
     budget = spec.alarm_share(settings.alarm_budget_incident_minutes) if settings.alarm_cap else float("inf")
     return AlarmCap(budget_share=budget, alerts_per_night=spec.alarm_budget,
-                    gap_minutes=spec.incident_gap(settings.incident_gap_minutes), previous=previous)
+                    gap_minutes=spec.incident_gap(settings.incident_gap_minutes), previous=previous,
+                    level_minutes=settings.alarm_cap_level_minutes)
 
 
 def alarm_minutes(incidents, sampling_seconds: int) -> pd.Series:

@@ -40,8 +40,9 @@ def _alerts(frame: pd.DataFrame, factor=None, min_points=1) -> pd.DataFrame:
                            severe_col="severe")
 
 
-def _cap(frame, factor=None, previous=(), rule=RULE):
-    return apply_cap(frame, factor=factor, rule=rule, budget_share=BUDGET, previous=list(previous))
+def _cap(frame, factor=None, previous=(), rule=RULE, level_minutes=None, alerts=1.0):
+    return apply_cap(frame, factor=factor, rule=rule, budget_share=BUDGET, previous=list(previous),
+                     level_minutes=level_minutes, alerts_per_night=alerts)
 
 
 @pytest.fixture
@@ -141,7 +142,8 @@ def test_short_blips_below_the_alert_length_do_not_count_against_the_budget(rng)
     assert (capped["alarm_cap"] == 1.0).all() and capped["uncapped_incidents"].iloc[0] == 0
 
 
-def test_the_evaluation_replays_the_cap_as_the_nightly_job_applied_it(drifted, rng):
+@pytest.mark.parametrize("level_minutes", [None, 360])
+def test_the_evaluation_replays_the_cap_as_the_nightly_job_applied_it(drifted, rng, level_minutes):
     from fleetwatch.app.cross_validation import Candidate, ReplayCap, recapped
     from models.alarm_cap import cap_nights
 
@@ -151,10 +153,10 @@ def test_the_evaluation_replays_the_cap_as_the_nightly_job_applied_it(drifted, r
          for k, frame in enumerate([quiet, drifted, drifted, quiet])],
         ignore_index=True,
     )
-    scored = cap_nights(nights, factor=None, rule=RULE, budget_share=BUDGET, window_nights=3)
-    caps = scored.groupby("dt")["alarm_cap"].first().to_numpy()
+    scored = cap_nights(nights, factor=None, rule=RULE, budget_share=BUDGET, window_nights=3, level_minutes=level_minutes)
+    caps = scored.groupby("dt")["alarm_cap"].min().to_numpy()
     assert caps[0] == 1.0 and caps[1] > 1 and caps[2] > 1 and caps[3] == 1.0  # the quiet night after: untouched
-    again = recapped(scored, Candidate(1, None, GAP), 60, ReplayCap(BUDGET, 3))
+    again = recapped(scored, Candidate(1, None, GAP), 60, ReplayCap(BUDGET, 3, level_minutes=level_minutes))
     assert np.allclose(again["threshold"], scored["threshold"]) and np.allclose(again["alarm_cap"], scored["alarm_cap"])
     wider = recapped(scored, Candidate(1, None, GAP), 60, ReplayCap(1.0, 3))  # a budget nothing exceeds
     assert (wider["alarm_cap"] == 1.0).all() and np.allclose(wider["threshold"], 3.0)
@@ -170,3 +172,30 @@ def test_an_entity_in_alarm_all_night_may_still_raise_its_budget_of_alerts(drift
     found = _alerts(both)
     assert len(found) == 2 and _covered(both) <= BUDGET * 1440
     assert found["start_ts"].iloc[0] <= NIGHT[120] and found["start_ts"].iloc[1] <= NIGHT[900]
+
+
+def test_measured_against_the_nights_own_level_the_cap_keeps_short_events_over_a_higher_plateau(rng):
+    # the normal moved and keeps moving: a level around 3x the threshold all night, rising to about
+    # 6x for eight hours (no event there), and two 10-minute events at 4.5x on the level of 3x
+    score = 9.0 + rng.normal(0, 0.3, 1440)
+    score[400:880] = 18.0 + rng.normal(0, 0.3, 480)
+    events = [slice(200, 210), slice(1000, 1010)]
+    for event in events:
+        score[event] = 13.5 + rng.normal(0, 0.3, 10)
+    night = _night(score)
+
+    uniform = two_scale_flags(_cap(night, alerts=2), None)["flagged"].to_numpy()
+    assert not any(uniform[event].any() for event in events)  # the plateau's top is the night's highest minutes
+
+    leveled = _cap(night, level_minutes=360, alerts=2)
+    flags = two_scale_flags(leveled, None)["flagged"].to_numpy()
+    assert all(flags[event].all() for event in events)  # each event stands out of its own level
+    assert not flags[400:880].any()
+    assert _covered(leveled) <= BUDGET * 1440
+    assert len(_alerts(leveled)) == 2
+
+
+def test_a_night_within_budget_keeps_its_fitted_thresholds_whatever_the_level_window(drifted):
+    quiet = drifted.assign(score=drifted["score"] / 10)  # the event alone crosses the threshold
+    capped = _cap(quiet, level_minutes=360)
+    assert (capped["threshold"] == quiet["threshold"]).all() and capped["alarm_cap"].iloc[0] == 1.0

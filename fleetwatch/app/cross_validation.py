@@ -65,6 +65,7 @@ class ReplayCap:
     budget_share: float
     window_nights: int
     alerts_per_night: float = 1.0
+    level_minutes: float | None = None
 
 
 def recapped(rows: pd.DataFrame, cand: Candidate, sampling_seconds: int, cap: ReplayCap | None) -> pd.DataFrame:
@@ -75,7 +76,8 @@ def recapped(rows: pd.DataFrame, cand: Candidate, sampling_seconds: int, cap: Re
     fitted = rows.assign(threshold=rows["threshold"] / rows["alarm_cap"], raw_threshold=rows["raw_threshold"] / rows["alarm_cap"])
     rule = AlertRule(cand.incident_gap_minutes, sampling_seconds, _points(cand.min_incident_minutes, sampling_seconds))
     return cap_nights(fitted, factor=cand.short_event_factor, rule=rule, budget_share=cap.budget_share,
-                      window_nights=cap.window_nights, alerts_per_night=cap.alerts_per_night)
+                      window_nights=cap.window_nights, alerts_per_night=cap.alerts_per_night,
+                      level_minutes=cap.level_minutes)
 
 
 def grid(

@@ -83,6 +83,14 @@ class Settings(BaseSettings):
             "alarm_budget_nights over the budget, its thresholds rise until the night is within it."
         ),
     )
+    alarm_cap_level_minutes: float = Field(
+        360.0, ge=0, description=(
+            "A capped night keeps the minutes that stand out most from the night's own level: each row's score "
+            "is measured against the median of the scores this many minutes around it (an excursion shorter "
+            "than half of it stands out of its level; a lasting change of level does not). 0: against the "
+            "fitted thresholds alone."
+        ),
+    )
     alarm_budget_incident_minutes: float = Field(
         60.0, gt=0, description=(
             "Minutes each of the spec's alarm_budget incidents a day may last: the default alarm-share budget is "

@@ -50,7 +50,7 @@ from benchmarks.night_stages import TreeSampler, _gib, _log
 from feature_store.pipeline import build_features
 from feature_store.views import view_for
 from fleetwatch.core.alerts_store import AlertsStore
-from fleetwatch.core.lake import Lake, write_pandas_partition
+from fleetwatch.core.lake import Lake, local_path, write_pandas_partition
 from fleetwatch.core.publishing import publish_alerts
 from fleetwatch.core.quality import validate_partition
 from fleetwatch.core.settings import Settings
@@ -119,20 +119,29 @@ def widen(settings: Settings, dataset: str, n_metrics: int, days: list[dt.date],
 
 def night_floor(settings: Settings, dataset: str, night: dt.date) -> dict:
     """Reading the night's feature Parquet, and scoring its rows with the champion's models already
-    loaded, in this process: wall and CPU seconds of each (model loading timed apart)."""
+    loaded, in this process: wall and CPU seconds of each (model loading timed apart). One part file
+    at a time (the feature job writes each entity's rows into one file), with that file's entities'
+    models: the whole night of a 5,000-entity fleet in one pandas frame ran this process out of memory."""
     spec = load_spec(settings.specs_dir, dataset)
     view = view_for(spec)
     clock = plain_loop._Clock()
-    frame = pd.read_parquet(Lake(settings.lake_root).features(dataset, view.ref, night))
-    clock.lap("read")
-    frame = frame.rename(columns={spec.entity_column: "entity_id", spec.timestamp_column: "ts"})
-    bundle = ModelBundle.load(registry.champion(settings, dataset).bundle_dir)
-    for entity in bundle.entities:
-        bundle.entities[entity]
-    clock.lap("load_models")
-    scores = bundle.score(frame)
-    clock.lap("score")
-    return {**clock.wall, "cpu_seconds": clock.cpu, "rows": len(scores)}
+    files = sorted(local_path(Lake(settings.lake_root).features(dataset, view.ref, night)).glob("*.parquet"))
+    bundle_dir = registry.champion(settings, dataset).bundle_dir
+    rows = 0
+    for file in files:
+        with clock.part("read"):
+            frame = pd.read_parquet(file)
+        frame = frame.rename(columns={spec.entity_column: "entity_id", spec.timestamp_column: "ts"})
+        with clock.part("load_models"):
+            entities = set(frame["entity_id"].unique())
+            bundle = ModelBundle.load(bundle_dir, keep_models=len(entities) + 1)
+            for entity in entities & set(bundle.entities):
+                bundle.entities[entity]
+        with clock.part("score"):
+            rows += len(bundle.score(frame))
+        del frame, bundle
+    return {**{k: clock.wall.get(k, 0.0) for k in ("read", "load_models", "score")}, "cpu_seconds": clock.cpu,
+            "rows": rows, "files": len(files)}
 
 
 def _settings(home: Path, train_days: int, base: dict) -> Settings:
@@ -302,7 +311,7 @@ def table(results: list[dict]) -> str:
 
 def run(entities: list[int], *, metrics: int = 8, train_days: int = 7, quick: bool = False, interval: float = 0.5,
         spark_master: str | None = None, root: Path | None = None, keep: bool = False, spark=None,
-        plain: bool = True) -> dict:
+        plain: bool = True, out: Path | None = None) -> dict:
     """The benchmark's entry point: figures of every fleet size (see the module docstring)."""
     base = {"spark_master": spark_master} if spark_master else {}
     owned = root is None
@@ -323,6 +332,8 @@ def run(entities: list[int], *, metrics: int = 8, train_days: int = 7, quick: bo
                               plain=plain)
             result["summary"] = summary(result)
             results.append(result)
+            if out is not None:  # each size as soon as it is measured: a later size may not finish
+                out.write_text(json.dumps({"results": results}, indent=2, default=str))
             if not keep:
                 shutil.rmtree(home, ignore_errors=True)
     finally:
@@ -383,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(plain_only(n, metrics=args.metrics, train_days=args.train_days), default=str), flush=True)
         return
     figures = run(args.entities, metrics=args.metrics, train_days=args.train_days, quick=args.quick,
-                  interval=args.interval, spark_master=args.spark_master, keep=args.keep, plain=not args.no_plain)
+                  interval=args.interval, spark_master=args.spark_master, keep=args.keep, plain=not args.no_plain,
+                  out=args.out)
     s = figures["spark"]
     print(f"Spark {s['version']} {s['master']}, driver memory {s['driver_memory']}, maxResultSize {s['max_result_size']}; "
           f"{figures['cpus']} CPUs, {figures['memory_gib']:.0f} GiB; load at start "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks import scale
@@ -11,14 +13,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 @pytest.mark.usefixtures("settings")
 def test_scale_benchmark_measures_a_real_retrain_night_plain_loop_and_floor(spark, tmp_path):
-    figures = scale.run([3], metrics=7, train_days=1, quick=True, interval=0.2, root=tmp_path / "bench", spark=spark)
+    out = tmp_path / "scale.json"
+    figures = scale.run([3], metrics=7, train_days=1, quick=True, interval=0.2, root=tmp_path / "bench", spark=spark, out=out)
 
     [result] = figures["results"]
     rows = 3 * 1440
     assert result["rows_generated"] == 2 * rows
     assert result["metrics"] == 7
     assert result["rows_scored"] == rows
-    assert result["floor"]["rows"] == rows
+    assert result["floor"]["rows"] == rows and result["floor"]["files"] >= 1
     assert result["plain"]["scored_rows"] == rows
     assert result["plain"]["train_rows"] == rows
     assert result["plain"]["features"] == 7 * 11  # the default view's columns for 7 metrics
@@ -32,3 +35,4 @@ def test_scale_benchmark_measures_a_real_retrain_night_plain_loop_and_floor(spar
     assert summary["plain_s"] > 0 and summary["floor_s"] > 0
     assert summary["ratio_fleetwatch_to_plain"] > 0 and summary["ratio_night_to_floor"] > 0
     assert "x" in scale.table(figures["results"])
+    assert json.loads(out.read_text())["results"][0]["rows_scored"] == rows  # written as each size ends

@@ -79,10 +79,6 @@ def alarm(stamps: np.ndarray, need: np.ndarray, severe: np.ndarray, scale: float
     return float((span[kept].sum() / 60e9) + kept.sum() * rule.sampling_seconds / 60), int(kept.sum())
 
 
-def stamps_of(ts) -> np.ndarray:
-    return epoch_ns(ts)
-
-
 def cap_scale(
     stamps: np.ndarray, need: np.ndarray, severe: np.ndarray, rule: AlertRule, allowed_minutes: float,
     allowed_incidents: float = math.inf,
@@ -132,17 +128,19 @@ def apply_cap(
     kept are those that stand out most from the drifted normal around them, not the night's
     highest."""
     need, severe = exceedance(frame, factor)
-    stamps = stamps_of(frame["ts"])
+    stamps = epoch_ns(frame["ts"])
     minutes, incidents = alarm(stamps, need, severe, 1.0, rule)
-    rows = np.ones(len(frame))
+    factors = np.ones(len(frame))  # each row's factor on both thresholds
     if (minutes + sum(previous)) / ((1 + len(previous)) * minutes_per_night) > budget_share:
         if level_minutes:
-            rows = local_level(need, max(1, round(level_minutes * 60 / rule.sampling_seconds)))
-            need, severe = need / rows, severe / rows
-        rows = rows * cap_scale(stamps, need, severe, rule, budget_share * minutes_per_night, max(incidents, alerts_per_night))
+            factors = local_level(need, max(1, round(level_minutes * 60 / rule.sampling_seconds)))
+            need, severe = need / factors, severe / factors
+        factors = factors * cap_scale(
+            stamps, need, severe, rule, budget_share * minutes_per_night, max(incidents, alerts_per_night)
+        )
     return frame.assign(
-        threshold=frame["threshold"] * rows, raw_threshold=frame["raw_threshold"] * rows,
-        alarm_cap=rows, uncapped_alarm_minutes=minutes, uncapped_incidents=float(incidents),
+        threshold=frame["threshold"] * factors, raw_threshold=frame["raw_threshold"] * factors,
+        alarm_cap=factors, uncapped_alarm_minutes=minutes, uncapped_incidents=float(incidents),
     )
 
 

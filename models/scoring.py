@@ -85,7 +85,7 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = N
                 scored, factor=spec.short_event_factor, budget_share=cap.budget_share,
                 previous=cap.previous.get(str(pdf[ENTITY].iloc[0]), []), alerts_per_night=cap.alerts_per_night,
                 rule=AlertRule(cap.gap_minutes, sampling, spec.min_incident_points_at(sampling)),
-                level_minutes=cap.level_minutes or None,
+                level_minutes=cap.level_minutes,
             )
         out = two_scale_flags(scored, spec.short_event_factor)
         out["scope"] = bundle.scope_of(str(pdf[ENTITY].iloc[0]))

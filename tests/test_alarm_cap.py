@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.alarm_cap import AlertRule, alarm, apply_cap, cap_scale, exceedance, stamps_of
+from models.alarm_cap import AlertRule, alarm, apply_cap, cap_scale, exceedance
+from models.frames import epoch_ns
 from models.incidents import group_incidents, two_scale_flags
 
 NIGHT = pd.date_range("2026-03-01", periods=1440, freq="min", tz="UTC")
@@ -57,7 +58,7 @@ def drifted(rng) -> pd.DataFrame:
 def test_the_alarm_counts_the_alerts_the_night_raises():
     need = np.zeros(1440)
     need[[10, 20, 30, 100]] = 2.0  # 10-30 joined (gaps of 9 minutes), 100 apart
-    stamps, none = stamps_of(NIGHT), np.zeros(1440)
+    stamps, none = epoch_ns(NIGHT), np.zeros(1440)
     assert alarm(stamps, need, none, 1.0, RULE) == (pytest.approx(21 + 1), 2)
     assert alarm(stamps, need, none, 2.0, RULE) == (0.0, 0)  # scaled thresholds flag nothing
     assert alarm(stamps, need, none, 1.0, AlertRule(GAP, 60, min_points=3)) == (pytest.approx(21), 1)
@@ -107,7 +108,7 @@ def test_one_long_event_on_quiet_nights_is_not_capped_but_a_lasting_one_is(rng):
 
 def test_the_cap_is_the_smallest_that_holds(drifted):
     need, severe = exceedance(drifted, None)
-    stamps = stamps_of(drifted["ts"])
+    stamps = epoch_ns(drifted["ts"])
     scale = cap_scale(stamps, need, severe, RULE, 120)
     assert alarm(stamps, need, severe, scale, RULE)[0] <= 120
     below = np.max(need[need < scale / (1 + 1e-12)])  # the next lower candidate breaks the budget

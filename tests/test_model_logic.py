@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 
 from feature_store.views import FeatureView, statistic_of
-from models.alarm_cap import stamps_of
 from models.calibration import TailCalibrator, combine
 from models.drift import DriftReference, psi
-from models.frames import sampling_step
+from models.frames import epoch_ns, sampling_step
 from models.incidents import group_incidents, severity
 from models.params import ExplainParams, FeatureLayout, ModelParams
 from models.thresholds import threshold_for_budget
@@ -309,7 +308,7 @@ def test_time_steps_are_read_in_seconds_whatever_unit_the_timestamps_were_read_i
     # stay 60 s, and the threshold's incidents must be counted in the same minutes
     ts = pd.Series(pd.date_range("2026-01-01", periods=3 * 1440, freq="min", tz="UTC")).dt.as_unit(unit)
     assert sampling_step(ts, default=300) == 60
-    assert stamps_of(ts)[1] - stamps_of(ts)[0] == 60 * 10**9
+    assert epoch_ns(ts)[1] - epoch_ns(ts)[0] == 60 * 10**9
     rng = np.random.default_rng(3)
     scores = rng.exponential(size=len(ts))
     reference = threshold_for_budget(scores, ts.dt.as_unit("ns"), budget_per_day=2, gap_minutes=10, sampling_seconds=60)

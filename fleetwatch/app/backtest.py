@@ -147,7 +147,7 @@ def cross_validated(
 
     spec = load_spec(settings.specs_dir, dataset)
     cap = CV.ReplayCap(spec.alarm_share(settings.alarm_budget_incident_minutes), settings.alarm_budget_nights,
-                       spec.alarm_budget, settings.alarm_cap_level_minutes or None)
+                       spec.alarm_budget, settings.alarm_cap_level_minutes)
     return CV.cross_validate(
         scores, points, first_test, entities, spec, evaluate, per_machine, explain=explain,
         cap=cap if settings.alarm_cap else None, say=say,

@@ -362,11 +362,10 @@ def plain_only(entities: int, *, metrics: int = 8, train_days: int = 7) -> dict:
     """The plain loop alone on the fleet ``run_size`` would generate (the same rows, seeds and
     parameters): for a size whose FleetWatch figures are already measured."""
     with tempfile.TemporaryDirectory(prefix="fleetwatch-plain-") as root:
-        settings = Settings(home=Path(root), training_window_days=train_days, min_history_days=min(3, train_days))
+        settings = _settings(Path(root), train_days, {})
         dataset = f"scale{entities}"
         days = [START + dt.timedelta(days=i) for i in range(train_days + 1)]
-        generate_fleet(settings, dataset, entities=entities, days=len(days), start=START, seed=settings.seed)
-        spec = widen(settings, dataset, metrics, days, settings.seed)
+        _, spec = _generate(Path(root), train_days, {}, dataset, entities, metrics)
         load_start = os.getloadavg()
         plain = plain_loop.run(settings.lake_root, dataset, spec.metric_names, days[:-1], days[-1],
                                model_params(settings, spec), seed=settings.seed)

@@ -34,7 +34,7 @@ import pandas as pd
 import psutil
 
 from feature_store.pipeline import build_features
-from fleetwatch.app import connect_server
+from fleetwatch.app import background, connect_server
 from fleetwatch.app.orchestration import job_path, settings_env
 from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import Settings
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
     root = Path(tempfile.mkdtemp(prefix="fleetwatch-startup-"))
     classic = Settings(home=root / "home", min_history_days=1, training_window_days=1)
-    port = connect_server.free_port()
+    port = background.free_port()
     load_start = os.getloadavg()
     started = time.perf_counter()
     server = connect_server.start(classic, port=port, log=root / "connect.log")

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from fleetwatch.app.background import free_port  # noqa: F401  (the tests import it from here)
 
 
 class Api:

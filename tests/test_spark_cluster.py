@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from fleetwatch.app.background import free_port
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 START = dt.date(2026, 1, 1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(url: str, ok, timeout: float = 60.0):
@@ -48,7 +43,7 @@ def standalone_cluster(tmp_path):
     import pyspark
 
     spark_home = Path(pyspark.__file__).parent
-    port, ui = _free_port(), _free_port()
+    port, ui = free_port(), free_port()
     env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1",
            "SPARK_LOG_DIR": str(tmp_path / "logs"), "SPARK_WORKER_DIR": str(tmp_path / "work"),
            "PYSPARK_PYTHON": sys.executable}
@@ -57,7 +52,7 @@ def standalone_cluster(tmp_path):
     master = subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                "--port", str(port), "--webui-port", str(ui)], env=env, stdout=logs, stderr=logs)
     worker = subprocess.Popen([cls, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
-                               "--cores", "1", "--memory", "1g", "--webui-port", str(_free_port())],
+                               "--cores", "1", "--memory", "1g", "--webui-port", str(free_port())],
                               env=env, stdout=logs, stderr=logs)
     try:
         _wait_for(f"http://127.0.0.1:{ui}/json/", lambda d: d.get("aliveworkers", 0) >= 1)

@@ -9,7 +9,7 @@ import os
 import pandas as pd
 import pytest
 
-from fleetwatch.app import connect_server
+from fleetwatch.app import background, connect_server
 from fleetwatch.core.settings import Settings
 
 START = dt.date(2026, 1, 1)
@@ -33,7 +33,7 @@ def server(tmp_path_factory):
     """A real Spark Connect server on a free port, stopped after the module."""
     home = tmp_path_factory.mktemp("connect-server")
     settings = Settings(home=home, spark_master="local[2]", spark_shuffle_partitions=2)
-    started = connect_server.start(settings, port=connect_server.free_port(), log=home / "server.log")
+    started = connect_server.start(settings, port=background.free_port(), log=home / "server.log")
     yield started
     connect_server.stop(started.pid)
     assert not connect_server.is_running(started.pid)
@@ -68,7 +68,7 @@ def test_a_server_that_does_not_answer_is_one_line_naming_it(settings):
     from fleetwatch.core.errors import ConnectServerUnavailable
     from fleetwatch.core.spark import connect_session
 
-    url = f"sc://127.0.0.1:{connect_server.free_port()}"
+    url = f"sc://127.0.0.1:{background.free_port()}"
     with pytest.raises(ConnectServerUnavailable, match=f"Spark Connect server at {url}.*did not answer"):
         with connect_session(Settings(home=settings.home, spark_connect_url=url), "nothing"):
             pass

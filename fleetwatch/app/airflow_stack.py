@@ -285,7 +285,7 @@ def _wait_healthy(settings: Settings, url: str, wait_s: float) -> None:
         dead = [p for p in status(settings) if not p.running]
         if dead:
             down(settings)
-            raise FleetWatchError(f"airflow {dead[0].name} exited at start: see {dead[0].log}")
+            raise FleetWatchError(background.exit_message(f"airflow {dead[0].name}", dead[0].log))
         if health(url) is not None:
             return
         if time.monotonic() > deadline:

@@ -8,7 +8,9 @@ or a PID since reused by another program; ``stop`` ends the whole group (SIGTERM
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +28,44 @@ def start(cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Path, p
         )
     pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
+
+
+def free_port(*, rng: random.Random | None = None, attempts: int = 200) -> int:
+    """A TCP port on 127.0.0.1 that nothing holds now, drawn below the kernel's ephemeral range.
+
+    Ports the kernel hands out for ``bind(0)`` and outgoing connections (Spark's drivers, block
+    managers and Python workers take many) come from that range, so a port chosen there can be taken
+    by someone else before the service that was meant to get it starts listening.
+    """
+    rng = rng or random.Random()
+    high = _ephemeral_low()
+    low = 20000 if high > 21000 else 1024
+    for _ in range(attempts):
+        port = rng.randrange(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free TCP port on 127.0.0.1 in {low}-{high - 1} after {attempts} tries")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def exit_message(what: str, log: Path, lines: int = 15) -> str:
+    """'<what> exited at start: see <log>' with the log's last lines, so the error says why."""
+    try:
+        tail = log.read_text(errors="replace").rstrip().splitlines()[-lines:]
+    except OSError:
+        tail = []
+    quoted = "".join(f"\n  | {line}" for line in tail)
+    return f"{what} exited at start: see {log}" + (f"; its last lines:{quoted}" if quoted else "")
 
 
 def read_pid(pid_file: Path) -> int | None:

@@ -70,8 +70,10 @@ def start(settings: Settings, *, port: int = DEFAULT_PORT, log: Path, pid_file: 
         alive = background.running(pid, b"")  # alive at all: its command line changes as spark-submit execs
         if not alive or time.monotonic() > deadline:
             stop(pid)
-            why = "exited" if not alive else f"did not listen within {wait_s:.0f} s"
-            raise FleetWatchError(f"the Spark Connect server on port {port} {why}: see {log}")
+            what = f"the Spark Connect server on port {port}"
+            if not alive:
+                raise FleetWatchError(background.exit_message(what, log))
+            raise FleetWatchError(f"{what} did not listen within {wait_s:.0f} s: see {log}")
         time.sleep(0.5)
     return ConnectServer(url_of(port), pid, log)
 
@@ -86,13 +88,6 @@ def stop(pid: int, wait_s: float = 30.0) -> bool:
 def is_running(pid: int | None) -> bool:
     """Whether ``pid`` is a live Spark Connect server (not a PID reused by another program)."""
     return background.running(pid, SERVER_CLASS.encode())
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(port: int) -> bool:

@@ -227,7 +227,7 @@ def _wait(settings: Settings, names: tuple[str, ...], what: str, ready, wait_s: 
     while not ready():
         dead = [s for s in status(settings) if s.name in names and not s.running]
         if dead:
-            raise FleetWatchError(f"{dead[0].name} exited at start: see {dead[0].log}")
+            raise FleetWatchError(background.exit_message(dead[0].name, dead[0].log))
         if time.monotonic() > deadline:
             raise FleetWatchError(f"gave up waiting {wait_s:.0f} s for {what}: see {stack_dir(settings) / 'logs'}")
         time.sleep(1)

@@ -288,6 +288,8 @@ def test_evaluate_smd_reports_every_machine_and_cross_validates_without_the_held
     assert set(cv["folds"]) == set(machines) == set(cv["machines"])
     for held_out, fold in cv["folds"].items():
         assert sorted(fold["chosen_on"]) == sorted(m for m in machines if m != held_out)
+        assert set(fold["explain"]) == {"context_minutes", "context_exit_quantile", "change_weight"}
+    assert cv["explain_candidates"] > 1 and set(cv["explain_chosen_on_all"]) == set(fold["explain"])
     for key in ("event_recall_mean", "false_incidents_per_day_max", "alarm_share_normal_max", "alert_precision_mean",
                 "hitrate_150_flagged_rows_mean", "auprc_mean", "best_f1_mean"):
         assert key in cv["in_sample"] and key in cv["out_of_fold"], key
@@ -295,7 +297,7 @@ def test_evaluate_smd_reports_every_machine_and_cross_validates_without_the_held
     assert cv["out_of_fold"]["auprc_mean"] == pytest.approx(report["auprc_mean"])
     assert cv["reference"]["pca"]["auprc_mean"] == pytest.approx(report["reference"]["pca"]["auprc_mean"])
     page = out.with_suffix(".md").read_text()
-    assert "| in-sample (spec settings) | out-of-fold |" in page
+    assert "| in-sample (spec settings) | out-of-fold |" in page and "| explained with |" in page
 
     # the replay with the spec's own settings finds exactly the incidents the nightly job published
     spec = load_spec(settings.specs_dir, "smd")

@@ -37,6 +37,7 @@ from models.bundle import ModelBundle
 from models.explain import incident_evidence, top_contributors
 from models.frames import sampling_step
 from models.incidents import incident_context
+from models.params import ExplainParams
 from models.scoring import score_partition
 from models.training import model_params, train_models
 
@@ -137,20 +138,29 @@ def cross_validated(
     """The report's ``cross_validation`` section (``cross_validation.cross_validate``) from what a
     run left: each held-out entity evaluated as ``evaluate_machine`` does, with the run's references."""
 
-    def evaluate(machine, flagged, replayed):  # the references are the run's: the same rows, no refit
+    def evaluate(machine, flagged, replayed, explain_params):  # the references are the run's: no refit
         since = first_test[machine] if isinstance(first_test, dict) else first_test
         result, _ = evaluate_machine(
             machine, {"first_test_ts": since}, points, events, flagged, replayed, _NO_RAW, dataset=dataset,
-            seed=settings.seed, explain=explain, rows_per_day=rows_per_day,
+            seed=settings.seed, explain=explain, rows_per_day=rows_per_day, explain_params=explain_params,
         )
         return result | {"reference": per_machine[machine]["reference"]}
+
+    names, bundle = explain
+
+    def explain_hitrate(machine, params):  # on the run's own flags: what the explanation is chosen by
+        rows = scores[scores["entity_id"] == machine]
+        return flagged_rows_hitrate(
+            events[events["entity_id"] == machine], rows, names, bundle.baselines_of(machine),
+            bundle.spreads_of(machine), bundle.normal_ranges_of(machine), params=params,
+        )[0]
 
     spec = load_spec(settings.specs_dir, dataset)
     cap = CV.ReplayCap(spec.alarm_share(settings.alarm_budget_incident_minutes), settings.alarm_budget_nights,
                        spec.alarm_budget, settings.alarm_cap_level_minutes)
     return CV.cross_validate(
         scores, points, first_test, entities, spec, evaluate, per_machine, explain=explain,
-        cap=cap if settings.alarm_cap else None, say=say,
+        cap=cap if settings.alarm_cap else None, explain_hitrate=explain_hitrate, say=say,
     )
 
 
@@ -269,12 +279,13 @@ def _promote_newest(settings, dataset: str) -> str:
 
 def evaluate_machine(
     machine, meta, points, events, scores, alerts, raw, *, dataset: str, seed: int, explain=None,
-    rows_per_day: int = MINUTES_PER_DAY,
+    rows_per_day: int = MINUTES_PER_DAY, explain_params: ExplainParams | None = None,
 ):
     """One machine's (entity's) metrics for the platform and the two references; returns (result, curves).
 
     ``explain`` (``(metric names, champion bundle)``, from :func:`explain_inputs`) adds
-    ``hitrate_150_flagged_rows``; without it that figure is NaN. Evaluated rows are turned into
+    ``hitrate_150_flagged_rows``, ranked with ``explain_params`` (default: the bundle's); without
+    it that figure is NaN. Evaluated rows are turned into
     days of data at the entity's own sampling interval (``rows_per_day``, the spec's, when it has
     a single row). An entity with no history before its first test row
     (it started later) gets NaN reference figures: there is nothing to fit them on.
@@ -302,7 +313,7 @@ def evaluate_machine(
         names, bundle = explain
         on_flags, n_flagged = flagged_rows_hitrate(
             machine_events, mine, names, bundle.baselines_of(machine), bundle.spreads_of(machine),
-            bundle.normal_ranges_of(machine),
+            bundle.normal_ranges_of(machine), params=explain_params or bundle.params.explain,
         )
 
     result = _point_metrics(y, rows["score"].to_numpy())
@@ -342,18 +353,21 @@ def evaluate_machine(
 
 
 def flagged_rows_hitrate(
-    events: pd.DataFrame, rows: pd.DataFrame, metrics: list[str], baselines, spread, ranges, p: float = 1.5
+    events: pd.DataFrame, rows: pd.DataFrame, metrics: list[str], baselines, spread, ranges, p: float = 1.5,
+    params: ExplainParams | None = None,
 ) -> tuple[float, int]:
     """HitRate@P with the protocol of the published figures: ``(mean, events counted)``.
 
     Each labelled event with at least one flagged row inside it is ranked on those flagged rows
     alone, by the evidence alerts rank metrics by (``models.explain.incident_evidence``, each
-    metric's largest value, against the hour before the event's onset); events with no flagged
+    metric's largest value, against the ``params.context_minutes`` before the event's onset, with
+    ``params``: the bundle's own, or a candidate of the cross-validation); events with no flagged
     row are left out. That is how Garg et al. (2021) score diagnosis (their evaluation code ranks
     each detected event on its true-positive points), so this figure compares the explanations
     with theirs on the same footing; ``hitrate_150`` instead asks what the alerts themselves
     report, where an alert's hours seldom start where the labelled event does.
     """
+    params = params or ExplainParams()
     rows = rows.sort_values("ts")
     rates = []
     for ev in events.itertuples(index=False):
@@ -361,8 +375,8 @@ def flagged_rows_hitrate(
         flagged = inside[inside["flagged"].astype(bool)]
         if flagged.empty:
             continue
-        context = incident_context(rows, ev.start_ts)
-        evidence = incident_evidence(flagged[metrics], context[metrics], baselines, spread, ranges)
+        context = incident_context(rows, ev.start_ts, context_minutes=params.context_minutes)
+        evidence = incident_evidence(flagged[metrics], context[metrics], baselines, spread, ranges, params)
         ranked = top_contributors(evidence, flagged[metrics].iloc[[0]], baselines, k=len(metrics), how="max")
         rates.append(M.hitrate(str(ev.metrics).split(","), [t["metric"] for t in ranked], p))
     return (float(np.mean(rates)) if rates else float("nan")), len(rates)

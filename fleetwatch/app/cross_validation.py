@@ -9,7 +9,8 @@ per-entity figures of those choices are the out-of-fold ones. Settings that act 
 fitting (score smoothing, the alarm budget that sets each threshold) would need a refit per
 candidate and stay as the spec has them. The alarm cap, which acts after scoring and depends on
 the candidate (it counts alerts by the candidate's rule), is replayed from the fitted thresholds
-with each candidate (``recapped``).
+with each candidate (``recapped``). How the alerts rank their metrics is chosen per fold the same
+way, on the training entities' interpretation events (``explanation_choice``).
 
 The objective, stated before any run: every training entity within ``max_false_per_day`` false
 incidents per day (the product's promise); among the candidates that keep it, the highest mean
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from fleetwatch.app import explanation_choice as EX
 from fleetwatch.app import metrics as M
 from fleetwatch.core.alert_carry import continues, joined_phases
 from fleetwatch.core.errors import FleetWatchError
@@ -167,14 +169,16 @@ def choose(table: dict, candidates: list[Candidate], entities, max_false_per_day
 def cross_validate(
     scores: pd.DataFrame, points: pd.DataFrame, first_test, entities, spec, evaluate, in_sample: dict, *,
     explain=None, candidates: list[Candidate] | None = None, max_false_per_day: float = 2.0,
-    max_alarm_share: float = 0.10, cap: ReplayCap | None = None, say=lambda *a, **k: None,
+    max_alarm_share: float = 0.10, cap: ReplayCap | None = None, explain_hitrate=None, say=lambda *a, **k: None,
 ) -> dict:
     """Leave one entity out over ``entities``: the report's ``cross_validation`` section.
 
     ``scores`` are the run's scored rows (with ``dt``), ``points`` the labelled test rows,
-    ``evaluate(entity, scores, alerts)`` the backtest's full per-entity evaluation, ``in_sample``
-    its per-entity results with the spec's settings. ``explain`` (metric names, bundle) ranks the
-    replayed alerts' metrics as the scoring job does.
+    ``evaluate(entity, scores, alerts, explain_params)`` the backtest's full per-entity evaluation,
+    ``in_sample`` its per-entity results with the spec's settings. ``explain`` (metric names,
+    bundle) ranks the replayed alerts' metrics as the scoring job does. With
+    ``explain_hitrate(entity, params)`` the explanation settings are chosen per fold too
+    (``explanation_choice``); without it every fold explains with the bundle's.
     """
     entities = list(entities)
     if len(entities) < 2:
@@ -190,16 +194,24 @@ def cross_validate(
             flagged, found = replay_incidents(rows_of[e], cand, spec.sampling_seconds, cap)
             table[cand][e] = alert_figures(flagged, labelled_of[e], found, _utc(since[e]), spec.rows_per_day)
     say(f"replayed {len(candidates)} candidate settings on {len(entities)} entities")
+    base = explain[1].params.explain
+    ways = EX.candidates(base) if explain_hitrate is not None else [base]
+    hitrates = EX.hitrate_table(ways, entities, explain_hitrate) if explain_hitrate is not None else [{}]
+    if explain_hitrate is not None:
+        say(f"ranked the labelled events' metrics {len(ways)} ways on {len(entities)} entities")
 
     folds, out_of_fold = {}, {}
     for held_out in entities:
         training = [e for e in entities if e != held_out]
         chosen = choose(table, candidates, training, max_false_per_day, max_alarm_share)
-        flagged, alerts = replayed_alerts(rows_of[held_out], chosen, spec, explain, cap)
-        out_of_fold[held_out] = evaluate(held_out, flagged, alerts)
-        folds[held_out] = {"chosen_on": training, "chosen": asdict(chosen), "label": chosen.label()}
-        say(f"{held_out}: {chosen.label()} (chosen on {len(training)} others)")
+        way = EX.choose(ways, hitrates, training) if explain_hitrate is not None else base
+        flagged, alerts = replayed_alerts(rows_of[held_out], chosen, spec, explain, cap, explain_params=way)
+        out_of_fold[held_out] = evaluate(held_out, flagged, alerts, way)
+        folds[held_out] = {"chosen_on": training, "chosen": asdict(chosen), "label": chosen.label(),
+                           "explain": {k: getattr(way, k) for k in EX.VARIED}, "explain_label": EX.label(way)}
+        say(f"{held_out}: {chosen.label()}; explained with {EX.label(way)} (chosen on {len(training)} others)")
     everywhere = choose(table, candidates, entities, max_false_per_day, max_alarm_share)
+    explained_everywhere = EX.choose(ways, hitrates, entities) if explain_hitrate is not None else base
     keys = [k for k in OUT_OF_FOLD if all(k in r for r in out_of_fold.values())]
     return {
         "method": __doc__.split("\n\n")[-1].replace("\n", " ").strip(),
@@ -208,6 +220,8 @@ def cross_validate(
         "max_alarm_share": max_alarm_share,
         "folds": folds,
         "chosen_on_all": asdict(everywhere),
+        "explain_candidates": len(ways),
+        "explain_chosen_on_all": {k: getattr(explained_everywhere, k) for k in EX.VARIED},
         "in_sample": _summary(in_sample, keys),
         "out_of_fold": _summary(out_of_fold, keys),
         "reference": {
@@ -219,13 +233,15 @@ def cross_validate(
 
 
 def replayed_alerts(
-    rows: pd.DataFrame, cand: Candidate, spec, explain, cap: ReplayCap | None = None
+    rows: pd.DataFrame, cand: Candidate, spec, explain, cap: ReplayCap | None = None, *, explain_params=None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One entity's rows capped and flagged with ``cand`` and its alerts, explained night by night
     with ``entity_incidents`` as the scoring job explains them (``contributions``, ``phases`` as
-    JSON) and carried across nights as publishing carries them."""
+    JSON; with ``explain_params``, default the bundle's) and carried across nights as publishing
+    carries them."""
     flagged = two_scale_flags(recapped(rows, cand, spec.sampling_seconds, cap), cand.short_event_factor)
     names, bundle = explain
+    way = explain_params or bundle.params.explain
     entity = str(rows["entity_id"].iloc[0])
     records = []
     for day, night in flagged.groupby("dt", sort=True):
@@ -236,13 +252,13 @@ def replayed_alerts(
             night, names, bundle.baselines_of(entity), bundle.spreads_of(entity), gap_minutes=cand.incident_gap_minutes,
             sampling_seconds=spec.sampling_seconds, ranges=bundle.normal_ranges_of(entity),
             min_points=_points(cand.min_incident_minutes, spec.sampling_seconds),
-            context_skip_minutes=spec.score_smoothing_minutes, explain=bundle.params.explain,
+            context_skip_minutes=spec.score_smoothing_minutes, explain=way,
             short_event_factor=cand.short_event_factor,
         )
         records += [
             {"night": str(day), "entity_id": inc["entity_id"], "start_ts": inc["start_ts"], "end_ts": inc["end_ts"],
              "n_points": inc["n_points"], "contributions": json.dumps(inc["ranked"]),
-             "phases": phases_json(inc["phases"], bundle.params.explain.top_metrics)}
+             "phases": phases_json(inc["phases"], way.top_metrics)}
             for inc in found
         ]
     alerts = pd.DataFrame.from_records(
@@ -270,8 +286,8 @@ def markdown_section(cv: dict, in_sample_refs: dict) -> list[str]:
         refs = [_fmt(in_sample_refs[n].get(key)) if metric in ("auprc", "best_f1") and key.endswith("_mean") else ""
                 for n in ("pca", "iforest")]
         lines.append(f"| {key} | {_fmt(cv['in_sample'][key])} | {_fmt(cv['out_of_fold'][key])} | {refs[0]} | {refs[1]} |")
-    lines += ["", "| held-out machine | chosen on the others |", "|---|---|"]
-    lines += [f"| {m} | {f['label']} |" for m, f in cv["folds"].items()]
+    lines += ["", "| held-out machine | chosen on the others | explained with |", "|---|---|---|"]
+    lines += [f"| {m} | {f['label']} | {f.get('explain_label', '')} |" for m, f in cv["folds"].items()]
     return lines + [""]
 
 

@@ -144,15 +144,8 @@ def capped_rows(spark, settings: Settings, spec: DatasetSpec, days: list[dt.date
     """The rows of capped nights among ``days`` that the fitted thresholds flagged
     (``score > threshold / alarm_cap``): a Spark DataFrame of ``entity_id``, ``ts``, ``dt``; None
     when no scored night of ``days`` records the cap."""
-    lake = Lake(settings.lake_root)
     frames = []
-    for day in days:
-        path = lake.partition("scores", spec.name, day)
-        if not lake.exists(path, spark):
-            continue
-        night = spark.read.parquet(path)
-        if "alarm_cap" not in night.columns:  # scored before the cap existed
-            continue
+    for day, night in Lake(settings.lake_root).read_nights(spark, "scores", spec.name, days, "alarm_cap"):
         flagged = night.filter((F.col("alarm_cap") > 1) & (F.col("score") * F.col("alarm_cap") > F.col("threshold")))
         frames.append(flagged.select(ENTITY, TS, F.lit(day).alias("dt")))
     return reduce(lambda a, b: a.unionByName(b), frames) if frames else None

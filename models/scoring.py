@@ -197,13 +197,8 @@ def alarm_cap_for(spark, settings: Settings, spec: DatasetSpec, lake: Lake, day:
     ``settings.alarm_cap`` off, so the uncapped alarm is still recorded) and each entity's uncapped
     minutes in alarm on the scored nights among the ``alarm_budget_nights - 1`` before ``day``."""
     previous: dict[str, list[float]] = {}
-    for back in range(1, settings.alarm_budget_nights):
-        path = lake.partition("scores", spec.name, day - dt.timedelta(days=back))
-        if not lake.exists(path, spark):
-            continue
-        night = spark.read.parquet(path)
-        if "uncapped_alarm_minutes" not in night.columns:  # scored before the cap existed
-            continue
+    before = [day - dt.timedelta(days=back) for back in range(1, settings.alarm_budget_nights)]
+    for _, night in lake.read_nights(spark, "scores", spec.name, before, "uncapped_alarm_minutes"):
         uncapped = night.groupBy(ENTITY).agg(F.max("uncapped_alarm_minutes").alias("m")).dropna().toPandas()
         for entity, m in zip(uncapped[ENTITY], uncapped["m"], strict=True):
             previous.setdefault(str(entity), []).append(float(m))

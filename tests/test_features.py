@@ -243,3 +243,15 @@ def test_pandas_windows_match_sql_range_frames_with_ties_gaps_and_missing_values
     assert got.cpu.isna().sum() >= 10
     assert got.cpu__z_5m.isna().equals(got.cpu.isna() & (got.cpu__std_5m > 0))  # missing where the window varies
     assert (got.loc[tied].groupby("ts").cpu__mean_5m.nunique() == 1).all()
+
+
+def test_read_nights_passes_over_missing_nights_and_nights_without_the_column(spark, settings):
+    lake = Lake(settings.lake_root)
+    day1, day2, day3 = dt.date(2026, 3, 1), dt.date(2026, 3, 2), dt.date(2026, 3, 3)
+    spark.createDataFrame(pd.DataFrame({"entity_id": ["a"], "score": [1.0]})).write.parquet(
+        lake.partition("scores", "nights", day1))  # written before the column existed
+    capped = pd.DataFrame({"entity_id": ["a", "b"], "score": [1.0, 2.0], "alarm_cap": [1.0, 3.0]})
+    spark.createDataFrame(capped).write.parquet(lake.partition("scores", "nights", day3))
+    nights = lake.read_nights(spark, "scores", "nights", [day1, day2, day3], "alarm_cap")
+    assert [day for day, _ in nights] == [day3]
+    assert sorted(r["entity_id"] for r in nights[0][1].filter("alarm_cap > 1").collect()) == ["b"]

@@ -125,6 +125,19 @@ class Lake:
             names = [s.getPath().getName() for s in fs.listStatus(p)] if fs.exists(p) else []
         return sorted(parse_day(m.group(1)) for n in names if (m := _DT.match(n)))
 
+    def read_nights(self, spark, zone: str, dataset: str, days, column: str) -> list:
+        """``(day, Spark DataFrame)`` for each partition of ``days`` in ``zone`` that exists and has
+        ``column``: a partition written before that column existed is passed over, not an error."""
+        out = []
+        for day in days:
+            path = self.partition(zone, dataset, day)
+            if not self.exists(path, spark):
+                continue
+            night = spark.read.parquet(path)
+            if column in night.columns:
+                out.append((day, night))
+        return out
+
     def require(self, path: str, what: str, spark=None) -> None:
         if not self.exists(path, spark):
             raise PartitionNotFound(f"{what} does not exist at {path}")

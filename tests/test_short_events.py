@@ -137,9 +137,9 @@ def test_cross_validation_replays_each_entity_with_settings_chosen_on_the_others
     explain = (METRICS, bundle)
     no_raw = pd.DataFrame({"entity_id": pd.Series(dtype=str), "ts": pd.Series(dtype="datetime64[ns, UTC]")})
 
-    def evaluate(machine, flagged, alerts):
+    def evaluate(machine, flagged, alerts, explain_params=None):
         result, _ = evaluate_machine(machine, {"first_test_ts": first}, points, events, flagged, alerts, no_raw,
-                                     dataset="synth", seed=0, explain=explain)
+                                     dataset="synth", seed=0, explain=explain, explain_params=explain_params)
         return result
 
     candidates = CV.grid(min_minutes=(1, 20), factors=(None, 2.0), gaps=(30,))
@@ -149,6 +149,9 @@ def test_cross_validation_replays_each_entity_with_settings_chosen_on_the_others
     cv = CV.cross_validate(scores, points, first, ["a", "b"], SPEC, evaluate, in_sample, explain=explain,
                            candidates=candidates)
     assert cv["folds"]["a"]["chosen_on"] == ["b"] and cv["folds"]["b"]["chosen_on"] == ["a"]
+    # without a HitRate to choose by, every fold explains with the bundle's own settings
+    assert cv["explain_candidates"] == 1
+    assert cv["folds"]["a"]["explain"]["change_weight"] == bundle.params.explain.change_weight
     for held_out in ("a", "b"):
         assert CV.Candidate(**cv["folds"][held_out]["chosen"]) in candidates
         assert 0.0 <= cv["machines"][held_out]["event_recall"] <= 1.0

@@ -196,22 +196,21 @@ def cross_validate(
     say(f"replayed {len(candidates)} candidate settings on {len(entities)} entities")
     base = explain[1].params.explain
     ways = EX.candidates(base) if explain_hitrate is not None else [base]
-    hitrates = EX.hitrate_table(ways, entities, explain_hitrate) if explain_hitrate is not None else [{}]
-    if explain_hitrate is not None:
-        say(f"ranked the labelled events' metrics {len(ways)} ways on {len(entities)} entities")
+    hitrates = EX.hitrate_table(ways, entities, explain_hitrate or (lambda e, p: math.nan))  # all NaN: base
+    say(f"ranked the labelled events' metrics {len(ways)} way(s) on {len(entities)} entities")
 
     folds, out_of_fold = {}, {}
     for held_out in entities:
         training = [e for e in entities if e != held_out]
         chosen = choose(table, candidates, training, max_false_per_day, max_alarm_share)
-        way = EX.choose(ways, hitrates, training) if explain_hitrate is not None else base
+        way = EX.choose(ways, hitrates, training)
         flagged, alerts = replayed_alerts(rows_of[held_out], chosen, spec, explain, cap, explain_params=way)
         out_of_fold[held_out] = evaluate(held_out, flagged, alerts, way)
         folds[held_out] = {"chosen_on": training, "chosen": asdict(chosen), "label": chosen.label(),
                            "explain": {k: getattr(way, k) for k in EX.VARIED}, "explain_label": EX.label(way)}
         say(f"{held_out}: {chosen.label()}; explained with {EX.label(way)} (chosen on {len(training)} others)")
     everywhere = choose(table, candidates, entities, max_false_per_day, max_alarm_share)
-    explained_everywhere = EX.choose(ways, hitrates, entities) if explain_hitrate is not None else base
+    explained_everywhere = EX.choose(ways, hitrates, entities)
     keys = [k for k in OUT_OF_FOLD if all(k in r for r in out_of_fold.values())]
     return {
         "method": __doc__.split("\n\n")[-1].replace("\n", " ").strip(),

@@ -220,3 +220,30 @@ def test_missing_partition_names_dataset_date_and_path(spark, settings, lake):
 
     assert str(err.value) == f"raw partition fleet dt=2026-01-03 does not exist at {lake.raw('fleet', DAY)}"
     assert not lake.exists(lake.partition("validation", "fleet", DAY))
+
+
+def test_a_corrupt_page_deep_in_a_file_is_found_and_named(tmp_path):
+    """The page check decodes every column chunk of every row group: damage in the last column of
+    the last row group (footer intact) names the file and the reason."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fleetwatch.core.quality import _unreadable_file
+
+    raw = tmp_path / "raw" / "fleet" / f"dt={DAY}"
+    raw.mkdir(parents=True)
+    table = pa.Table.from_pandas(_frame(), preserve_index=False)
+    pq.write_table(table, raw / "part-00000.parquet", row_group_size=50)
+    pq.write_table(table, raw / "part-00001.parquet", row_group_size=50)
+    meta = pq.ParquetFile(raw / "part-00001.parquet").metadata
+    last = meta.row_group(meta.num_row_groups - 1).column(meta.num_columns - 1)
+    data = bytearray((raw / "part-00001.parquet").read_bytes())
+    data[last.data_page_offset:last.data_page_offset + 12] = b"\xff" * 12  # the page header of that chunk
+    (raw / "part-00001.parquet").write_bytes(bytes(data))
+    assert pq.ParquetFile(raw / "part-00001.parquet").metadata.num_rows == 200  # the footer still reads
+
+    found = _unreadable_file(Lake(str(tmp_path)), str(raw), spark=None)
+
+    assert found is not None and found[0] == "part-00001.parquet" and "page header" in found[1], found
+    (raw / "part-00001.parquet").unlink()
+    assert _unreadable_file(Lake(str(tmp_path)), str(raw), spark=None) is None

@@ -183,18 +183,32 @@ def incident_evidence(
     clear exit from one, however quiet the context was. A metric that was already outside its
     range in the context (a drift, a level that stayed high) counts only how much farther it went
     than its ``params.context_exit_quantile`` exit there. With fewer than ``params.context_min_rows``
-    context rows, the deviations alone.
+    context rows, the deviations alone. A metric whose normal range is a single value (a counter
+    that never moved in training) counts at ``params.flat_metric_weight``: its spread is the
+    floor, so one quantised step of it scores many spreads.
     """
     w = params.inside_range_weight
     if len(context) < params.context_min_rows:
-        return deviations(rows, baselines, spread, ranges, inside_weight=w)
+        return _weigh_flat(deviations(rows, baselines, spread, ranges, inside_weight=w), ranges, params)
     already = None
     if ranges:
         exits = range_exits(context[list(rows.columns)], spread, ranges)
         already = exits.quantile(params.context_exit_quantile).to_dict()
     evidence = deviations(rows, baselines, spread, ranges, already=already, inside_weight=w)
     moves = changes(rows, context, spread, floor=params.context_spread_floor).clip(upper=params.change_cap)
-    return evidence + params.change_weight * moves
+    return _weigh_flat(evidence + params.change_weight * moves, ranges, params)
+
+
+def _weigh_flat(evidence: pd.DataFrame, ranges: Mapping[str, Sequence[float]] | None, params: ExplainParams) -> pd.DataFrame:
+    """``evidence`` with the columns of metrics whose normal range is one value scaled by
+    ``params.flat_metric_weight``."""
+    if not ranges or params.flat_metric_weight == 1.0:
+        return evidence
+    flat = [m for m in evidence.columns if m in ranges and ranges[m][1] <= ranges[m][0]]
+    if flat:
+        evidence = evidence.copy()
+        evidence[flat] = evidence[flat] * params.flat_metric_weight
+    return evidence
 
 
 def range_scores(

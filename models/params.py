@@ -39,6 +39,10 @@ class ExplainParams(BaseModel):
     context_exit_quantile: float = Field(
         0.9, ge=0, le=1, description="How far a metric was already outside its range in the context: this quantile."
     )
+    flat_metric_weight: float = Field(
+        1.0, ge=0,
+        description="A metric whose normal range is one value (constant in training) counts its evidence at this weight.",
+    )
     top_metrics: int = Field(3, ge=1, description="Metrics an alert names in top_metrics.")
 
 

@@ -288,7 +288,7 @@ def test_evaluate_smd_reports_every_machine_and_cross_validates_without_the_held
     assert set(cv["folds"]) == set(machines) == set(cv["machines"])
     for held_out, fold in cv["folds"].items():
         assert sorted(fold["chosen_on"]) == sorted(m for m in machines if m != held_out)
-        assert set(fold["explain"]) == {"context_minutes", "context_exit_quantile", "change_weight"}
+        assert set(fold["explain"]) == {"context_minutes", "context_exit_quantile", "change_weight", "flat_metric_weight"}
     assert cv["explain_candidates"] > 1 and set(cv["explain_chosen_on_all"]) == set(fold["explain"])
     for key in ("event_recall_mean", "false_incidents_per_day_max", "alarm_share_normal_max", "alert_precision_mean",
                 "hitrate_150_flagged_rows_mean", "auprc_mean", "best_f1_mean"):

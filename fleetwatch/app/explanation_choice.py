@@ -3,7 +3,8 @@ to use, chosen on the training entities' labelled interpretation events.
 
 The candidates vary the three settings that decide how the hour before an event counts
 (``models.params.ExplainParams``): its length, how far a metric already was outside its range in
-it, and the weight of a metric's move against it. Each candidate is scored by the HitRate@150% of
+it, and the weight of a metric's move against it; and the weight of a metric that was constant in
+training (a counter that never moved, whose one quantised step scores many spreads). Each candidate is scored by the HitRate@150% of
 the published protocol (each event ranked on its flagged rows, ``backtest.flagged_rows_hitrate``)
 on the run's own flags; the highest mean over the training entities wins, ties going to the
 settings the models were trained with. The grid is stated here, before any run.
@@ -22,14 +23,16 @@ from models.params import ExplainParams
 CONTEXT_MINUTES = (60, 180, 360)
 CONTEXT_EXIT_QUANTILES = (0.9, 0.99)
 CHANGE_WEIGHTS = (0.0, 0.1, 0.3)
-VARIED = ("context_minutes", "context_exit_quantile", "change_weight")
+FLAT_METRIC_WEIGHTS = (1.0, 0.1)
+VARIED = ("context_minutes", "context_exit_quantile", "change_weight", "flat_metric_weight")
 
 
 def candidates(base: ExplainParams) -> list[ExplainParams]:
     """``base`` first, then every combination of the grid (``base``'s other settings kept)."""
     out = [base]
-    for minutes, quantile, weight in itertools.product(CONTEXT_MINUTES, CONTEXT_EXIT_QUANTILES, CHANGE_WEIGHTS):
-        cand = base.model_copy(update={"context_minutes": minutes, "context_exit_quantile": quantile, "change_weight": weight})
+    grid = itertools.product(CONTEXT_MINUTES, CONTEXT_EXIT_QUANTILES, CHANGE_WEIGHTS, FLAT_METRIC_WEIGHTS)
+    for values in grid:
+        cand = base.model_copy(update=dict(zip(VARIED, values, strict=True)))
         if cand not in out:
             out.append(cand)
     return out
@@ -56,7 +59,7 @@ def choose(cands: list[ExplainParams], table: list[dict], training) -> ExplainPa
 
 def label(params: ExplainParams) -> str:
     return (f"context {params.context_minutes} min, already-outside quantile {params.context_exit_quantile:g}, "
-            f"change weight {params.change_weight:g}")
+            f"change weight {params.change_weight:g}, flat-metric weight {params.flat_metric_weight:g}")
 
 
 def _mean(values) -> float:

@@ -4,10 +4,11 @@ to use, chosen on the training entities' labelled interpretation events.
 The candidates vary the three settings that decide how the hour before an event counts
 (``models.params.ExplainParams``): its length, how far a metric already was outside its range in
 it, and the weight of a metric's move against it; and the weight of a metric that was constant in
-training (a counter that never moved, whose one quantised step scores many spreads). Each candidate is scored by the HitRate@150% of
-the published protocol (each event ranked on its flagged rows, ``backtest.flagged_rows_hitrate``)
-on the run's own flags; the highest mean over the training entities wins, ties going to the
-settings the models were trained with. The grid is stated here, before any run.
+training (a counter that never moved, whose one quantised step scores many spreads). Each
+candidate is scored by the HitRate@150% of the published protocol (each event ranked on its
+flagged rows, ``backtest.flagged_rows_hitrate``) on the run's own flags; the highest mean over
+the training entities wins, ties going to the settings the models were trained with. The grid is
+stated here, before any run.
 """
 
 from __future__ import annotations

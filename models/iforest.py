@@ -7,6 +7,10 @@ and seeds, and a JSON header of the forest's and the trees' scalar attributes. L
 the scikit-learn objects from them (``Tree.__setstate__``; the path-length corrections recomputed
 from the row counts as scikit-learn computes them), so scores are identical, without unpickling
 anything. Impurities and leaf values, which isolation never reads, are not kept (zero on load).
+
+Fitting grows scikit-learn's own trees with its tree builder (:func:`grow_isolation_forest`), the
+same draws in the same order as ``IsolationForest.fit``, so the forest is scikit-learn's node for
+node; it skips the per-tree estimator cloning and input checks, which cost more than the trees.
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 from sklearn.tree import ExtraTreeRegressor
-from sklearn.tree._tree import Tree
+from sklearn.tree._criterion import MSE
+from sklearn.tree._splitter import RandomSplitter
+from sklearn.tree._tree import DepthFirstTreeBuilder, Tree
+from sklearn.utils import check_random_state
+from sklearn.utils.random import sample_without_replacement
 
 from models.base import BaseDetector
 
@@ -56,9 +64,9 @@ class IForestDetector(BaseDetector):
         max_samples = self.max_samples
         if isinstance(max_samples, numbers.Integral):
             max_samples = min(max_samples, X.shape[0])
-        self.forest_ = IsolationForest(
-            n_estimators=self.n_estimators, max_samples=max_samples, random_state=self.random_state
-        ).fit(X)
+        self.forest_ = grow_isolation_forest(
+            IsolationForest(n_estimators=self.n_estimators, max_samples=max_samples, random_state=self.random_state), X
+        )
         return self
 
     def score_samples(self, X) -> np.ndarray:
@@ -142,6 +150,65 @@ class IForestDetector(BaseDetector):
         detector.forest_ = forest
         detector.n_features_in_ = header["n_features_in"]
         return detector
+
+
+_MAX_INT = np.iinfo(np.int32).max
+
+
+def grow_isolation_forest(forest: IsolationForest, X) -> IsolationForest:
+    """``forest`` fitted on ``X`` as ``IsolationForest.fit`` fits it (scikit-learn 1.9, default
+    ``contamination``, ``max_features``, no bootstrap, no sample weights): the same random draws in
+    the same order, each tree grown by scikit-learn's depth-first builder with its random
+    splitter on the tree's rows given as 0/1 sample weights, and the same fitted attributes.
+
+    Why: ``fit`` clones an estimator, re-reads its parameters and re-checks the input for every
+    tree, about twice the cost of growing it. ``tests/test_detectors.py`` holds the two forests
+    equal node for node, so a scikit-learn upgrade that changes ``fit`` fails there, not silently.
+    """
+    forest._validate_params()
+    if forest.contamination != "auto" or forest.max_features != 1.0 or forest.bootstrap or forest.warm_start:
+        raise ValueError("grow_isolation_forest grows the default forest: contamination 'auto', all features, no bootstrap")
+    X = np.asarray(X, dtype=np.float32)
+    n_rows, n_features = X.shape
+    y = check_random_state(forest.random_state).uniform(size=n_rows).reshape(-1, 1)
+    if isinstance(forest.max_samples, str):
+        max_samples = min(256, n_rows)
+    elif isinstance(forest.max_samples, numbers.Integral):
+        max_samples = min(forest.max_samples, n_rows)
+    else:
+        max_samples = int(forest.max_samples * n_rows)
+    max_depth = int(np.ceil(np.log2(max(max_samples, 2))))
+    seeds = check_random_state(forest.random_state).randint(_MAX_INT, size=forest.n_estimators)
+    template = ExtraTreeRegressor(max_features=1, splitter="random", random_state=forest.random_state, max_depth=max_depth)
+    params = template.get_params()
+    draws, splits = np.random.RandomState(0), np.random.RandomState(0)  # re-seeded per tree: cheaper than new ones
+    estimators, features_of = [], []
+    for seed in seeds:
+        draws.seed(seed)
+        tree_seed = draws.randint(_MAX_INT)  # what the estimator's random_state is set to
+        draws.seed(seed)
+        features = sample_without_replacement(n_features, n_features, random_state=draws)
+        rows = sample_without_replacement(n_rows, max_samples, random_state=draws)
+        splits.seed(tree_seed)
+        splitter = RandomSplitter(MSE(1, n_rows), 1, 1, 0.0, splits, None)
+        tree = Tree(n_features, np.ones(1, dtype=np.intp), 1)
+        weights = np.bincount(rows, minlength=n_rows).astype(np.float64)
+        DepthFirstTreeBuilder(splitter, 2, 1, 0.0, max_depth, 0.0).build(tree, X, y, weights, None)
+        estimator = ExtraTreeRegressor.__new__(ExtraTreeRegressor)
+        estimator.__dict__.update(params, random_state=tree_seed, n_features_in_=n_features, n_outputs_=1, max_features_=1)
+        estimator.tree_ = tree
+        estimators.append(estimator)
+        features_of.append(features)
+    counts = [e.tree_.n_node_samples for e in estimators]  # path corrections in one call: elementwise, the same values
+    corrections = np.split(_average_path_length(np.concatenate(counts)), np.cumsum([len(c) for c in counts])[:-1])
+    forest.__dict__.update(
+        n_features_in_=n_features, _n_samples=n_rows, max_samples_=max_samples, _max_samples=max_samples,
+        _max_features=n_features, _sample_weight=None, estimator_=template, estimators_=estimators,
+        estimators_features_=features_of, _seeds=seeds, offset_=-0.5,
+        _average_path_length_per_tree=tuple(corrections),
+        _decision_path_lengths=tuple(e.tree_.compute_node_depths() for e in estimators),
+    )
+    return forest
 
 
 def _scalars(attributes: dict, skip: tuple[str, ...]) -> dict:

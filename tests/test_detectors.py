@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import NotFittedError
 
 from models.autoencoder import AutoencoderDetector, entity_seed, fit_batched
-from models.iforest import IForestDetector
+from models.iforest import IForestDetector, grow_isolation_forest
 from models.scaling import RobustClipScaler
 
 FAST_AE = {"hidden": 16, "bottleneck": 4, "epochs": 20, "batch_size": 64, "lr": 1e-2}
@@ -115,6 +116,44 @@ def test_iforest_scores_equal_scikit_learns_on_new_rows(rows, max_samples):
     detector = IForestDetector(n_estimators=25, max_samples=max_samples, random_state=5).fit(X)
     Y = np.vstack([low_rank(150, d=6) * 4, X[:1]])
     np.testing.assert_array_equal(detector.score_samples(Y), -detector.forest_.score_samples(Y))
+
+
+@pytest.mark.filterwarnings("ignore:max_samples .* is greater than the total number of samples")
+@pytest.mark.parametrize("rows, max_samples, seed", [(600, 256, 11), (300, "auto", 4), (90, 0.5, 0), (5, 256, 2)])
+def test_iforest_grows_scikit_learns_forest_node_for_node(rows, max_samples, seed):
+    X = low_rank(rows, d=7, seed=seed)
+    X[:, 2] = 1.0  # a constant column: never split on
+    X[:, 4] = np.round(X[:, 4])  # few distinct values
+    ours = grow_isolation_forest(IsolationForest(n_estimators=40, max_samples=max_samples, random_state=seed), X)
+    theirs = IsolationForest(n_estimators=40, max_samples=max_samples, random_state=seed).fit(X)
+
+    assert sorted(ours.__dict__) == sorted(theirs.__dict__)
+    for name in ("n_features_in_", "_n_samples", "max_samples_", "_max_samples", "_max_features", "offset_"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.estimator_.get_params() == theirs.estimator_.get_params()
+    np.testing.assert_array_equal(ours._seeds, theirs._seeds)
+    for mine, sk, my_features, sk_features in zip(
+        ours.estimators_, theirs.estimators_, ours.estimators_features_, theirs.estimators_features_, strict=True
+    ):
+        assert mine.get_params() == sk.get_params()
+        assert (mine.n_features_in_, mine.n_outputs_, mine.max_features_) == (sk.n_features_in_, sk.n_outputs_, sk.max_features_)
+        np.testing.assert_array_equal(my_features, sk_features)
+        assert mine.tree_.max_depth == sk.tree_.max_depth
+        np.testing.assert_array_equal(mine.tree_.__getstate__()["nodes"], sk.tree_.__getstate__()["nodes"])
+        assert 2 not in mine.tree_.feature  # the constant column
+    for a, b in zip(ours._decision_path_lengths + ours._average_path_length_per_tree,
+                    theirs._decision_path_lengths + theirs._average_path_length_per_tree, strict=True):
+        np.testing.assert_array_equal(a, b)
+    Y = np.vstack([low_rank(100, d=7, seed=9) * 3, X])
+    np.testing.assert_array_equal(ours.score_samples(Y), theirs.score_samples(Y))
+
+
+def test_iforest_growth_refuses_what_it_does_not_reproduce():
+    X = low_rank(50, d=3)
+    with pytest.raises(ValueError, match="contamination 'auto'"):
+        grow_isolation_forest(IsolationForest(contamination=0.1), X)
+    with pytest.raises(ValueError, match="n_estimators"):
+        grow_isolation_forest(IsolationForest(n_estimators=0), X)
 
 
 def test_iforest_same_seed_same_scores_and_small_training_sets():

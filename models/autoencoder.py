@@ -263,7 +263,7 @@ def _train(arrays: list[np.ndarray], seeds: list[int], params: dict) -> tuple[di
         epoch_loss = torch.zeros(n_entities)
         for step in range(steps):
             x = rows.index_select(0, order[step].reshape(-1)).view(n_entities, batch, n_features)
-            entity_loss = ((_forward(weights, x) - x) ** 2).mean(dim=(1, 2))
+            entity_loss = torch.nn.functional.mse_loss(_forward(weights, x), x, reduction="none").mean(dim=(1, 2))
             optimizer.zero_grad(set_to_none=True)
             entity_loss.sum().backward()
             optimizer.step()

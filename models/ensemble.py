@@ -83,7 +83,11 @@ class EnsembleDetector(BaseDetector):
     def calibrate(self, parts) -> np.ndarray:
         """Fit each member's calibrator on its raw scores of ``parts`` (held-out matrices, each one
         entity's rows in time order); returns their combined calibrated scores, concatenated."""
-        raws = [self.raw_scores(part) for part in parts]
+        return self.calibrate_raw([self.raw_scores(part) for part in parts])
+
+    def calibrate_raw(self, raws: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """:meth:`calibrate` from the parts' smoothed raw scores (:meth:`raw_scores`), for a caller
+        that has them already."""
         calibrated = []
         for member in self.members:
             raw = np.concatenate([r[member.name] for r in raws])
@@ -113,10 +117,16 @@ class EnsembleDetector(BaseDetector):
         held-out scores (what the short-event rule of ``models.incidents`` compares)."""
         check_is_fitted(self)
         unsmoothed = self.raw_scores(X, smoothed=False)
-        smoothed = {name: smooth(raw, self.smooth_points) for name, raw in unsmoothed.items()}
-        return tuple(
-            {m.name: m.calibrator.transform(raws[m.name]) for m in self.members} for raws in (smoothed, unsmoothed)
-        )
+        return self.calibrated(self.smoothed(unsmoothed)), self.calibrated(unsmoothed)
+
+    def smoothed(self, unsmoothed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Unsmoothed raw scores (by member name) smoothed as :meth:`raw_scores` smooths them."""
+        return {name: smooth(raw, self.smooth_points) for name, raw in unsmoothed.items()}
+
+    def calibrated(self, raws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw scores (by member name) through each member's fitted calibrator."""
+        check_is_fitted(self)
+        return {m.name: m.calibrator.transform(raws[m.name]) for m in self.members}
 
     def combined(self, calibrated: dict[str, np.ndarray]) -> np.ndarray:
         """The ensemble score from :meth:`member_scores`."""

@@ -127,7 +127,8 @@ def _assemble(
     )
     held = [p.held_matrix(layout) for p in parts]
     ensemble.fit(np.hstack([train, np.full((len(train), len(metrics)), np.nan)]))  # the range member is fitted already
-    combined = ensemble.calibrate(held)
+    unsmoothed = [ensemble.raw_scores(h, smoothed=False) for h in held]  # the detectors run once on the held-out rows
+    combined = ensemble.calibrate_raw([ensemble.smoothed(raw) for raw in unsmoothed])
     held_ts = (
         pd.concat([p.rows[ts_col].iloc[p.cut :] for p in parts], ignore_index=True)
         if fleet
@@ -141,9 +142,8 @@ def _assemble(
         sampling_seconds=step,
         entities=np.concatenate([np.full(len(p.rows) - p.cut, p.entity, dtype=object) for p in parts]) if fleet else None,
     )
-    raw_threshold = daily_peak(
-        np.concatenate([ensemble.combined(ensemble.two_scale_scores(h)[1]) for h in held]), spec.rows_per_day
-    )
+    raw_peaks = np.concatenate([ensemble.combined(ensemble.calibrated(raw)) for raw in unsmoothed])
+    raw_threshold = daily_peak(raw_peaks, spec.rows_per_day)
     center, scale = _error_stats(ensemble.member("autoencoder").detector, train, layout, params.error_floor)
     return EntityModel(
         entity=entity,

@@ -177,6 +177,8 @@ def grow_isolation_forest(forest: IsolationForest, X) -> IsolationForest:
         max_samples = min(forest.max_samples, n_rows)
     else:
         max_samples = int(forest.max_samples * n_rows)
+    if max_samples < 1:
+        raise ValueError(f"grow_isolation_forest: max_samples={forest.max_samples!r} leaves no row of {n_rows} for a tree")
     max_depth = int(np.ceil(np.log2(max(max_samples, 2))))
     seeds = check_random_state(forest.random_state).randint(_MAX_INT, size=forest.n_estimators)
     template = ExtraTreeRegressor(max_features=1, splitter="random", random_state=forest.random_state, max_depth=max_depth)

@@ -154,6 +154,8 @@ def test_iforest_growth_refuses_what_it_does_not_reproduce():
         grow_isolation_forest(IsolationForest(contamination=0.1), X)
     with pytest.raises(ValueError, match="n_estimators"):
         grow_isolation_forest(IsolationForest(n_estimators=0), X)
+    with pytest.raises(ValueError, match="leaves no row of 50"):
+        grow_isolation_forest(IsolationForest(max_samples=0.01), X)
 
 
 def test_iforest_same_seed_same_scores_and_small_training_sets():

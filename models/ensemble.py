@@ -108,8 +108,7 @@ class EnsembleDetector(BaseDetector):
 
     def member_scores(self, X) -> dict[str, np.ndarray]:
         """Each member's calibrated score, by member name."""
-        check_is_fitted(self)
-        return {m.name: m.calibrator.transform(raw) for m, raw in zip(self.members, self.raw_scores(X).values(), strict=False)}
+        return self.calibrated(self.raw_scores(X))
 
     def two_scale_scores(self, X) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Each member's calibrated score of its smoothed and of its unsmoothed raw score, by member

@@ -24,11 +24,13 @@ import pandas as pd
 from fleetwatch.core.errors import CorruptModel
 from models import model_store
 from models.entity_model import EntityModel, score_entity
+from models.normal_range import NormalRangeDetector
 from models.params import FeatureLayout, ModelParams
 
 BUNDLE_FORMAT = 2
 SCORE_COLUMNS = ["entity_id", "ts", "iforest_score", "ae_score", "score", "raw_score", "threshold", "raw_threshold",
                  "flagged", "scope"]
+PROFILES_KEPT = 4096  # metric profiles a scoring process keeps: a few KB each
 INFO_COLUMNS = ["scope", "n_rows", "threshold", "fingerprint", "file", "entry", "sha256", "bytes"]
 
 
@@ -45,6 +47,7 @@ class _LazyEntities(Mapping):
         self._keep = keep
         self._loaded: OrderedDict[str, EntityModel] = OrderedDict()
         self._pinned: dict[str, EntityModel] = {}
+        self._profiles: OrderedDict[str, NormalRangeDetector | None] = OrderedDict()
 
     def __getitem__(self, entity: str) -> EntityModel:
         if entity in self._pinned:
@@ -62,6 +65,23 @@ class _LazyEntities(Mapping):
         if len(self._loaded) > self._keep:
             self._loaded.popitem(last=False)
         return model
+
+    def profile(self, entity: str) -> NormalRangeDetector | None:
+        """The entity's metric profile: from its model when that is in memory, else read alone
+        (its detectors not decoded) and kept among the ``PROFILES_KEPT`` most recent."""
+        model = self._pinned.get(entity) or self._loaded.get(entity)
+        if model is not None:
+            return model.profile
+        if entity in self._profiles:
+            self._profiles.move_to_end(entity)
+            return self._profiles[entity]
+        profile = self._profiles[entity] = self._reader.read_profile(entity, self._info[entity])
+        if len(self._profiles) > PROFILES_KEPT:
+            self._profiles.popitem(last=False)
+        return profile
+
+    def __contains__(self, entity: object) -> bool:
+        return entity in self._info  # without reading the model, as Mapping's default would
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
@@ -133,22 +153,31 @@ class ModelBundle:
         info = self.info.get(entity)
         return "entity" if info is not None and info["scope"] == "entity" else "fleet"
 
+    def profile_of(self, entity: str) -> NormalRangeDetector | None:
+        """The metric profile (baselines, spreads, normal ranges) that explains the entity's
+        incidents: its own, or the fleet's for an entity the bundle does not know. Read without
+        decoding the entity's detectors when its model is not in memory: explaining a night's
+        incidents does not load the models a second time."""
+        if entity in self.entities:
+            entities = self.entities
+            return entities.profile(entity) if isinstance(entities, _LazyEntities) else entities[entity].profile
+        return (self._model_for(entity) or self.fleet).profile
+
     def baselines_of(self, entity: str) -> dict[str, float]:
         """Training median of each metric: the entity's own, or the fleet's for a new entity."""
-        model = self._model_for(entity)
-        return (model if model is not None else self.fleet).baselines
+        profile = self.profile_of(entity)
+        return profile.baselines if profile is not None else {}
 
     def spreads_of(self, entity: str) -> dict[str, float]:
-        """Training spread of each metric (``models.explain.spreads``), like :meth:`baselines_of`;
-        empty for models saved before spreads were kept."""
-        model = self._model_for(entity)
-        return (model if model is not None else self.fleet).spreads
+        """Training spread of each metric (``models.explain.spreads``), like :meth:`baselines_of`."""
+        profile = self.profile_of(entity)
+        return profile.spreads if profile is not None else {}
 
     def normal_ranges_of(self, entity: str) -> dict[str, list[float]]:
         """Normal training range of each metric (``models.explain.normal_ranges``), like
-        :meth:`spreads_of`; empty for models saved before ranges were kept."""
-        model = self._model_for(entity)
-        return (model if model is not None else self.fleet).normal_ranges
+        :meth:`baselines_of`."""
+        profile = self.profile_of(entity)
+        return profile.ranges if profile is not None else {}
 
     def params_dict(self) -> dict:
         return self.params.model_dump()

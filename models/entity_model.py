@@ -136,15 +136,10 @@ class EntityModel:
     def from_bytes(cls, data: bytes) -> EntityModel:
         """The model written by :meth:`to_bytes`."""
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            manifest = json.loads(archive.read("manifest.json"))
-            if manifest.get("format") != ARCHIVE_FORMAT:
-                raise ValueError(
-                    f"entity model archive has format {manifest.get('format')}, expected {ARCHIVE_FORMAT}: "
-                    "retrain the dataset (`fleetwatch train`) to rebuild its models"
-                )
+            manifest = _manifest(archive)
             with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-            profile = None if manifest["profile"] is None else NormalRangeDetector.from_state(manifest["profile"])
+            profile = _profile(manifest)
             ensemble = None
             if "ensemble" in manifest:
                 members = []
@@ -184,6 +179,28 @@ class EntityModel:
             error_center=manifest["error_center"],
             error_norm=manifest["error_norm"],
         )
+
+
+    @staticmethod
+    def profile_from_bytes(data: bytes) -> NormalRangeDetector | None:
+        """Only the metric profile of an archive :meth:`to_bytes` wrote: its manifest is read, its
+        detectors are not decoded (a tenth of the cost of :meth:`from_bytes` or less)."""
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return _profile(_manifest(archive))
+
+
+def _manifest(archive: zipfile.ZipFile) -> dict:
+    manifest = json.loads(archive.read("manifest.json"))
+    if manifest.get("format") != ARCHIVE_FORMAT:
+        raise ValueError(
+            f"entity model archive has format {manifest.get('format')}, expected {ARCHIVE_FORMAT}: "
+            "retrain the dataset (`fleetwatch train`) to rebuild its models"
+        )
+    return manifest
+
+
+def _profile(manifest: dict) -> NormalRangeDetector | None:
+    return None if manifest["profile"] is None else NormalRangeDetector.from_state(manifest["profile"])
 
 
 def impute(frame: pd.DataFrame, feature_cols, center: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import pyarrow.fs as pafs
 
 from models.entity_model import EntityModel
+from models.normal_range import NormalRangeDetector
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
@@ -109,6 +110,14 @@ class PartReader:
 
     def read(self, entity: str, info: dict) -> EntityModel:
         """The model of ``entity`` (its manifest entry ``info``), checked against its checksum."""
+        return EntityModel.from_bytes(self._checked(entity, info))
+
+    def read_profile(self, entity: str, info: dict) -> NormalRangeDetector | None:
+        """Only the metric profile of ``entity`` (baselines, spreads, normal ranges), checked
+        against its checksum: what explaining an incident needs, without decoding its detectors."""
+        return EntityModel.profile_from_bytes(self._checked(entity, info))
+
+    def _checked(self, entity: str, info: dict) -> bytes:
         part = self._open.get(info["file"])
         if part is None:
             fs, path = filesystem(f"{self.location}/{info['file']}")
@@ -116,7 +125,7 @@ class PartReader:
         data = part.read(info["entry"])
         if hashlib.sha256(data).hexdigest() != info["sha256"]:
             raise ValueError(f"model of entity {entity!r} in {self.location}/{info['file']} does not match its checksum")
-        return EntityModel.from_bytes(data)
+        return data
 
 
 def write_manifest(location: str, manifest: dict) -> None:

@@ -273,6 +273,24 @@ def test_a_model_that_does_not_match_its_checksum_is_refused(bundle, tmp_path):
     assert loaded.entities["b"].entity == "b"
     with pytest.raises(ValueError, match="'a' in .*parts/all.zip does not match its checksum"):
         loaded.entities["a"]
+    with pytest.raises(ValueError, match="'a' in .*parts/all.zip does not match its checksum"):
+        loaded.baselines_of("a")
+
+
+def test_explaining_an_entity_reads_its_profile_without_loading_its_detectors(bundle, tmp_path):
+    folder = bundle.save(tmp_path / "bundle")
+    lazy = ModelBundle.load(folder)
+    for entity in ("a", "c"):  # c: too little history, its own profile with the fleet's detectors
+        model = bundle.entities[entity]
+        assert lazy.baselines_of(entity) == model.baselines and lazy.spreads_of(entity) == model.spreads
+        assert lazy.normal_ranges_of(entity) == model.normal_ranges
+    assert lazy.entities.loaded() == 0  # no model was decoded
+    assert lazy.baselines_of("new-entity") == bundle.fleet.baselines  # unknown: the fleet's profile
+    lazy.entities["a"]
+    assert lazy.profile_of("a") is lazy.entities["a"].profile  # in memory: its model's own
+    partial = ModelBundle.load(folder, entities={"a"})
+    with pytest.raises(KeyError, match="'b' is in bundle synth but was not loaded"):
+        partial.baselines_of("b")
 
 
 def test_a_scoring_process_keeps_only_its_most_recent_models_and_scores_the_same(bundle, new_day, tmp_path):

@@ -77,13 +77,23 @@ class IForestDetector(BaseDetector):
         forest = self.forest_
         subset = forest._max_features != X.shape[1]
         depths = np.zeros(X.shape[0])
-        for tree, features, path, average in zip(forest.estimators_, forest.estimators_features_,
-                                                  forest._decision_path_lengths, forest._average_path_length_per_tree,
-                                                  strict=True):
-            leaves = tree.tree_.apply(X[:, features] if subset else X)
-            depths += path[leaves] + average[leaves] - 1.0
+        for tree, features, leaf_depth in zip(forest.estimators_, forest.estimators_features_, self._leaf_depths(),
+                                              strict=True):
+            depths += leaf_depth[tree.tree_.apply(X[:, features] if subset else X)]
         denominator = len(forest.estimators_) * _average_path_length([forest._max_samples])
         return 2 ** -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0)
+
+    def _leaf_depths(self) -> tuple[np.ndarray, ...]:
+        """Per tree, each node's depth plus the average path length of its rows, minus one: what a
+        row ending in that leaf adds to its path length (scikit-learn's sum, in its order, so the
+        same floats); computed once per fitted forest."""
+        forest = self.forest_
+        cached = getattr(self, "_leaf_depths_", None)
+        if cached is None or cached[0] is not forest:
+            depths = tuple(path + average - 1.0 for path, average in
+                           zip(forest._decision_path_lengths, forest._average_path_length_per_tree, strict=True))
+            cached = self._leaf_depths_ = (forest, depths)
+        return cached[1]
 
     def to_bytes(self) -> bytes:
         """Parameters and fitted forest as one ``.npz`` (see the module docstring)."""
@@ -128,12 +138,13 @@ class IForestDetector(BaseDetector):
         forest = IsolationForest.__new__(IsolationForest)
         forest.__dict__.update(_restored(header["forest"]))
         n_features = int(forest.__dict__.get("n_features_in_", header["n_features_in"]))
+        estimator, n_outputs = _restored(header["estimator"]), np.ones(1, dtype=np.intp)  # the same for every tree
         estimators, start = [], 0
         for depth, count, seed in zip(header["tree_max_depth"], header["tree_nodes"], header["tree_random_state"], strict=True):
             est = ExtraTreeRegressor.__new__(ExtraTreeRegressor)
-            est.__dict__.update(_restored(header["estimator"]))
+            est.__dict__.update(estimator)
             est.random_state = seed
-            tree = Tree(n_features, np.ones(1, dtype=np.intp), 1)
+            tree = Tree(n_features, n_outputs, 1)
             tree.__setstate__({"max_depth": depth, "node_count": count, "nodes": nodes[start : start + count],
                                "values": np.zeros((count, 1, 1))})
             est.tree_ = tree
@@ -143,7 +154,7 @@ class IForestDetector(BaseDetector):
         forest.estimators_ = estimators
         forest.estimators_features_ = list(features)
         forest._seeds = seeds
-        forest._average_path_length_per_tree = tuple(np.split(_average_path_length(nodes["n_node_samples"]), ends))
+        forest._average_path_length_per_tree = tuple(np.split(_average_path_lengths(nodes["n_node_samples"]), ends))
         forest._decision_path_lengths = tuple(np.split(depths, ends))
         forest.estimator_ = None if header["template"] is None else ExtraTreeRegressor(**header["template"])
         detector = cls(**header["params"])
@@ -211,6 +222,12 @@ def grow_isolation_forest(forest: IsolationForest, X) -> IsolationForest:
         _decision_path_lengths=tuple(e.tree_.compute_node_depths() for e in estimators),
     )
     return forest
+
+
+def _average_path_lengths(rows: np.ndarray) -> np.ndarray:
+    """scikit-learn's ``_average_path_length`` of each node's row count, the same floats: computed
+    once per count up to the largest (a tree's rows, ``max_samples``) and looked up, not per node."""
+    return _average_path_length(np.arange(int(rows.max(initial=0)) + 1))[rows]
 
 
 def _scalars(attributes: dict, skip: tuple[str, ...]) -> dict:

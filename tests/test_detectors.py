@@ -101,6 +101,9 @@ def test_iforest_round_trips_as_plain_arrays_with_identical_scores():
     np.testing.assert_array_equal(loaded.forest_.score_samples(Y), detector.forest_.score_samples(Y))  # scikit-learn's own
     for before, after in zip(detector.forest_.estimators_, loaded.forest_.estimators_, strict=True):
         np.testing.assert_array_equal(after.tree_.apply(Y.astype(np.float32)), before.tree_.apply(Y.astype(np.float32)))
+    for before, after in zip(detector.forest_._average_path_length_per_tree, loaded.forest_._average_path_length_per_tree,
+                             strict=True):
+        np.testing.assert_array_equal(after, before)  # recomputed from the row counts: the same floats
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     arrays["header"] = np.frombuffer(arrays["header"].tobytes().replace(b'"format": 2', b'"format": 7'), dtype=np.uint8)

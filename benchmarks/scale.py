@@ -59,6 +59,7 @@ from fleetwatch.core.specs import DatasetSpec, MetricSpec, load_spec, write_spec
 from fleetwatch.core.synthetic import generate_fleet
 from models import registry
 from models.bundle import ModelBundle
+from models.frames import one_thread_per_task
 from models.scoring import score_partition
 from models.training import model_params, train_models
 
@@ -121,7 +122,10 @@ def night_floor(settings: Settings, dataset: str, night: dt.date) -> dict:
     """Reading the night's feature Parquet, and scoring its rows with the champion's models already
     loaded, in this process: wall and CPU seconds of each (model loading timed apart). One part file
     at a time (the feature job writes each entity's rows into one file), with that file's entities'
-    models: the whole night of a 5,000-entity fleet in one pandas frame ran this process out of memory."""
+    models: the whole night of a 5,000-entity fleet in one pandas frame ran this process out of memory.
+    One thread, as each scoring task has (``one_thread_per_task``): the floor is divided by the
+    cores, and torch's own threads would count the cores twice (and spin, inflating CPU-seconds)."""
+    one_thread_per_task()
     spec = load_spec(settings.specs_dir, dataset)
     view = view_for(spec)
     clock = plain_loop._Clock()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -156,15 +157,20 @@ def changes(
     tiny step into a huge score. Missing values, and metrics missing from the whole context, give 0.
     """
     metrics = list(values.columns)
-    if len(context) < 2:
-        raise ValueError(f"changes needs at least 2 context rows, got {len(context)}")
-    ctx = context[metrics].to_numpy(dtype=float)
     scale = np.array([spread[m] for m in metrics], dtype=float)
+    out = changes_array(values.to_numpy(dtype=float), context[metrics].to_numpy(dtype=float), scale, floor)
+    return pd.DataFrame(out, columns=metrics, index=values.index)
+
+
+def changes_array(X: np.ndarray, ctx: np.ndarray, scale: np.ndarray, floor: float) -> np.ndarray:
+    """:func:`changes` on matrices whose columns are metrics."""
+    if len(ctx) < 2:
+        raise ValueError(f"changes needs at least 2 context rows, got {len(ctx)}")
+    ctx = np.asfortranarray(ctx)  # each metric's rows contiguous, summed as a DataFrame's column is
     with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a metric missing all hour
         level, sd = np.nanmean(ctx, axis=0), np.nanstd(ctx, axis=0)
     sd = np.maximum(np.maximum(np.nan_to_num(sd, nan=0.0), floor * scale), 1e-12)
-    out = np.abs(values.to_numpy(dtype=float) - level) / sd
-    return pd.DataFrame(np.nan_to_num(out, nan=0.0), columns=metrics, index=values.index)
+    return np.nan_to_num(np.abs(X - level) / sd, nan=0.0)
 
 
 def incident_evidence(
@@ -187,28 +193,55 @@ def incident_evidence(
     that never moved in training) counts at ``params.flat_metric_weight``: its spread is the
     floor, so one quantised step of it scores many spreads.
     """
-    w = params.inside_range_weight
-    if len(context) < params.context_min_rows:
-        return _weigh_flat(deviations(rows, baselines, spread, ranges, inside_weight=w), ranges, params)
-    already = None
-    if ranges:
-        exits = range_exits(context[list(rows.columns)], spread, ranges)
-        already = exits.quantile(params.context_exit_quantile).to_dict()
-    evidence = deviations(rows, baselines, spread, ranges, already=already, inside_weight=w)
-    moves = changes(rows, context, spread, floor=params.context_spread_floor).clip(upper=params.change_cap)
-    return _weigh_flat(evidence + params.change_weight * moves, ranges, params)
+    metrics = list(rows.columns)
+    profile = MetricProfile.of(metrics, baselines, spread, ranges)
+    ctx = context[metrics].to_numpy(dtype=float) if len(context) >= params.context_min_rows else None
+    return pd.DataFrame(profile.evidence(rows.to_numpy(dtype=float), ctx, params), columns=metrics, index=rows.index)
 
 
-def _weigh_flat(evidence: pd.DataFrame, ranges: Mapping[str, Sequence[float]] | None, params: ExplainParams) -> pd.DataFrame:
-    """``evidence`` with the columns of metrics whose normal range is one value scaled by
-    ``params.flat_metric_weight``."""
-    if not ranges or params.flat_metric_weight == 1.0:
-        return evidence
-    flat = [m for m in evidence.columns if m in ranges and ranges[m][1] <= ranges[m][0]]
-    if flat:
-        evidence = evidence.copy()
-        evidence[flat] = evidence[flat] * params.flat_metric_weight
-    return evidence
+@dataclass(frozen=True)
+class MetricProfile:
+    """An entity's per-metric baselines, spreads and normal ranges as arrays in one metric order:
+    what :func:`incident_evidence` computes with, for a caller that explains many incidents."""
+
+    metrics: list[str]
+    base: np.ndarray
+    scale: np.ndarray
+    low: np.ndarray | None = None  # None: no normal ranges (a model saved before they were kept)
+    high: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, metrics: list[str], baselines: Mapping[str, float], spread: Mapping[str, float],
+           ranges: Mapping[str, Sequence[float]] | None = None) -> MetricProfile:
+        base = np.array([baselines[m] for m in metrics], dtype=float)
+        scale = np.array([spread[m] for m in metrics], dtype=float)
+        if not ranges:
+            return cls(list(metrics), base, scale)
+        low = np.array([ranges[m][0] for m in metrics], dtype=float)
+        high = np.array([ranges[m][1] for m in metrics], dtype=float)
+        return cls(list(metrics), base, scale, low, high)
+
+    def evidence(self, X: np.ndarray, ctx: np.ndarray | None, params: ExplainParams = DEFAULTS) -> np.ndarray:
+        """:func:`incident_evidence` of rows ``X`` against context rows ``ctx`` (None, or fewer than
+        ``params.context_min_rows``: the deviations alone); columns in :attr:`metrics` order."""
+        w = params.inside_range_weight
+        near = distances_array(X, self.base, self.scale)
+        exits = None if self.low is None else exits_array(X, self.scale, self.low, self.high)
+        if ctx is None or len(ctx) < params.context_min_rows:
+            out = near if exits is None else exits + w * near
+        else:
+            if exits is not None:  # how far each metric already was outside its range in the context
+                already = np.percentile(exits_array(ctx, self.scale, self.low, self.high),
+                                        params.context_exit_quantile * 100.0, axis=0)
+                near = np.maximum(exits - already, 0.0) + w * near
+            moves = np.minimum(changes_array(X, ctx, self.scale, params.context_spread_floor), params.change_cap)
+            out = near + params.change_weight * moves
+        if self.low is not None and params.flat_metric_weight != 1.0:
+            flat = self.high <= self.low
+            if flat.any():
+                out = out.copy()
+                out[:, flat] = out[:, flat] * params.flat_metric_weight
+        return out
 
 
 def range_scores(
@@ -262,13 +295,15 @@ def top_contributors(
             raise ValueError(f"values must hold the peak row only, got {len(values)} rows")
         values = values.iloc[0]
     summary = errors_rows.mean(axis=0) if how == "mean" else errors_rows.max(axis=0)
-    ranked = summary.sort_values(ascending=False, kind="mergesort").head(k)
+    return ranked_metrics(summary.to_numpy(dtype=float), [str(m) for m in summary.index],
+                          [values[m] for m in summary.index], baselines, k)
+
+
+def ranked_metrics(summary: np.ndarray, metrics: list[str], values, baselines: Mapping[str, float], k: int) -> list[dict]:
+    """:func:`top_contributors` from each metric's summarised evidence (``summary``) and its value at
+    the peak (``values``, both in ``metrics`` order): highest first, ties in metric order, NaN last."""
+    order = np.argsort(-summary, kind="stable")[:k]
     return [
-        {
-            "metric": str(metric),
-            "value": float(values[metric]),
-            "baseline": float(baselines[metric]),
-            "error": float(error),
-        }
-        for metric, error in ranked.items()
+        {"metric": metrics[i], "value": float(values[i]), "baseline": float(baselines[metrics[i]]), "error": float(summary[i])}
+        for i in order
     ]

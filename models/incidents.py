@@ -19,12 +19,13 @@ row of an ordinary day.
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
 
-from models.explain import incident_evidence, top_contributors
-from models.frames import ENTITY, TS
+from models.explain import MetricProfile, ranked_metrics
+from models.frames import ENTITY, TS, epoch_ns
 from models.params import ExplainParams
 
 DEFAULTS = ExplainParams()
@@ -218,25 +219,40 @@ def entity_incidents(
     baselines = baselines() if callable(baselines) else baselines
     spread = spread() if callable(spread) else spread
     ranges = ranges() if callable(ranges) else ranges
+    # Arrays once per entity; each incident and phase is a mask over them (pandas indexing per
+    # incident cost more than the explanation's arithmetic).
+    stamps = epoch_ns(pdf[TS])
+    values = pdf[metrics].to_numpy(dtype=float)
+    scores = pdf["score"].to_numpy(dtype=float)
+    profile = MetricProfile.of(metrics, baselines, spread, ranges) if spread else None
+    errors = None if spread else pdf[[f"err__{m}" for m in metrics]].to_numpy(dtype=float)
+    skip, context = pd.Timedelta(minutes=context_skip_minutes).value, pd.Timedelta(minutes=explain.context_minutes).value
 
-    def ranking(rows: pd.DataFrame) -> list[dict]:
-        peak = rows.loc[[rows["score"].idxmax()], metrics]
-        if spread:
-            before = incident_context(pdf, rows[TS].iloc[0], context_skip_minutes, explain.context_minutes)
-            evidence = incident_evidence(rows[metrics], before[metrics], baselines, spread, ranges, explain)
-            return top_contributors(evidence, peak, baselines, k=len(metrics), how="max")
-        errs = rows[[f"err__{m}" for m in metrics]].set_axis(metrics, axis=1)
-        return top_contributors(errs, peak, baselines, k=len(metrics))
+    def ranking(rows: np.ndarray) -> list[dict]:
+        """Every metric ranked over the rows ``rows`` (positions in time order)."""
+        peak = values[rows[np.nanargmax(scores[rows])]]
+        if profile is not None:
+            end = stamps[rows[0]] - skip  # the context: rows in the hour that ends here
+            before = values[(stamps >= end - context) & (stamps < end)]
+            evidence = profile.evidence(values[rows], before if len(before) >= explain.context_min_rows else None, explain)
+            return ranked_metrics(np.fmax.reduce(evidence, axis=0), metrics, peak, baselines, len(metrics))
+        with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a metric with no error all incident
+            mean = np.nanmean(np.asfortranarray(errors[rows]), axis=0)  # each metric summed as a column is
+            return ranked_metrics(mean, metrics, peak, baselines, len(metrics))
 
+    flagged = pdf["flagged"].to_numpy(dtype=bool)
+    phase_ns = pd.Timedelta(minutes=phase_minutes).value
     out = []
     for inc in found.itertuples(index=False):
-        rows = pdf[(pdf[TS] >= inc.start_ts) & (pdf[TS] <= inc.end_ts)]
-        ranked, parts = ranking(rows), incident_phases(rows, phase_minutes)
+        rows = np.flatnonzero((stamps >= pd.Timestamp(inc.start_ts).value) & (stamps <= pd.Timestamp(inc.end_ts).value))
+        step = (stamps[rows] - stamps[rows[0]]) // phase_ns  # the incident cut into phases from its first row
+        parts = [rows[step == k] for k in np.unique(step)]
+        ranked = ranking(rows)
         phases = [  # an incident within one phase is that phase: its ranking is the incident's
             {
-                "start_ts": part[TS].iloc[0],
-                "end_ts": part[TS].iloc[-1],
-                "n_points": int(part["flagged"].sum()),
+                "start_ts": pdf[TS].iloc[part[0]],
+                "end_ts": pdf[TS].iloc[part[-1]],
+                "n_points": int(flagged[part].sum()),
                 "ranked": ranked if len(parts) == 1 else ranking(part),
             }
             for part in parts
@@ -248,8 +264,8 @@ def entity_incidents(
                 "end_ts": inc.end_ts,
                 "n_points": int(inc.n_points),
                 "peak_score": float(inc.peak_score),
-                "threshold": float(rows["threshold"].iloc[0]),
-                "scope": str(rows["scope"].iloc[0]),
+                "threshold": float(pdf["threshold"].iloc[rows[0]]),
+                "scope": str(pdf["scope"].iloc[rows[0]]),
                 "ranked": ranked,
                 "phases": phases,
             }

@@ -233,6 +233,52 @@ def test_a_long_incident_is_also_explained_hour_by_hour():
         )
 
 
+@pytest.mark.parametrize("profile", ["ranges", "spreads only", "errors only"])
+def test_alerts_rank_each_incident_and_phase_as_the_evidence_functions_do(profile):
+    """``entity_incidents`` computes on arrays; what it ranks must be what ``incident_evidence`` and
+    ``top_contributors`` (the backtest's and the benchmarks' entry points) give for the same rows
+    and context, to the last digit: random walks with missing values and missing rows, a flat
+    metric, a constant column in a context, and incidents of one and of several phases."""
+    from models.incidents import entity_incidents, incident_context, incident_phases
+
+    rng = np.random.default_rng(11)
+    n, metrics = 900, ["a", "b", "flat", "c"]
+    values = {m: 50 + np.cumsum(rng.normal(0, 1, n)) for m in ("a", "b", "c")}
+    values["flat"] = np.where(rng.random(n) < 0.97, 7.0, 8.0)
+    values["b"][rng.random(n) < 0.05] = np.nan
+    values["c"][300:380] = 41.0  # constant in the context of the incident after it
+    flagged = np.zeros(n, dtype=bool)
+    for start, length in ((40, 12), (200, 5), (390, 160), (700, 61)):
+        flagged[start : start + length] = True
+    pdf = scored_entity(flagged, **values)
+    pdf["score"] = np.where(flagged, 3.5 + rng.random(n), 0.5)
+    pdf = pdf.drop(index=range(640, 660)).reset_index(drop=True)  # 20 minutes missing from the last one's context
+    for m in metrics:
+        pdf[f"err__{m}"] = rng.gamma(2.0, 1.0, len(pdf))
+    baselines = {m: float(np.nanmedian(values[m])) for m in metrics}
+    spread = {} if profile == "errors only" else spreads(pdf, metrics)
+    ranges = normal_ranges(pdf, metrics) if profile == "ranges" else None
+    found = entity_incidents(pdf, metrics, baselines, spread, ranges=ranges, gap_minutes=5, sampling_seconds=60,
+                             context_skip_minutes=15, phase_minutes=60)
+    assert len(found) == 4 and [len(inc["phases"]) for inc in found] == [1, 1, 3, 2]
+
+    def expected(rows: pd.DataFrame) -> list[dict]:
+        peak = rows.loc[[rows["score"].idxmax()], metrics]
+        if not spread:
+            errs = rows[[f"err__{m}" for m in metrics]].set_axis(metrics, axis=1)
+            return top_contributors(errs, peak, baselines, k=len(metrics))
+        context = incident_context(pdf, rows["ts"].iloc[0], 15, EXPLAIN.context_minutes)
+        evidence = incident_evidence(rows[metrics], context[metrics], baselines, spread, ranges, EXPLAIN)
+        return top_contributors(evidence, peak, baselines, k=len(metrics), how="max")
+
+    for inc in found:
+        rows = pdf[(pdf["ts"] >= inc["start_ts"]) & (pdf["ts"] <= inc["end_ts"])]
+        assert inc["ranked"] == expected(rows)
+        parts = incident_phases(rows, 60)
+        assert [(p["start_ts"], p["end_ts"]) for p in inc["phases"]] == [(q["ts"].iloc[0], q["ts"].iloc[-1]) for q in parts]
+        assert [p["ranked"] for p in inc["phases"]] == [expected(q) for q in parts]
+
+
 def test_range_scores_sum_each_metrics_distance_outside_its_normal_range():
     baselines, spread = {"cpu": 50.0, "mem": 30.0}, {"cpu": 10.0, "mem": 2.0}
     ranges = {"cpu": [20.0, 80.0], "mem": [25.0, 35.0]}

@@ -155,7 +155,9 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
             )
         return pd.DataFrame.from_records(records)
 
-    return scores_df.groupBy(ENTITY).applyInPandas(group, INCIDENT_SCHEMA)
+    needed = [ENTITY, TS, "score", "raw_score", "threshold", "raw_threshold", "flagged", "scope", *metrics,
+              *(f"err__{m}" for m in metrics)]  # not the member scores or the cap's columns: less to shuffle
+    return scores_df.select(*(F.col(f"`{c}`") for c in needed)).groupBy(ENTITY).applyInPandas(group, INCIDENT_SCHEMA)
 
 
 def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> str:

@@ -50,7 +50,10 @@ def epoch_ns(ts) -> np.ndarray:
     """Timestamps as int64 nanoseconds since the epoch, whatever their stored unit: pandas keeps
     the unit it read (Parquet and Arrow give microseconds), and an integer view of ``us`` values
     read as nanoseconds would make every step 1,000 times shorter."""
-    return pd.to_datetime(pd.Series(ts), utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    stamps = pd.Series(ts)
+    if not pd.api.types.is_datetime64_any_dtype(stamps.dtype):  # already datetimes: no parsing (it walks every row)
+        stamps = pd.to_datetime(stamps, utc=True)
+    return stamps.dt.as_unit("ns").astype("int64").to_numpy()
 
 
 def sampling_step(ts, default: int) -> int:

@@ -104,32 +104,40 @@ def group_incidents(
     """
     if min_points < 1:
         raise ValueError(f"min_points must be >= 1, got {min_points}")
-    step = max_step(gap_minutes, sampling_seconds)
+    step = max_step(gap_minutes, sampling_seconds).value
     cols = [entity_col, ts_col, score_col] + ([severe_col] if severe_col else [])
     flagged = frame.loc[frame[flag_col].astype(bool), cols]
     flagged = flagged.sort_values([entity_col, ts_col], kind="mergesort").reset_index(drop=True)
-    new_entity = flagged[entity_col].ne(flagged[entity_col].shift())
-    too_far = flagged[ts_col].diff() > step
-    incident = (new_entity | too_far).cumsum()
-    peak_rows = flagged.groupby(incident)[score_col].idxmax()
-    grouped = flagged.groupby(incident)
+    entities, stamps = flagged[entity_col].to_numpy(), epoch_ns(flagged[ts_col])
+    scores = flagged[score_col].to_numpy(dtype=float)
+    # an incident starts at an entity's first flagged row and after every step longer than the rule's
+    starts = np.flatnonzero(np.r_[True, (entities[1:] != entities[:-1]) | (np.diff(stamps) > step)]) if len(flagged) else []
+    ends = np.r_[starts[1:], len(flagged)].astype(int) if len(flagged) else []
+    peaks = np.array([a + _first_max(scores[a:b]) for a, b in zip(starts, ends, strict=True)], dtype=int)
+    times = flagged[ts_col]
     out = pd.DataFrame(
         {
-            "entity_id": grouped[entity_col].first().to_numpy(),
-            "start_ts": grouped[ts_col].min().to_numpy(),
-            "end_ts": grouped[ts_col].max().to_numpy(),
-            "n_points": grouped.size().to_numpy().astype("int64"),
-            "peak_score": flagged.loc[peak_rows.to_numpy(), score_col].to_numpy(dtype=float),
-            "peak_ts": flagged.loc[peak_rows.to_numpy(), ts_col].to_numpy(),
+            "entity_id": entities[starts],
+            "start_ts": times.iloc[starts].to_numpy(),  # rows in time order: the first is the earliest
+            "end_ts": times.iloc[np.asarray(ends, dtype=int) - 1].to_numpy(),
+            "n_points": np.asarray(ends, dtype="int64") - np.asarray(starts, dtype="int64"),
+            "peak_score": scores[peaks],
+            "peak_ts": times.iloc[peaks].to_numpy(),
         }
     )
     keep = out["n_points"] >= min_points
     if severe_col:
-        out["severe"] = grouped[severe_col].any().to_numpy(dtype=bool)
+        severe = flagged[severe_col].to_numpy(dtype=bool)
+        out["severe"] = np.array([severe[a:b].any() for a, b in zip(starts, ends, strict=True)], dtype=bool)
         keep |= out["severe"]
     for col in ("start_ts", "end_ts", "peak_ts"):
         out[col] = out[col].astype(frame[ts_col].dtype)
     return out[keep].reset_index(drop=True)
+
+
+def _first_max(scores: np.ndarray) -> int:
+    """Position of the first highest score, missing scores skipped (pandas' ``idxmax``)."""
+    return int(np.nanargmax(scores)) if not np.isnan(scores).all() else 0
 
 
 def severity(peak_score: float, threshold: float) -> str:

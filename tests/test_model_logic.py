@@ -313,3 +313,35 @@ def test_time_steps_are_read_in_seconds_whatever_unit_the_timestamps_were_read_i
     scores = rng.exponential(size=len(ts))
     reference = threshold_for_budget(scores, ts.dt.as_unit("ns"), budget_per_day=2, gap_minutes=10, sampling_seconds=60)
     assert threshold_for_budget(scores, ts, budget_per_day=2, gap_minutes=10, sampling_seconds=60) == reference
+
+
+def _incidents_by_groupby(frame: pd.DataFrame, gap_minutes: int, min_points: int) -> pd.DataFrame:
+    """The grouping rule written the plain pandas way: the oracle for ``group_incidents``."""
+    flagged = frame[frame["flagged"]].sort_values(["entity_id", "ts"], kind="mergesort").reset_index(drop=True)
+    step = pd.Timedelta(minutes=gap_minutes) + pd.Timedelta(seconds=60)
+    incident = (flagged["entity_id"].ne(flagged["entity_id"].shift()) | (flagged["ts"].diff() > step)).cumsum()
+    grouped = flagged.groupby(incident)
+    peaks = grouped["score"].idxmax().to_numpy()
+    out = pd.DataFrame({"entity_id": grouped["entity_id"].first().to_numpy(), "start_ts": grouped["ts"].min().to_numpy(),
+                        "end_ts": grouped["ts"].max().to_numpy(), "n_points": grouped.size().to_numpy().astype("int64"),
+                        "peak_score": flagged.loc[peaks, "score"].to_numpy(dtype=float),
+                        "peak_ts": flagged.loc[peaks, "ts"].to_numpy(), "severe": grouped["severe"].any().to_numpy(dtype=bool)})
+    for col in ("start_ts", "end_ts", "peak_ts"):
+        out[col] = out[col].astype(frame["ts"].dtype)
+    return out[(out["n_points"] >= min_points) | out["severe"]].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_group_incidents_matches_a_plain_groupby_on_random_fleets(seed):
+    rng = np.random.default_rng(seed)
+    n = 300 + 50 * seed
+    stamps = pd.Timestamp("2026-01-01", tz="UTC" if seed % 2 else None) + pd.to_timedelta(rng.integers(0, 1500, n), unit="min")
+    frame = pd.DataFrame({"entity_id": rng.choice(["a", "b", "c"], n), "ts": stamps,
+                          "score": np.round(rng.random(n), 1),  # ties: the first highest row is the peak
+                          "flagged": rng.random(n) < 0.3, "severe": rng.random(n) < 0.03})
+    if seed % 3 == 0:
+        frame["ts"] = frame["ts"].dt.as_unit("us")  # as Parquet and Arrow hand timestamps over
+    gap, min_points = int(rng.integers(0, 15)), int(rng.integers(1, 4))
+    found = group_incidents(frame, gap_minutes=gap, sampling_seconds=60, min_points=min_points, severe_col="severe")
+    assert len(found) > 5
+    pd.testing.assert_frame_equal(found, _incidents_by_groupby(frame, gap, min_points))

@@ -180,11 +180,10 @@ class EntityModel:
             error_norm=manifest["error_norm"],
         )
 
-
     @staticmethod
     def profile_from_bytes(data: bytes) -> NormalRangeDetector | None:
         """Only the metric profile of an archive :meth:`to_bytes` wrote: its manifest is read, its
-        detectors are not decoded (a tenth of the cost of :meth:`from_bytes` or less)."""
+        detectors are not decoded (about a tenth of the cost of :meth:`from_bytes`)."""
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             return _profile(_manifest(archive))
 

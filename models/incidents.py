@@ -240,7 +240,7 @@ def entity_incidents(
         """Every metric ranked over the rows ``rows`` (positions in time order)."""
         peak = values[rows[np.nanargmax(scores[rows])]]
         if profile is not None:
-            end = stamps[rows[0]] - skip  # the context: rows in the hour that ends here
+            end = stamps[rows[0]] - skip  # the context: the rows of the context window that ends here
             before = values[(stamps >= end - context) & (stamps < end)]
             evidence = profile.evidence(values[rows], before if len(before) >= explain.context_min_rows else None, explain)
             return ranked_metrics(np.fmax.reduce(evidence, axis=0), metrics, peak, baselines, len(metrics))

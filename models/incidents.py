@@ -111,16 +111,17 @@ def group_incidents(
     entities, stamps = flagged[entity_col].to_numpy(), epoch_ns(flagged[ts_col])
     scores = flagged[score_col].to_numpy(dtype=float)
     # an incident starts at an entity's first flagged row and after every step longer than the rule's
-    starts = np.flatnonzero(np.r_[True, (entities[1:] != entities[:-1]) | (np.diff(stamps) > step)]) if len(flagged) else []
-    ends = np.r_[starts[1:], len(flagged)].astype(int) if len(flagged) else []
+    breaks = (entities[1:] != entities[:-1]) | (np.diff(stamps) > step)
+    bounds = np.r_[np.flatnonzero(np.r_[len(flagged) > 0, breaks]), len(flagged)]
+    starts, ends = bounds[:-1], bounds[1:]
     peaks = np.array([a + _first_max(scores[a:b]) for a, b in zip(starts, ends, strict=True)], dtype=int)
     times = flagged[ts_col]
     out = pd.DataFrame(
         {
             "entity_id": entities[starts],
             "start_ts": times.iloc[starts].to_numpy(),  # rows in time order: the first is the earliest
-            "end_ts": times.iloc[np.asarray(ends, dtype=int) - 1].to_numpy(),
-            "n_points": np.asarray(ends, dtype="int64") - np.asarray(starts, dtype="int64"),
+            "end_ts": times.iloc[ends - 1].to_numpy(),
+            "n_points": (ends - starts).astype("int64"),
             "peak_score": scores[peaks],
             "peak_ts": times.iloc[peaks].to_numpy(),
         }
@@ -160,14 +161,23 @@ def incident_context(
 ) -> pd.DataFrame:
     """An entity's rows in the ``context_minutes`` ending ``skip_minutes`` before ``start_ts``: the
     level an incident's metrics are compared with (``models.explain.incident_evidence``)."""
-    end = start_ts - pd.Timedelta(minutes=skip_minutes)
-    return pdf[(pdf[TS] >= end - pd.Timedelta(minutes=context_minutes)) & (pdf[TS] < end)]
+    return pdf[context_rows(epoch_ns(pdf[TS]), pd.Timestamp(start_ts).value, skip_minutes, context_minutes)]
+
+
+def context_rows(stamps: np.ndarray, start_ns: int, skip_minutes: int, context_minutes: int) -> np.ndarray:
+    """:func:`incident_context` as a mask over rows' epoch nanoseconds (``models.frames.epoch_ns``)."""
+    end = start_ns - pd.Timedelta(minutes=skip_minutes).value
+    return (stamps >= end - pd.Timedelta(minutes=context_minutes).value) & (stamps < end)
 
 
 def incident_phases(rows: pd.DataFrame, phase_minutes: int) -> list[pd.DataFrame]:
     """An incident's rows (time order) cut into consecutive ``phase_minutes`` from its first row."""
-    step = ((rows[TS] - rows[TS].iloc[0]) // pd.Timedelta(minutes=phase_minutes)).to_numpy()
-    return [part for _, part in rows.groupby(step, sort=True)]
+    return [part for _, part in rows.groupby(phase_steps(epoch_ns(rows[TS]), phase_minutes), sort=True)]
+
+
+def phase_steps(stamps: np.ndarray, phase_minutes: int) -> np.ndarray:
+    """Each row's phase (0, 1, ...) of an incident whose rows' epoch nanoseconds are ``stamps``."""
+    return (stamps - stamps[0]) // pd.Timedelta(minutes=phase_minutes).value
 
 
 def entity_incidents(
@@ -234,14 +244,12 @@ def entity_incidents(
     scores = pdf["score"].to_numpy(dtype=float)
     profile = MetricProfile.of(metrics, baselines, spread, ranges) if spread else None
     errors = None if spread else pdf[[f"err__{m}" for m in metrics]].to_numpy(dtype=float)
-    skip, context = pd.Timedelta(minutes=context_skip_minutes).value, pd.Timedelta(minutes=explain.context_minutes).value
 
     def ranking(rows: np.ndarray) -> list[dict]:
         """Every metric ranked over the rows ``rows`` (positions in time order)."""
         peak = values[rows[np.nanargmax(scores[rows])]]
         if profile is not None:
-            end = stamps[rows[0]] - skip  # the context: the rows of the context window that ends here
-            before = values[(stamps >= end - context) & (stamps < end)]
+            before = values[context_rows(stamps, stamps[rows[0]], context_skip_minutes, explain.context_minutes)]
             evidence = profile.evidence(values[rows], before if len(before) >= explain.context_min_rows else None, explain)
             return ranked_metrics(np.fmax.reduce(evidence, axis=0), metrics, peak, baselines, len(metrics))
         with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a metric with no error all incident
@@ -249,11 +257,10 @@ def entity_incidents(
             return ranked_metrics(mean, metrics, peak, baselines, len(metrics))
 
     flagged = pdf["flagged"].to_numpy(dtype=bool)
-    phase_ns = pd.Timedelta(minutes=phase_minutes).value
     out = []
     for inc in found.itertuples(index=False):
         rows = np.flatnonzero((stamps >= pd.Timestamp(inc.start_ts).value) & (stamps <= pd.Timestamp(inc.end_ts).value))
-        step = (stamps[rows] - stamps[rows[0]]) // phase_ns  # the incident cut into phases from its first row
+        step = phase_steps(stamps[rows], phase_minutes)
         parts = [rows[step == k] for k in np.unique(step)]
         ranked = ranking(rows)
         phases = [  # an incident within one phase is that phase: its ranking is the incident's

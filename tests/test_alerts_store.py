@@ -324,6 +324,7 @@ def test_publish_alerts_from_the_lake(settings):
 @pytest.mark.slow
 def test_publish_alerts_through_spark(settings, spark):
     _write_incidents(settings, incidents())
+    settings = settings.model_copy(update={"publish_batch_rows": 2})  # two batches streamed from Spark
     assert publish_alerts(settings, "fleet", DAY, spark=spark) == 3
     stored = AlertsStore(settings.alerts_db_url).frame()
     pd.testing.assert_frame_equal(content(stored), content(incidents()), check_dtype=False)

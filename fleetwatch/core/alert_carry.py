@@ -37,13 +37,15 @@ def match_incidents(old: list, rows: list[dict]) -> dict[int, int]:
     overlaps first (then the earliest starts), so a rerun that shifts or splits an incident keeps
     its id on the part that overlaps it most.
     """
+    by_entity: dict[str, list] = {}
+    for alert in old:
+        by_entity.setdefault(alert["entity_id"], []).append(alert)
     pairs = []
     for i, row in enumerate(rows):
-        for alert in old:
-            if alert["entity_id"] == row["entity_id"]:
-                span = overlap(row, alert)
-                if span is not None:
-                    pairs.append((-span, alert["start_ts"], row["start_ts"], i, alert["id"]))
+        for alert in by_entity.get(row["entity_id"], ()):
+            span = overlap(row, alert)
+            if span is not None:
+                pairs.append((-span, alert["start_ts"], row["start_ts"], i, alert["id"]))
     matched, used = {}, set()
     for *_, i, alert_id in sorted(pairs):
         if i not in matched and alert_id not in used:

@@ -39,6 +39,7 @@ from fleetwatch.core.alert_tables import (
     metadata,
 )
 from fleetwatch.core.errors import AlertsStoreError
+from fleetwatch.core.incident_batches import KEY_COLUMNS, FrameBatches, IncidentBatches, key_of, utc_datetimes
 from fleetwatch.core.lake import parse_day
 from fleetwatch.core.secrets import redact_url
 
@@ -165,7 +166,7 @@ class AlertsStore:
     # -- writes ----------------------------------------------------------------------------
 
     def publish_partition(
-        self, dataset: str, day: dt.date, incidents: pd.DataFrame, *,
+        self, dataset: str, day: dt.date, incidents: pd.DataFrame | IncidentBatches, *,
         carry_step: dt.timedelta | None = None, sampling_seconds: int = 0,
     ) -> int:
         """Replace the alerts of ``(dataset, day)`` with ``incidents`` in one transaction.
@@ -177,9 +178,17 @@ class AlertsStore:
         (``alert_carry``): a persistent alert. Alerts no incident matches are deleted, new
         incidents get new ids (never a deleted one's). ``sampling_seconds`` counts each
         incident's minutes in alarm (``alert_nights``). Returns the number of incidents written.
+
+        ``incidents`` is a frame or an :class:`IncidentBatches`: which incident is which alert is
+        decided on every incident's entity and span, then the rows are checked and written a
+        batch at a time, so memory holds one batch whatever the night's size. A bad row in any
+        batch rolls the whole partition back.
         """
         day = parse_day(day)
-        rows = _records(incidents, ALERT_COLUMNS, dataset, day, "alerts")
+        source = incidents if isinstance(incidents, IncidentBatches) else FrameBatches(incidents)
+        where_rows = f"alerts for {dataset} {day}"
+        _require_columns(source.columns, ALERT_COLUMNS, "alerts", where_rows)
+        keys = _incident_keys(source.keys(), where_rows)
         self._ensure()
         where = sa.and_(alerts.c.dataset == dataset, alerts.c.dt == day)
         with self._guard(f"publishing alerts of {dataset} {day}"), self._transaction() as conn:
@@ -189,28 +198,31 @@ class AlertsStore:
             ).mappings().all()
             night = sa.and_(alert_nights.c.dataset == dataset, alert_nights.c.dt == day)
             touched = set(conn.execute(sa.select(alert_nights.c.alert_id).where(night)).scalars())
-            carry = alert_carry.carried(conn, dataset, day, rows, carry_step) if carry_step is not None else {}
-            rest = [i for i in range(len(rows)) if i not in carry]
-            matched = {rest[j]: a for j, a in alert_carry.match_incidents(old, [rows[i] for i in rest]).items()}
+            carry = alert_carry.carried(conn, dataset, day, keys, carry_step) if carry_step is not None else {}
+            rest = [i for i in range(len(keys)) if i not in carry]
+            matched = {rest[j]: a for j, a in alert_carry.match_incidents(old, [keys[i] for i in rest]).items()}
             gone = [r["id"] for r in old if r["id"] not in matched.values()]
             conn.execute(sa.delete(alert_nights).where(night))
-            if gone:
-                conn.execute(sa.delete(alert_nights).where(alert_nights.c.alert_id.in_(gone)))
-                conn.execute(sa.delete(alerts).where(alerts.c.id.in_(gone)))
-            for i, alert_id in matched.items():
-                conn.execute(sa.update(alerts).where(alerts.c.id == alert_id).values(**rows[i]))
-            ids = {**carry, **matched}
-            new = [i for i in range(len(rows)) if i not in ids]
-            if new:
-                fresh = [{**rows[i], "persistent": False, "nights": 1, "last_dt": day} for i in new]
-                made = conn.execute(sa.insert(alerts).returning(alerts.c.id, sort_by_parameter_order=True), fresh)
-                ids.update(zip(new, made.scalars().all(), strict=True))
-            order = sorted(ids)
-            parts = alert_carry.night_rows(dataset, day, [rows[i] for i in order], [ids[i] for i in order], sampling_seconds)
-            if parts:
-                conn.execute(sa.insert(alert_nights), parts)
-            alert_carry.refresh(conn, (touched - set(gone)) | set(ids.values()))
-        return len(rows)
+            for part in _chunks(gone, _IN_LIST):
+                conn.execute(sa.delete(alert_nights).where(alert_nights.c.alert_id.in_(part)))
+                conn.execute(sa.delete(alerts).where(alerts.c.id.in_(part)))
+            carried = {key_of(keys[i]): a for i, a in carry.items()}
+            updated = {key_of(keys[i]): a for i, a in matched.items()}
+            known = {key_of(k) for k in keys}
+            ids: set[int] = set()
+            seen = 0
+            for batch in source:
+                rows = _records(batch, ALERT_COLUMNS, dataset, day, "alerts")
+                ids |= _write_batch(conn, dataset, day, rows, known, carried, updated, sampling_seconds)
+                seen += len(rows)
+            if seen != len(keys):
+                raise AlertsStoreError(
+                    f"{where_rows}: {len(keys)} incidents listed but {seen} read; the partition changed while "
+                    "it was published, nothing was written"
+                )
+            for part in _chunks(sorted((touched - set(gone)) | ids), _IN_LIST):
+                alert_carry.refresh(conn, set(part))
+        return len(keys)
 
     def publish_drift(self, dataset: str, day: dt.date, frame: pd.DataFrame) -> int:
         """Replace the drift rows of ``(dataset, day)`` with ``frame`` in one transaction."""
@@ -400,6 +412,72 @@ def _lock(conn: sa.Connection, table: str, dataset: str, day: dt.date) -> None:
     """Serialise concurrent publishers of one partition (SQLite already allows one writer)."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(partition_lock_key(table, dataset, day))))
+
+
+_IN_LIST = 1000  # ids per IN (...) list and per refresh: bounded statements and memory
+
+
+def _chunks(values: list, size: int):
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def _require_columns(columns: list[str], wanted: list[str], table: str, where: str) -> None:
+    optional = OPTIONAL_COLUMNS.get(table, ())
+    missing = [c for c in wanted if c not in columns and c not in optional]
+    if missing:
+        raise AlertsStoreError(f"{where}: missing columns {', '.join(missing)}; nothing was written")
+
+
+def _incident_keys(frame: pd.DataFrame, where: str) -> list[dict]:
+    """Every incident's entity, start and end (UTC datetimes), each (entity, start) once."""
+    for name in KEY_COLUMNS:
+        empty = int(frame[name].isna().sum())
+        if empty:
+            raise AlertsStoreError(f"{where}: {empty} incident(s) without {name}; nothing was written")
+    entities = [str(v) for v in frame["entity_id"]]
+    starts, ends = utc_datetimes(frame["start_ts"]), utc_datetimes(frame["end_ts"])
+    keys = [{"entity_id": e, "start_ts": s, "end_ts": t} for e, s, t in zip(entities, starts, ends, strict=True)]
+    counts: dict[tuple, int] = {}
+    for k in keys:
+        counts[key_of(k)] = counts.get(key_of(k), 0) + 1
+    twice = sorted((k for k, n in counts.items() if n > 1), key=lambda k: (k[0], k[1]))
+    if twice:
+        entity, start = twice[0]
+        raise AlertsStoreError(
+            f"{where}: {len(twice)} incident(s) listed more than once, the first of entity {entity} starting "
+            f"{start.isoformat()}; nothing was written"
+        )
+    return keys
+
+
+def _write_batch(
+    conn: sa.Connection, dataset: str, day: dt.date, rows: list[dict], known: set, carried: dict, updated: dict,
+    sampling_seconds: int,
+) -> set[int]:
+    """One batch of a night: matched alerts updated, new ones inserted, every incident's night
+    row; returns the batch's alert ids. Carried alerts keep what their first night wrote."""
+    unknown = [key_of(r) for r in rows if key_of(r) not in known]
+    if unknown:
+        entity, start = unknown[0]
+        raise AlertsStoreError(
+            f"alerts for {dataset} {day}: the incident of entity {entity} starting {start.isoformat()} was not "
+            "in the partition's first read; it changed while it was published, nothing was written"
+        )
+    ids: list[int | None] = [carried.get(key_of(r), updated.get(key_of(r))) for r in rows]
+    changes = [{**rows[i], "_alert_id": a} for i, a in enumerate(ids) if key_of(rows[i]) in updated]
+    if changes:
+        conn.execute(sa.update(alerts).where(alerts.c.id == sa.bindparam("_alert_id")), changes)
+    new = [i for i, a in enumerate(ids) if a is None]
+    if new:
+        fresh = [{**rows[i], "persistent": False, "nights": 1, "last_dt": day} for i in new]
+        made = conn.execute(sa.insert(alerts).returning(alerts.c.id, sort_by_parameter_order=True), fresh)
+        for i, alert_id in zip(new, made.scalars().all(), strict=True):
+            ids[i] = alert_id
+    parts = alert_carry.night_rows(dataset, day, rows, ids, sampling_seconds)
+    if parts:
+        conn.execute(sa.insert(alert_nights), parts)
+    return set(ids)
 
 
 def _records(frame: pd.DataFrame, columns: list[str], dataset: str, day: dt.date, table: str) -> list[dict]:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         0.95, gt=0, le=1, description="Share of a day's rows that makes it a day of history (lookback and gaps cost a few)."
     )
     incident_gap_minutes: int = Field(5, ge=0, description="Gap tolerated inside one incident.")
+    publish_batch_rows: int = Field(
+        2000, ge=1, description="Incidents that publishing reads, checks and writes at a time: what it holds of a night's alerts."
+    )
     drift_psi_threshold: float = Field(0.25, gt=0, description="PSI above which a feature drifted.")
     drift_fleet_factor: float = Field(
         6.5, ge=1, description=(

@@ -119,24 +119,25 @@ def refresh(conn: sa.Connection, ids: set[int]) -> None:
     by_alert: dict[int, list] = {}
     for part in parts:
         by_alert.setdefault(part["alert_id"], []).append(part)
+    changes: dict[bool, list[dict]] = {True: [], False: []}  # by whether the alert's phases are set
     for alert_id, nights in by_alert.items():
         nights = sorted(nights, key=lambda n: n["dt"])
         phases = joined_phases(n["phases"] for n in nights)
-        conn.execute(
-            sa.update(alerts)
-            .where(alerts.c.id == alert_id)
-            .values(
-                **({"phases": phases} if phases is not None else {}),
-                start_ts=min(n["start_ts"] for n in nights),
-                end_ts=max(n["end_ts"] for n in nights),
-                n_points=sum(n["n_points"] for n in nights),
-                peak_score=max(n["peak_score"] for n in nights),
-                severity=max((n["severity"] for n in nights), key=SEVERITIES.index),
-                nights=len(nights),
-                persistent=len(nights) > 1,
-                last_dt=max(n["dt"] for n in nights),
-            )
-        )
+        changes[phases is not None].append({
+            "_alert_id": alert_id,
+            **({"phases": phases} if phases is not None else {}),
+            "start_ts": min(n["start_ts"] for n in nights),
+            "end_ts": max(n["end_ts"] for n in nights),
+            "n_points": sum(n["n_points"] for n in nights),
+            "peak_score": max(n["peak_score"] for n in nights),
+            "severity": max((n["severity"] for n in nights), key=SEVERITIES.index),
+            "nights": len(nights),
+            "persistent": len(nights) > 1,
+            "last_dt": max(n["dt"] for n in nights),
+        })
+    for rows in changes.values():
+        if rows:  # one statement for the lot
+            conn.execute(sa.update(alerts).where(alerts.c.id == sa.bindparam("_alert_id")), rows)
 
 
 def backfill(conn: sa.Connection) -> None:

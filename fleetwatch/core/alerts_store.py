@@ -201,7 +201,8 @@ class AlertsStore:
             carry = alert_carry.carried(conn, dataset, day, keys, carry_step) if carry_step is not None else {}
             rest = [i for i in range(len(keys)) if i not in carry]
             matched = {rest[j]: a for j, a in alert_carry.match_incidents(old, [keys[i] for i in rest]).items()}
-            gone = [r["id"] for r in old if r["id"] not in matched.values()]
+            kept = set(matched.values())
+            gone = [r["id"] for r in old if r["id"] not in kept]
             conn.execute(sa.delete(alert_nights).where(night))
             for part in _chunks(gone, _IN_LIST):
                 conn.execute(sa.delete(alert_nights).where(alert_nights.c.alert_id.in_(part)))
@@ -209,18 +210,18 @@ class AlertsStore:
             carried = {key_of(keys[i]): a for i, a in carry.items()}
             updated = {key_of(keys[i]): a for i, a in matched.items()}
             known = {key_of(k) for k in keys}
-            ids: set[int] = set()
             seen = 0
             for batch in source:
                 rows = _records(batch, ALERT_COLUMNS, dataset, day, "alerts")
-                ids |= _write_batch(conn, dataset, day, rows, known, carried, updated, sampling_seconds)
+                _write_batch(conn, dataset, day, rows, known, carried, updated, sampling_seconds)
                 seen += len(rows)
             if seen != len(keys):
                 raise AlertsStoreError(
                     f"{where_rows}: {len(keys)} incidents listed but {seen} read; the partition changed while "
                     "it was published, nothing was written"
                 )
-            for part in _chunks(sorted((touched - set(gone)) | ids), _IN_LIST):
+            # a new alert is what its one night says; the others are summed up again from their nights
+            for part in _chunks(sorted((touched - set(gone)) | set(carry.values()) | set(matched.values())), _IN_LIST):
                 alert_carry.refresh(conn, set(part))
         return len(keys)
 
@@ -454,9 +455,9 @@ def _incident_keys(frame: pd.DataFrame, where: str) -> list[dict]:
 def _write_batch(
     conn: sa.Connection, dataset: str, day: dt.date, rows: list[dict], known: set, carried: dict, updated: dict,
     sampling_seconds: int,
-) -> set[int]:
+) -> None:
     """One batch of a night: matched alerts updated, new ones inserted, every incident's night
-    row; returns the batch's alert ids. Carried alerts keep what their first night wrote."""
+    row. Carried alerts keep what their first night wrote."""
     unknown = [key_of(r) for r in rows if key_of(r) not in known]
     if unknown:
         entity, start = unknown[0]
@@ -477,7 +478,6 @@ def _write_batch(
     parts = alert_carry.night_rows(dataset, day, rows, ids, sampling_seconds)
     if parts:
         conn.execute(sa.insert(alert_nights), parts)
-    return set(ids)
 
 
 def _records(frame: pd.DataFrame, columns: list[str], dataset: str, day: dt.date, table: str) -> list[dict]:

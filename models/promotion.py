@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec
 from models.frames import ENTITY, TS
-from models.scoring import incidents_frame, score_frame
+from models.scoring import IncidentJob, incidents_of, score_frame
 
 
 @dataclass
@@ -38,9 +38,10 @@ def shadow_score(
     """Score a day with a bundle that is not the champion, keeping only summaries."""
     features_df = features_df.drop("dt")
     day = features_df.select(F.min(TS)).first()[0].date()
-    scores = score_frame(features_df, spec, bundle_dir).cache()
     lineage = {"model_name": "", "model_version": "", "feature_view": "", "run_id": ""}
-    incidents = incidents_frame(scores, spec, bundle_dir, day, lineage, spec.incident_gap(settings.incident_gap_minutes))
+    job = IncidentJob(day, lineage, spec.incident_gap(settings.incident_gap_minutes))
+    scores = score_frame(features_df, spec, bundle_dir, incidents=job).cache()
+    incidents = incidents_of(scores)
     inc_counts = incidents.groupBy(ENTITY).agg(F.count("*").alias("incidents"))
     per_entity = (
         scores.groupBy(ENTITY, "scope")

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
@@ -34,7 +35,9 @@ INCIDENT_SCHEMA = (
 )
 
 
-def score_schema(spec: DatasetSpec) -> str:
+def score_schema(spec: DatasetSpec, incidents: bool = False) -> str:
+    """The scores' columns; with ``incidents``, ``incident`` too: on the first row of each incident
+    the incident as JSON (``incident_json``), empty elsewhere."""
     metrics = spec.metric_names
     cols = [
         "entity_id string",
@@ -52,7 +55,7 @@ def score_schema(spec: DatasetSpec) -> str:
         "uncapped_incidents double",
     ]
     cols += [f"`{m}` double" for m in metrics] + [f"`err__{m}` double" for m in metrics]
-    return ", ".join(cols)
+    return ", ".join(cols + (["incident string"] if incidents else []))
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,27 @@ class AlarmCap:
     level_minutes: float = 0.0
 
 
-def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = None):
+@dataclass(frozen=True)
+class IncidentJob:
+    """What grouping a night's flagged rows into incidents needs beyond the rows: the partition's
+    day, the model's lineage for each alert, and the incident gap."""
+
+    day: dt.date
+    lineage: dict
+    gap_minutes: int
+
+
+def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = None, incidents: IncidentJob | None = None):
     """Per-row scores of a canonical feature DataFrame (entity_id, ts, features) in Spark, flagged
     at two time scales (``models.incidents.two_scale_flags`` with the spec's ``short_event_factor``);
-    with ``cap``, each entity's thresholds are capped to its alarm-share budget (``models.alarm_cap``)."""
+    with ``cap``, each entity's thresholds are capped to its alarm-share budget (``models.alarm_cap``).
+
+    With ``incidents``, each entity's incidents are found in the same task, from the rows just
+    scored, and ride in the ``incident`` column (:func:`incidents_of`): the scores are not read
+    back and shuffled by entity a second time to find them.
+    """
     metrics = spec.metric_names
-    columns = [c.split(" ")[0].strip("`") for c in score_schema(spec).split(", ")]
+    columns = [c.split(" ")[0].strip("`") for c in score_schema(spec, incidents is not None).split(", ")]
 
     def score(pdf: pd.DataFrame) -> pd.DataFrame:
         one_thread_per_task()
@@ -91,13 +109,26 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = N
         out["scope"] = bundle.scope_of(str(pdf[ENTITY].iloc[0]))
         for m in metrics:
             out[m] = pdf[m].to_numpy(dtype=float)
+        if incidents is not None:
+            carried = np.full(len(out), None, dtype=object)  # each incident on its first row
+            records = incident_records(out, spec, bundle_dir, incidents)
+            if records:
+                at = pd.Index(out[TS]).get_indexer([r["start_ts"] for r in records])
+                if (at < 0).any():
+                    raise ValueError(f"{pdf[ENTITY].iloc[0]}: an incident starts on no scored row")
+                carried[at] = [incident_json(r) for r in records]
+            out["incident"] = carried
         return out[columns]
 
-    return df.groupBy(ENTITY).applyInPandas(score, score_schema(spec))
+    return df.groupBy(ENTITY).applyInPandas(score, score_schema(spec, incidents is not None))
 
 
-def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date, lineage: dict, gap_minutes: int):
-    """Group each entity's flagged rows into incidents with severity and contributors.
+_INCIDENT_COLUMNS = [c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")]
+
+
+def incident_records(pdf: pd.DataFrame, spec: DatasetSpec, bundle_dir: str, job: IncidentJob) -> list[dict]:
+    """One entity's scored day (its rows in time order) grouped into incidents with severity and
+    contributors, as rows of :data:`INCIDENT_SCHEMA`.
 
     ``contributions`` ranks every metric (what explanation quality is measured on) by its
     evidence inside the incident (``entity_incidents``: outside its normal range, and its move
@@ -107,56 +138,89 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
     unsmoothed score is ``short_event_factor`` times the threshold (``models.incidents``); both
     rules count rows at the entity's own sampling interval (``models.frames.sampling_step``).
     """
-    metrics = spec.metric_names
+    if not pdf["flagged"].any():
+        return []
+    entity = str(pdf[ENTITY].iloc[0])
+    explain = load_cached(bundle_dir).params.explain
+    sampling = sampling_step(pdf[TS], spec.sampling_seconds)  # the entity's own pace
+    found = entity_incidents(
+        pdf,
+        spec.metric_names,
+        lambda: load_cached(bundle_dir).baselines_of(entity),
+        lambda: load_cached(bundle_dir).spreads_of(entity),
+        gap_minutes=job.gap_minutes,
+        sampling_seconds=sampling,
+        min_points=spec.min_incident_points_at(sampling),
+        ranges=lambda: load_cached(bundle_dir).normal_ranges_of(entity),
+        context_skip_minutes=spec.score_smoothing_minutes,
+        explain=explain,
+        short_event_factor=spec.short_event_factor,
+    )
+    return [
+        {
+            "dataset": spec.name,
+            "entity_id": inc["entity_id"],
+            "dt": job.day,
+            "start_ts": inc["start_ts"],
+            "end_ts": inc["end_ts"],
+            "n_points": inc["n_points"],
+            "peak_score": inc["peak_score"],
+            "severity": severity(inc["peak_score"], inc["threshold"]),
+            "threshold": inc["threshold"],
+            "top_metrics": ",".join(t["metric"] for t in inc["ranked"][: explain.top_metrics]),
+            "contributions": json.dumps(inc["ranked"]),
+            "phases": phases_json(inc["phases"], explain.top_metrics),
+            "model_scope": inc["scope"],
+            **job.lineage,
+        }
+        for inc in found
+    ]
+
+
+def incident_json(record: dict) -> str:
+    """An incident row as the ``incident`` column carries it: timestamps as microseconds since the
+    epoch (naive ones are UTC, the session's zone), the day as ISO text."""
+    def micros(ts) -> int:
+        ts = pd.Timestamp(ts)
+        return (ts.tz_localize("UTC") if ts.tzinfo is None else ts).value // 1000
+
+    return json.dumps({**record, "dt": pd.Timestamp(record["dt"]).date().isoformat(),
+                       "start_ts": micros(record["start_ts"]), "end_ts": micros(record["end_ts"]),
+                       "n_points": int(record["n_points"]), "peak_score": float(record["peak_score"]),
+                       "threshold": float(record["threshold"])})
+
+
+_INCIDENT_JSON = ", ".join(
+    f"{name} bigint" if name in ("start_ts", "end_ts") else f"{name} string" if name == "dt" else f"{name} {kind}"
+    for name, kind in (c.split(" ") for c in INCIDENT_SCHEMA.split(", "))
+)
+
+
+def incidents_of(scores_df):
+    """The incidents a :func:`score_frame` with ``incidents`` found, as :data:`INCIDENT_SCHEMA`:
+    only the ``incident`` column is read, and only its filled rows are parsed."""
+    parsed = scores_df.where(F.col("incident").isNotNull()).select(F.from_json("incident", _INCIDENT_JSON).alias("i"))
+    return parsed.select(
+        *(
+            F.timestamp_micros(F.col(f"i.{c}")).alias(c) if c in ("start_ts", "end_ts")
+            else F.to_date(F.col(f"i.{c}")).alias(c) if c == "dt"
+            else F.col(f"i.{c}").alias(c)
+            for c in _INCIDENT_COLUMNS
+        )
+    )
+
+
+def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date, lineage: dict, gap_minutes: int):
+    """Incidents of scores already written (:func:`incident_records` per entity, grouped by entity
+    in Spark): for scores made without ``incidents``. The night finds them while scoring."""
+    job = IncidentJob(day, lineage, gap_minutes)
 
     def group(pdf: pd.DataFrame) -> pd.DataFrame:
-        pdf = pdf.sort_values(TS).reset_index(drop=True)
-        entity = str(pdf[ENTITY].iloc[0])
-        if not pdf["flagged"].any():
-            return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])
-        explain = load_cached(bundle_dir).params.explain
-        sampling = sampling_step(pdf[TS], spec.sampling_seconds)  # the entity's own pace
-        found = entity_incidents(
-            pdf,
-            metrics,
-            lambda: load_cached(bundle_dir).baselines_of(entity),
-            lambda: load_cached(bundle_dir).spreads_of(entity),
-            gap_minutes=gap_minutes,
-            sampling_seconds=sampling,
-            min_points=spec.min_incident_points_at(sampling),
-            ranges=lambda: load_cached(bundle_dir).normal_ranges_of(entity),
-            context_skip_minutes=spec.score_smoothing_minutes,
-            explain=explain,
-            short_event_factor=spec.short_event_factor,
-        )
-        if not found:
-            return pd.DataFrame(columns=[c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")])
-        records = []
-        for inc in found:
-            ranked = inc["ranked"]
-            threshold = inc["threshold"]
-            records.append(
-                {
-                    "dataset": spec.name,
-                    "entity_id": inc["entity_id"],
-                    "dt": day,
-                    "start_ts": inc["start_ts"],
-                    "end_ts": inc["end_ts"],
-                    "n_points": inc["n_points"],
-                    "peak_score": inc["peak_score"],
-                    "severity": severity(inc["peak_score"], threshold),
-                    "threshold": threshold,
-                    "top_metrics": ",".join(t["metric"] for t in ranked[: explain.top_metrics]),
-                    "contributions": json.dumps(ranked),
-                    "phases": phases_json(inc["phases"], explain.top_metrics),
-                    "model_scope": inc["scope"],
-                    **lineage,
-                }
-            )
-        return pd.DataFrame.from_records(records)
+        records = incident_records(pdf.sort_values(TS).reset_index(drop=True), spec, bundle_dir, job)
+        return pd.DataFrame.from_records(records, columns=_INCIDENT_COLUMNS)
 
-    needed = [ENTITY, TS, "score", "raw_score", "threshold", "raw_threshold", "flagged", "scope", *metrics,
-              *(f"err__{m}" for m in metrics)]  # not the member scores or the cap's columns: less to shuffle
+    needed = [ENTITY, TS, "score", "raw_score", "threshold", "raw_threshold", "flagged", "scope", *spec.metric_names,
+              *(f"err__{m}" for m in spec.metric_names)]  # not the member scores or the cap's columns: less to shuffle
     return scores_df.select(*(F.col(f"`{c}`") for c in needed)).groupBy(ENTITY).applyInPandas(group, INCIDENT_SCHEMA)
 
 
@@ -170,13 +234,13 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     open_checked(champ.bundle_dir, f"{champ.name} v{champ.version}")
     features = canonical(OfflineStore(spark, lake).read_features(dataset, view, [day]), spec).drop("dt")
     cap = alarm_cap_for(spark, settings, spec, lake, day)
+    lineage = {"model_name": champ.name, "model_version": champ.version, "feature_view": view.ref, "run_id": champ.run_id}
+    job = IncidentJob(day, lineage, spec.incident_gap(settings.incident_gap_minutes))
     scores_path = write_spark_partition(
-        lake, score_frame(features, spec, champ.bundle_dir, cap), lake.partition("scores", dataset, day), spark
+        lake, score_frame(features, spec, champ.bundle_dir, cap, incidents=job), lake.partition("scores", dataset, day), spark
     )
     scores = spark.read.parquet(scores_path)
-    lineage = {"model_name": champ.name, "model_version": champ.version, "feature_view": view.ref, "run_id": champ.run_id}
-    incidents = incidents_frame(scores, spec, champ.bundle_dir, day, lineage, spec.incident_gap(settings.incident_gap_minutes))
-    inc_path = write_spark_partition(lake, incidents.coalesce(1), lake.partition("incidents", dataset, day), spark)
+    inc_path = write_spark_partition(lake, incidents_of(scores).coalesce(1), lake.partition("incidents", dataset, day), spark)
     n_rows = scores.count()
     n_flagged = scores.filter("flagged").count()
     n_capped = scores.filter("alarm_cap > 1").select(ENTITY).distinct().count()

@@ -14,7 +14,7 @@ from models.bundle import ModelBundle
 from models.fitting import fit_bucket, fit_fleet
 from models.incidents import group_incidents, two_scale_flags
 from models.params import FeatureLayout, ModelParams
-from models.scoring import INCIDENT_SCHEMA, incidents_frame, score_schema
+from models.scoring import INCIDENT_SCHEMA, IncidentJob, incidents_frame, incidents_of, score_frame, score_schema
 
 METRICS = ["cpu", "mem", "disk"]
 FEATURES = METRICS  # no window statistics: a spike lasts as long as it lasts, only the smoothing dilutes it
@@ -166,3 +166,31 @@ def test_cross_validation_replays_each_entity_with_settings_chosen_on_the_others
     page = "\n".join(CV.markdown_section(cv, refs))
     assert "| in-sample (spec settings) | out-of-fold | PCA reference | IForest reference |" in page
     assert "| a | " in page and "| b | " in page  # each fold's choice
+
+
+@pytest.mark.integration
+def test_incidents_found_while_scoring_equal_those_found_from_the_written_scores(spark, bundle, day, tmp_path):
+    """The night finds incidents in the scoring task (``score_frame(..., incidents=...)``); they
+    equal, to the digit, those ``incidents_frame`` finds by grouping the scores again, and each
+    rides on its own first row."""
+    location = bundle.save(tmp_path / "bundle")
+    other = day.assign(entity_id="b")
+    other.loc[BLIP, "cpu"] += CPU_SPIKE  # b's spike is the blip's rows
+    features = spark.createDataFrame(pd.concat([day, other, day.assign(entity_id="new")], ignore_index=True))
+    lineage = {"model_name": "m", "model_version": "1", "feature_view": "telemetry@v1", "run_id": "r"}
+    job = IncidentJob(dt.date(2026, 1, 4), lineage, 30)
+
+    scored = score_frame(features, SPEC, location, incidents=job).cache()
+    found = incidents_of(scored).toPandas()
+    again = incidents_frame(scored.drop("incident"), SPEC, location, job.day, lineage, job.gap_minutes).toPandas()
+    key = ["entity_id", "start_ts"]
+    assert len(found) >= 3 and set(found["entity_id"]) == {"a", "b", "new"}
+    pd.testing.assert_frame_equal(found.sort_values(key).reset_index(drop=True), again.sort_values(key).reset_index(drop=True))
+
+    starts = scored.where("incident is not null").select("entity_id", "ts").toPandas()
+    assert sorted(zip(starts["entity_id"], starts["ts"], strict=True)) == sorted(zip(found["entity_id"], found["start_ts"],
+                                                                                      strict=True))
+    plain = score_frame(features, SPEC, location).toPandas().sort_values(key[:1] + ["ts"]).reset_index(drop=True)
+    with_job = scored.drop("incident").toPandas().sort_values(key[:1] + ["ts"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(with_job, plain)
+    scored.unpersist()

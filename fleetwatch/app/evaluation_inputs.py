@@ -12,9 +12,11 @@ from fleetwatch.core.specs import load_spec
 
 
 def read_scores(settings, dataset: str, days) -> pd.DataFrame:
-    """The scores partitions of ``days`` (local lake), timestamps as UTC, each row's night as ``dt``."""
+    """The scores partitions of ``days`` (local lake), timestamps as UTC, each row's night as ``dt``
+    (without the ``incident`` column the night's incidents ride in)."""
     lake = Lake(settings.lake_root)
-    frames = [pd.read_parquet(local_path(lake.partition("scores", dataset, d))).assign(dt=d) for d in days]
+    frames = [pd.read_parquet(local_path(lake.partition("scores", dataset, d))).drop(columns="incident", errors="ignore")
+              .assign(dt=d) for d in days]  # the incidents are the alerts table's to give
     scores = pd.concat(frames, ignore_index=True)
     scores["ts"] = as_utc(scores["ts"])
     return scores

@@ -25,21 +25,18 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from fleetwatch.core import alert_carry
+from fleetwatch.core import alert_carry, alert_rows
 from fleetwatch.core.alert_tables import (
     ADDED_COLUMNS,
     ALERT_COLUMNS,
     DRIFT_COLUMNS,
-    MODEL_SCOPES,
-    OPTIONAL_COLUMNS,
-    SEVERITIES,
     alert_nights,
     alerts,
     drift,
     metadata,
 )
 from fleetwatch.core.errors import AlertsStoreError
-from fleetwatch.core.incident_batches import KEY_COLUMNS, FrameBatches, IncidentBatches, key_of, utc_datetimes
+from fleetwatch.core.incident_batches import FrameBatches, IncidentBatches, key_of
 from fleetwatch.core.lake import parse_day
 from fleetwatch.core.secrets import redact_url
 
@@ -187,8 +184,8 @@ class AlertsStore:
         day = parse_day(day)
         source = incidents if isinstance(incidents, IncidentBatches) else FrameBatches(incidents)
         where_rows = f"alerts for {dataset} {day}"
-        _require_columns(source.columns, ALERT_COLUMNS, "alerts", where_rows)
-        keys = _incident_keys(source.keys(), where_rows)
+        alert_rows.require_columns(source.columns, ALERT_COLUMNS, "alerts", where_rows)
+        keys = alert_rows.incident_keys(source.keys(), where_rows)
         self._ensure()
         where = sa.and_(alerts.c.dataset == dataset, alerts.c.dt == day)
         with self._guard(f"publishing alerts of {dataset} {day}"), self._transaction() as conn:
@@ -204,7 +201,7 @@ class AlertsStore:
             kept = set(matched.values())
             gone = [r["id"] for r in old if r["id"] not in kept]
             conn.execute(sa.delete(alert_nights).where(night))
-            for part in _chunks(gone, _IN_LIST):
+            for part in alert_rows.chunks(gone, alert_rows.IN_LIST):
                 conn.execute(sa.delete(alert_nights).where(alert_nights.c.alert_id.in_(part)))
                 conn.execute(sa.delete(alerts).where(alerts.c.id.in_(part)))
             carried = {key_of(keys[i]): a for i, a in carry.items()}
@@ -212,8 +209,8 @@ class AlertsStore:
             known = {key_of(k) for k in keys}
             seen = 0
             for batch in source:
-                rows = _records(batch, ALERT_COLUMNS, dataset, day, "alerts")
-                _write_batch(conn, dataset, day, rows, known, carried, updated, sampling_seconds)
+                rows = alert_rows.records(batch, ALERT_COLUMNS, dataset, day, "alerts")
+                alert_rows.write_batch(conn, dataset, day, rows, known, carried, updated, sampling_seconds)
                 seen += len(rows)
             if seen != len(keys):
                 raise AlertsStoreError(
@@ -221,14 +218,15 @@ class AlertsStore:
                     "it was published, nothing was written"
                 )
             # a new alert is what its one night says; the others are summed up again from their nights
-            for part in _chunks(sorted((touched - set(gone)) | set(carry.values()) | set(matched.values())), _IN_LIST):
+            again = sorted((touched - set(gone)) | set(carry.values()) | set(matched.values()))
+            for part in alert_rows.chunks(again, alert_rows.IN_LIST):
                 alert_carry.refresh(conn, set(part))
         return len(keys)
 
     def publish_drift(self, dataset: str, day: dt.date, frame: pd.DataFrame) -> int:
         """Replace the drift rows of ``(dataset, day)`` with ``frame`` in one transaction."""
         day = parse_day(day)
-        rows = _records(frame, DRIFT_COLUMNS, dataset, day, "drift")
+        rows = alert_rows.records(frame, DRIFT_COLUMNS, dataset, day, "drift")
         self._ensure()
         with self._guard(f"publishing drift of {dataset} {day}"), self._transaction() as conn:
             _lock(conn, "drift", dataset, day)
@@ -413,98 +411,3 @@ def _lock(conn: sa.Connection, table: str, dataset: str, day: dt.date) -> None:
     """Serialise concurrent publishers of one partition (SQLite already allows one writer)."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(partition_lock_key(table, dataset, day))))
-
-
-_IN_LIST = 1000  # ids per IN (...) list and per refresh: bounded statements and memory
-
-
-def _chunks(values: list, size: int):
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
-
-
-def _require_columns(columns: list[str], wanted: list[str], table: str, where: str) -> None:
-    optional = OPTIONAL_COLUMNS.get(table, ())
-    missing = [c for c in wanted if c not in columns and c not in optional]
-    if missing:
-        raise AlertsStoreError(f"{where}: missing columns {', '.join(missing)}; nothing was written")
-
-
-def _incident_keys(frame: pd.DataFrame, where: str) -> list[dict]:
-    """Every incident's entity, start and end (UTC datetimes), each (entity, start) once."""
-    for name in KEY_COLUMNS:
-        empty = int(frame[name].isna().sum())
-        if empty:
-            raise AlertsStoreError(f"{where}: {empty} incident(s) without {name}; nothing was written")
-    entities = [str(v) for v in frame["entity_id"]]
-    starts, ends = utc_datetimes(frame["start_ts"]), utc_datetimes(frame["end_ts"])
-    keys = [{"entity_id": e, "start_ts": s, "end_ts": t} for e, s, t in zip(entities, starts, ends, strict=True)]
-    counts: dict[tuple, int] = {}
-    for k in keys:
-        counts[key_of(k)] = counts.get(key_of(k), 0) + 1
-    twice = sorted((k for k, n in counts.items() if n > 1), key=lambda k: (k[0], k[1]))
-    if twice:
-        entity, start = twice[0]
-        raise AlertsStoreError(
-            f"{where}: {len(twice)} incident(s) listed more than once, the first of entity {entity} starting "
-            f"{start.isoformat()}; nothing was written"
-        )
-    return keys
-
-
-def _write_batch(
-    conn: sa.Connection, dataset: str, day: dt.date, rows: list[dict], known: set, carried: dict, updated: dict,
-    sampling_seconds: int,
-) -> None:
-    """One batch of a night: matched alerts updated, new ones inserted, every incident's night
-    row. Carried alerts keep what their first night wrote."""
-    unknown = [key_of(r) for r in rows if key_of(r) not in known]
-    if unknown:
-        entity, start = unknown[0]
-        raise AlertsStoreError(
-            f"alerts for {dataset} {day}: the incident of entity {entity} starting {start.isoformat()} was not "
-            "in the partition's first read; it changed while it was published, nothing was written"
-        )
-    ids: list[int | None] = [carried.get(key_of(r), updated.get(key_of(r))) for r in rows]
-    changes = [{**rows[i], "_alert_id": a} for i, a in enumerate(ids) if key_of(rows[i]) in updated]
-    if changes:
-        conn.execute(sa.update(alerts).where(alerts.c.id == sa.bindparam("_alert_id")), changes)
-    new = [i for i, a in enumerate(ids) if a is None]
-    if new:
-        fresh = [{**rows[i], "persistent": False, "nights": 1, "last_dt": day} for i in new]
-        made = conn.execute(sa.insert(alerts).returning(alerts.c.id, sort_by_parameter_order=True), fresh)
-        for i, alert_id in zip(new, made.scalars().all(), strict=True):
-            ids[i] = alert_id
-    parts = alert_carry.night_rows(dataset, day, rows, ids, sampling_seconds)
-    if parts:
-        conn.execute(sa.insert(alert_nights), parts)
-
-
-def _records(frame: pd.DataFrame, columns: list[str], dataset: str, day: dt.date, table: str) -> list[dict]:
-    """Checked rows of ``frame`` for ``table``: columns present, partition and categories right."""
-    where = f"{table} for {dataset} {day}"
-    optional = OPTIONAL_COLUMNS.get(table, ())
-    missing = [c for c in columns if c not in frame.columns and c not in optional]
-    if missing:
-        raise AlertsStoreError(f"{where}: missing columns {', '.join(missing)}; nothing was written")
-    out = frame.reindex(columns=columns)
-    for name in ("start_ts", "end_ts"):
-        if name in out:
-            out[name] = pd.to_datetime(out[name], utc=True)
-    out["dt"] = pd.to_datetime(out["dt"]).dt.date
-    out["entity_id"] = out["entity_id"].map(lambda v: None if pd.isna(v) else str(v))
-    checks = [("dataset", (dataset,)), ("dt", (day,))]
-    if table == "alerts":
-        checks += [("severity", SEVERITIES), ("model_scope", MODEL_SCOPES)]
-    for name, allowed in checks:
-        bad = sorted({str(v) for v in out[name] if v not in allowed and not pd.isna(v)})
-        if bad:
-            raise AlertsStoreError(
-                f"{where}: column {name} has {', '.join(bad)} where only {', '.join(map(str, allowed))} "
-                "is allowed; nothing was written"
-            )
-    out = out.astype(object).where(out.notna(), None)
-    return [
-        {k: v.to_pydatetime() if isinstance(v, pd.Timestamp) else v for k, v in rec.items()}
-        for rec in out.to_dict("records")
-    ]

@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import safetensors.numpy
 
 from models.calibration import TailCalibrator
 from models.drift import DriftReference
@@ -26,8 +27,10 @@ from models.params import FeatureLayout
 from models.scaling import RobustClipScaler
 
 FLEET = "__fleet__"
-ARCHIVE_FORMAT = 3
-_FILE_SUFFIX = {"iforest": "npz", "autoencoder": "pt"}
+ARCHIVE_FORMAT = 4
+_READ_FORMATS = (3, 4)
+_ARRAYS = "arrays.safetensors"
+_FILE_SUFFIX = {"iforest": "npz", "autoencoder": "pt"}  # format 3: one file per fitted detector
 
 
 @dataclass
@@ -80,10 +83,12 @@ class EntityModel:
         return self.trained.fingerprint
 
     def to_bytes(self) -> bytes:
-        """One zip archive: ``manifest.json``, ``arrays.npz`` and one file per fitted detector.
+        """One zip archive: ``manifest.json`` and ``arrays.safetensors``, every array of the model
+        (scaler, drift reference, calibrators, and each fitted detector's ``state_arrays``: forest
+        nodes, network weights) in one safetensors buffer.
 
-        Nothing in it is a pickle: the arrays load with ``allow_pickle=False``, forests from their
-        node arrays (``models.iforest``) and autoencoders with ``torch.load(weights_only=True)``.
+        Nothing in it is a pickle, and one buffer decodes every array at once: loading a model is
+        most of what a scoring task spends beyond the scoring itself.
         """
         arrays: dict[str, np.ndarray] = {}
         manifest = {
@@ -99,7 +104,6 @@ class EntityModel:
             "window": None if self.trained.window is None else [pd.Timestamp(t).isoformat() for t in self.trained.window],
             "profile": None if self.profile is None else self.profile.to_state(),
         }
-        files: dict[str, bytes] = {}
         if self.scaler is not None:
             manifest["scaler"] = self.scaler.get_params()
             arrays.update(_prefixed("scaler", self.scaler.state_arrays()))
@@ -110,53 +114,53 @@ class EntityModel:
             ens = self.ensemble
             manifest["ensemble"] = {"combine": ens.combine, "smooth_points": int(ens.smooth_points), "members": []}
             for m in ens.members:
-                manifest["ensemble"]["members"].append(
-                    {
-                        "name": m.name,
-                        "kind": m.kind,
-                        "columns": m.columns.tolist(),
-                        "weight": float(m.weight),
-                        "calibrator": m.calibrator.get_params(),
-                    }
-                )
+                member = {"name": m.name, "kind": m.kind, "columns": m.columns.tolist(), "weight": float(m.weight),
+                          "calibrator": m.calibrator.get_params()}
                 arrays.update(_prefixed(f"cal_{m.name}", m.calibrator.state_arrays()))
-                if m.kind in _FILE_SUFFIX:
-                    files[f"members/{m.name}.{_FILE_SUFFIX[m.kind]}"] = m.detector.to_bytes()
+                if m.kind != "range":  # the range member is the profile
+                    member["params"] = m.detector.get_params()
+                    arrays.update(_prefixed(f"member_{m.name}", m.detector.state_arrays()))
+                manifest["ensemble"]["members"].append(member)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            # safetensors holds numbers only: text arrays (the drift reference's columns) go in the manifest
+            manifest["text_arrays"] = {k: v.tolist() for k, v in arrays.items() if v.dtype.kind == "U"}
+            numbers = {k: np.ascontiguousarray(v) for k, v in arrays.items() if k not in manifest["text_arrays"]}
             archive.writestr("manifest.json", json.dumps(manifest, sort_keys=True))
-            npz = io.BytesIO()
-            np.savez(npz, **arrays)
-            archive.writestr("arrays.npz", npz.getvalue())
-            for name, data in files.items():
-                archive.writestr(name, data)
+            archive.writestr(_ARRAYS, safetensors.numpy.save(numbers))
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EntityModel:
-        """The model written by :meth:`to_bytes`."""
+        """The model written by :meth:`to_bytes` (or by the previous format, one file per detector)."""
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             manifest = _manifest(archive)
-            with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-            profile = _profile(manifest)
-            ensemble = None
-            if "ensemble" in manifest:
-                members = []
-                for m in manifest["ensemble"]["members"]:
-                    kind = m["kind"]
-                    detector = (
-                        profile
-                        if kind == "range"
-                        else KINDS[kind].from_bytes(archive.read(f"members/{m['name']}.{_FILE_SUFFIX[kind]}"))
-                    )
-                    calibrator = TailCalibrator.from_state_arrays(m["calibrator"], _unprefixed(f"cal_{m['name']}", arrays))
-                    members.append(
-                        Member(m["name"], kind, detector, np.asarray(m["columns"], dtype=int), m["weight"], calibrator)
-                    )
-                spec = manifest["ensemble"]
-                ensemble = EnsembleDetector(members=members, combine=spec["combine"], smooth_points=spec["smooth_points"])
-                ensemble.members_ = members
+            if manifest["format"] == ARCHIVE_FORMAT:
+                arrays = safetensors.numpy.load(archive.read(_ARRAYS))
+                arrays.update({k: np.array(v, dtype=str) for k, v in manifest["text_arrays"].items()})
+                detectors = {
+                    m["name"]: KINDS[m["kind"]].from_state_arrays(m["params"], _unprefixed(f"member_{m['name']}", arrays))
+                    for m in manifest.get("ensemble", {}).get("members", []) if m["kind"] != "range"
+                }
+            else:
+                with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
+                    arrays = {k: npz[k] for k in npz.files}
+                detectors = {
+                    m["name"]: KINDS[m["kind"]].from_bytes(archive.read(f"members/{m['name']}.{_FILE_SUFFIX[m['kind']]}"))
+                    for m in manifest.get("ensemble", {}).get("members", []) if m["kind"] != "range"
+                }
+        profile = _profile(manifest)
+        ensemble = None
+        if "ensemble" in manifest:
+            members = []
+            for m in manifest["ensemble"]["members"]:
+                calibrator = TailCalibrator.from_state_arrays(m["calibrator"], _unprefixed(f"cal_{m['name']}", arrays))
+                detector = profile if m["kind"] == "range" else detectors[m["name"]]
+                columns = np.asarray(m["columns"], dtype=int)
+                members.append(Member(m["name"], m["kind"], detector, columns, m["weight"], calibrator))
+            spec = manifest["ensemble"]
+            ensemble = EnsembleDetector(members=members, combine=spec["combine"], smooth_points=spec["smooth_points"])
+            ensemble.members_ = members
         window = manifest["window"]
         return cls(
             entity=manifest["entity"],
@@ -190,9 +194,9 @@ class EntityModel:
 
 def _manifest(archive: zipfile.ZipFile) -> dict:
     manifest = json.loads(archive.read("manifest.json"))
-    if manifest.get("format") != ARCHIVE_FORMAT:
+    if manifest.get("format") not in _READ_FORMATS:
         raise ValueError(
-            f"entity model archive has format {manifest.get('format')}, expected {ARCHIVE_FORMAT}: "
+            f"entity model archive has format {manifest.get('format')}, expected {ARCHIVE_FORMAT} (or 3): "
             "retrain the dataset (`fleetwatch train`) to rebuild its models"
         )
     return manifest

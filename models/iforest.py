@@ -1,12 +1,18 @@
 """IsolationForest behind the detector contract, saved as plain arrays (no pickle).
 
-A fitted forest is its trees' node tables and a few numbers. :meth:`IForestDetector.to_bytes`
-keeps what isolation reads of them, each in its narrowest exact type: one ``.npz`` of every tree's
-children, split feature and threshold, row counts and depths (concatenated), the feature subsets
-and seeds, and a JSON header of the forest's and the trees' scalar attributes. Loading rebuilds
-the scikit-learn objects from them (``Tree.__setstate__``; the path-length corrections recomputed
-from the row counts as scikit-learn computes them), so scores are identical, without unpickling
-anything. Impurities and leaf values, which isolation never reads, are not kept (zero on load).
+A fitted forest is its trees' node tables and a few numbers. :meth:`IForestDetector.state_arrays`
+keeps what isolation reads of them, each in its narrowest exact type, every tree's nodes
+concatenated: right children, row counts and depths of all nodes; split feature, threshold and
+missing-value side of the inner nodes only (a leaf's are constants, and a left child is always the
+next node: the trees are grown depth first); the feature subsets and seeds; and a JSON header of
+the forest's and the trees' scalar attributes. A threshold is kept as the largest float32 not
+above it: the trees compare float32 rows (scikit-learn casts them), and a float32 row is at most
+the threshold exactly when it is at most that float32, so every row takes the same branch and the
+scores are identical, in half the bytes. Loading rebuilds the scikit-learn objects from the
+arrays (``Tree.__setstate__``; the path-length corrections recomputed from the row counts as
+scikit-learn computes them), without unpickling anything. Impurities and leaf values, which
+isolation never reads, are not kept (zero on load). Forests saved in the previous format (every
+node's fields, float64 thresholds) still load.
 
 Fitting grows scikit-learn's own trees with its tree builder (:func:`grow_isolation_forest`), the
 same draws in the same order as ``IsolationForest.fit``, so the forest is scikit-learn's node for
@@ -18,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 from sklearn.ensemble import IsolationForest
@@ -31,11 +38,12 @@ from sklearn.utils.random import sample_without_replacement
 
 from models.base import BaseDetector
 
-FORMAT = 2
+FORMAT = 3
 _NODE_DTYPE = Tree(1, np.ones(1, dtype=np.intp), 1).__getstate__()["nodes"].dtype
-# What isolation reads of a node, in the narrowest exact type: children, split, rows.
-_NODE_FIELDS = {"left_child": np.int32, "right_child": np.int32, "feature": np.int32, "threshold": np.float64,
-                "n_node_samples": np.int32, "missing_go_to_left": np.uint8}
+_LEAF, _UNDEFINED = -1, -2  # scikit-learn's child of a leaf, and a leaf's feature and threshold
+# Format 2 (still read): every node's fields, each in a fixed type.
+_NODE_FIELDS_2 = {"left_child": np.int32, "right_child": np.int32, "feature": np.int32, "threshold": np.float64,
+                  "n_node_samples": np.int32, "missing_go_to_left": np.uint8}
 _FOREST_ARRAYS = ("estimators_", "estimators_features_", "_seeds", "_average_path_length_per_tree",
                   "_decision_path_lengths", "estimator_")
 
@@ -95,8 +103,8 @@ class IForestDetector(BaseDetector):
             cached = self._leaf_depths_ = (forest, depths)
         return cached[1]
 
-    def to_bytes(self) -> bytes:
-        """Parameters and fitted forest as one ``.npz`` (see the module docstring)."""
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted forest as plain arrays (see the module docstring), ``header`` a JSON text as bytes."""
         forest = self.forest_
         trees = [est.tree_.__getstate__() for est in forest.estimators_]
         header = {
@@ -111,30 +119,49 @@ class IForestDetector(BaseDetector):
             "tree_nodes": [int(t["node_count"]) for t in trees],
         }
         nodes = np.concatenate([t["nodes"] for t in trees])
-        arrays = {
+        inner = nodes["left_child"] != _LEAF
+        if not np.array_equal(nodes["left_child"][inner], _local_index(header["tree_nodes"])[inner] + 1):
+            raise ValueError("isolation forest: a left child is not the next node; only depth-first trees can be saved")
+        return {
             "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-            **{name: nodes[name].astype(dtype) for name, dtype in _NODE_FIELDS.items()},
+            "right_child": _narrow(nodes["right_child"]),
+            "n_node_samples": _narrow(nodes["n_node_samples"]),
+            "feature": _narrow(nodes["feature"][inner]),
+            "threshold": _float32_at_most(nodes["threshold"][inner]),
+            "missing_go_to_left": nodes["missing_go_to_left"][inner].astype(np.uint8),
             "depths": np.concatenate(forest._decision_path_lengths).astype(np.uint8),
-            "features": np.stack(forest.estimators_features_).astype(np.int32),
+            "features": _narrow(np.stack(forest.estimators_features_)),
             "seeds": np.asarray(forest._seeds),
         }
+
+    def to_bytes(self) -> bytes:
+        """:meth:`state_arrays` as one ``.npz``."""
         out = io.BytesIO()
-        np.savez(out, **arrays)
+        np.savez(out, **self.state_arrays())
         return out.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> IForestDetector:
-        """Load what :meth:`to_bytes` wrote."""
+        """Load what :meth:`to_bytes` wrote (this format or the previous one)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            header = json.loads(npz["header"].tobytes())
-            if header.get("format") != FORMAT:
-                raise ValueError(f"isolation forest saved in format {header.get('format')}, expected {FORMAT}")
-            fields = {name: npz[name] for name in _NODE_FIELDS}
-            depths, features, seeds = npz["depths"].astype(np.int64), npz["features"].astype(np.intp), npz["seeds"]
-        nodes = np.zeros(len(depths), dtype=_NODE_DTYPE)
-        for name, values in fields.items():
-            nodes[name] = values
+            arrays = {name: npz[name] for name in npz.files}
+        return cls.from_state_arrays(json.loads(arrays["header"].tobytes())["params"], arrays)
+
+    @classmethod
+    def from_state_arrays(cls, params: dict, arrays: Mapping[str, np.ndarray]) -> IForestDetector:
+        """The detector with ``params`` (``get_params()``) that :meth:`state_arrays` describes (or a
+        format-2 ``.npz``'s arrays)."""
+        header = json.loads(np.asarray(arrays["header"]).tobytes())
+        if header.get("format") == FORMAT:
+            nodes = _nodes(arrays, header["tree_nodes"])
+        elif header.get("format") == 2:
+            nodes = np.zeros(len(arrays["depths"]), dtype=_NODE_DTYPE)
+            for name in _NODE_FIELDS_2:
+                nodes[name] = arrays[name]
+        else:
+            raise ValueError(f"isolation forest saved in format {header.get('format')}, expected {FORMAT} (or 2)")
         nodes["weighted_n_node_samples"] = nodes["n_node_samples"]  # fitted without sample weights
+        depths, features, seeds = arrays["depths"].astype(np.int64), arrays["features"].astype(np.intp), np.array(arrays["seeds"])
         forest = IsolationForest.__new__(IsolationForest)
         forest.__dict__.update(_restored(header["forest"]))
         n_features = int(forest.__dict__.get("n_features_in_", header["n_features_in"]))
@@ -157,10 +184,49 @@ class IForestDetector(BaseDetector):
         forest._average_path_length_per_tree = tuple(np.split(_average_path_lengths(nodes["n_node_samples"]), ends))
         forest._decision_path_lengths = tuple(np.split(depths, ends))
         forest.estimator_ = None if header["template"] is None else ExtraTreeRegressor(**header["template"])
-        detector = cls(**header["params"])
+        detector = cls(**params)
         detector.forest_ = forest
         detector.n_features_in_ = header["n_features_in"]
         return detector
+
+
+def _local_index(tree_nodes: list[int]) -> np.ndarray:
+    """Each node's index inside its own tree, for trees of ``tree_nodes`` nodes concatenated."""
+    total = int(np.sum(tree_nodes))
+    return np.arange(total) - np.repeat(np.cumsum([0, *tree_nodes[:-1]]), tree_nodes)
+
+
+def _nodes(arrays: Mapping[str, np.ndarray], tree_nodes: list[int]) -> np.ndarray:
+    """The concatenated node table of a format-3 forest: leaves' constants and left children restored."""
+    right = arrays["right_child"].astype(np.intp)
+    inner = right != _LEAF
+    nodes = np.zeros(len(right), dtype=_NODE_DTYPE)
+    nodes["left_child"] = np.where(inner, _local_index(tree_nodes) + 1, _LEAF)
+    nodes["right_child"] = right
+    nodes["n_node_samples"] = arrays["n_node_samples"]
+    for name, leaf_value in (("feature", _UNDEFINED), ("threshold", _UNDEFINED), ("missing_go_to_left", 0)):
+        field = np.full(len(right), leaf_value, dtype=_NODE_DTYPE[name])
+        field[inner] = arrays[name]
+        nodes[name] = field
+    return nodes
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """Integers in the narrowest of int16, int32 and int64 that holds them exactly."""
+    values = np.asarray(values)
+    for dtype in (np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if values.size == 0 or (values.min() >= info.min and values.max() <= info.max):
+            return values.astype(dtype)
+    return values.astype(np.int64)
+
+
+def _float32_at_most(values: np.ndarray) -> np.ndarray:
+    """The largest float32 at most each value: a float32 ``x`` is ``<= v`` exactly when it is ``<=`` this."""
+    down = np.asarray(values, dtype=np.float64).astype(np.float32)
+    above = down.astype(np.float64) > values
+    down[above] = np.nextafter(down[above], np.float32(-np.inf))
+    return down
 
 
 _MAX_INT = np.iinfo(np.int32).max

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.numpy
 
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.bundle import ModelBundle, load_cached
@@ -197,18 +198,14 @@ def test_bundle_round_trip_scores_identically_without_pickle(bundle, new_day, tm
         with zipfile.ZipFile(part_path) as part:
             for entry in part.namelist():
                 with zipfile.ZipFile(io.BytesIO(part.read(entry))) as archive:
-                    names = set(archive.namelist())
-                    member_files = {
-                        "members/iforest.npz",
-                        "members/autoencoder.pt",
-                        "members/iforest-no-mean.npz",
-                        "members/autoencoder-no-mean.pt",
-                    }
-                    assert names <= {"manifest.json", "arrays.npz", *member_files}
-                    with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
-                        assert all(npz[k].dtype != object for k in npz.files)
+                    assert set(archive.namelist()) == {"manifest.json", "arrays.safetensors"}
+                    arrays = safetensors.numpy.load(archive.read("arrays.safetensors"))  # numbers only: no pickle
+                    detectors = {k.split("__")[0] for k in arrays if k.startswith("member_")}
                     if entry == "c.zip":  # a short-history entity keeps no detector
-                        assert names == {"manifest.json", "arrays.npz"}
+                        assert detectors == set()
+                    elif entry == "a.zip":
+                        assert detectors == {"member_iforest", "member_autoencoder", "member_iforest-no-mean",
+                                             "member_autoencoder-no-mean"}
 
     loaded = ModelBundle.load(folder)
     pd.testing.assert_frame_equal(loaded.score(new_day), bundle.score(new_day), check_exact=False, rtol=1e-6)
@@ -262,6 +259,44 @@ def test_entity_model_bytes_round_trip_keeps_every_part(bundle):
     for m in model.ensemble.members:
         np.testing.assert_array_equal(back.ensemble.member(m.name).calibrator.quantiles_, m.calibrator.quantiles_)
     np.testing.assert_array_equal(back.drift.proportions_, model.drift.proportions_)
+
+
+def test_entity_model_scores_exactly_the_same_after_loading(bundle, new_day):
+    model = bundle.entities["a"]
+    rows = new_day[new_day["entity_id"] == "a"].reset_index(drop=True)
+    back = EntityModel.from_bytes(model.to_bytes())
+    pd.testing.assert_frame_equal(score_entity(back, rows, LAYOUT, bundle.fleet), score_entity(model, rows, LAYOUT, bundle.fleet))
+
+
+def test_entity_model_archive_of_the_previous_format_still_loads(bundle, new_day):
+    """Format 3 kept ``arrays.npz`` and one file per detector; bundles trained before still score."""
+    model = bundle.entities["a"]
+    with zipfile.ZipFile(io.BytesIO(model.to_bytes())) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        arrays = safetensors.numpy.load(archive.read("arrays.safetensors"))
+    arrays.update({k: np.array(v, dtype=str) for k, v in manifest.pop("text_arrays").items()})
+    manifest["format"], files = 3, {}
+    for m in manifest["ensemble"]["members"]:
+        if m.pop("params", None) is not None:
+            suffix = "npz" if m["kind"] == "iforest" else "pt"
+            files[f"members/{m['name']}.{suffix}"] = model.ensemble.member(m["name"]).detector.to_bytes()
+    npz = io.BytesIO()
+    np.savez(npz, **{k: v for k, v in arrays.items() if not k.startswith("member_")})
+    previous = io.BytesIO()
+    with zipfile.ZipFile(previous, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", json.dumps(manifest))
+        archive.writestr("arrays.npz", npz.getvalue())
+        for name, payload in files.items():
+            archive.writestr(name, payload)
+    back = EntityModel.from_bytes(previous.getvalue())
+    rows = new_day[new_day["entity_id"] == "a"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(score_entity(back, rows, LAYOUT, bundle.fleet), score_entity(model, rows, LAYOUT, bundle.fleet))
+    manifest["format"] = 2
+    older = io.BytesIO()
+    with zipfile.ZipFile(older, "w") as archive:
+        archive.writestr("manifest.json", json.dumps(manifest))
+    with pytest.raises(ValueError, match="format 2, expected 4"):
+        EntityModel.from_bytes(older.getvalue())
 
 
 def test_a_model_that_does_not_match_its_checksum_is_refused(bundle, tmp_path):

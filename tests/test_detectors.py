@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -88,15 +89,27 @@ def test_iforest_round_trips_as_plain_arrays_with_identical_scores():
     detector = IForestDetector(n_estimators=30, max_samples=128, random_state=3).fit(X)
     data = detector.to_bytes()
 
+    nodes = np.concatenate([e.tree_.__getstate__()["nodes"] for e in detector.forest_.estimators_])
+    inner = nodes["left_child"] != -1
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:  # nothing in it needs unpickling
         assert all(npz[k].dtype != object for k in npz.files)
-        nodes = sum(e.tree_.node_count for e in detector.forest_.estimators_)
-        assert len(npz["features"]) == 30 and npz["threshold"].shape[0] == npz["depths"].shape[0] == nodes
-        assert npz["left_child"].dtype == np.int32 and npz["depths"].dtype == np.uint8  # compact, exact types
+        assert len(npz["features"]) == 30 and npz["right_child"].shape[0] == npz["depths"].shape[0] == len(nodes)
+        assert npz["threshold"].shape[0] == npz["feature"].shape[0] == inner.sum() < len(nodes)  # inner nodes only
+        assert npz["right_child"].dtype == np.int16 and npz["threshold"].dtype == np.float32  # compact types
+        assert (npz["threshold"].astype(np.float64) <= nodes["threshold"][inner]).all()
     loaded = IForestDetector.from_bytes(data)
     assert loaded.get_params() == detector.get_params()
     assert loaded.n_features_in_ == 5
-    Y = low_rank(200, d=5) * 3
+    back = np.concatenate([e.tree_.__getstate__()["nodes"] for e in loaded.forest_.estimators_])
+    for field in ("left_child", "right_child", "feature", "n_node_samples", "missing_go_to_left"):
+        np.testing.assert_array_equal(back[field], nodes[field])
+    Y = np.vstack([low_rank(200, d=5) * 3, X])
+    # a row exactly on a threshold's float32 neighbours takes the fitted tree's branch too
+    split = nodes[inner][0]
+    on_edge = np.repeat(X[:1].astype(np.float32), 3, axis=0)
+    nearest = np.float32(split["threshold"])
+    on_edge[:, split["feature"]] = [np.nextafter(nearest, -np.inf), nearest, np.nextafter(nearest, np.inf)]
+    Y = np.vstack([Y, on_edge.astype(np.float64)])
     np.testing.assert_array_equal(loaded.score_samples(Y), detector.score_samples(Y))
     np.testing.assert_array_equal(loaded.forest_.score_samples(Y), detector.forest_.score_samples(Y))  # scikit-learn's own
     for before, after in zip(detector.forest_.estimators_, loaded.forest_.estimators_, strict=True):
@@ -106,11 +119,31 @@ def test_iforest_round_trips_as_plain_arrays_with_identical_scores():
         np.testing.assert_array_equal(after, before)  # recomputed from the row counts: the same floats
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    arrays["header"] = np.frombuffer(arrays["header"].tobytes().replace(b'"format": 2', b'"format": 7'), dtype=np.uint8)
+    arrays["header"] = np.frombuffer(arrays["header"].tobytes().replace(b'"format": 3', b'"format": 7'), dtype=np.uint8)
     other = io.BytesIO()
     np.savez(other, **arrays)
     with pytest.raises(ValueError, match="format 7"):
         IForestDetector.from_bytes(other.getvalue())
+
+
+def test_iforest_saved_in_the_previous_format_still_loads_with_identical_scores():
+    X = low_rank(300, d=4)
+    detector = IForestDetector(n_estimators=12, max_samples=64, random_state=8).fit(X)
+    arrays = detector.state_arrays()
+    header = json.loads(arrays["header"].tobytes())
+    nodes = np.concatenate([e.tree_.__getstate__()["nodes"] for e in detector.forest_.estimators_])
+    previous = {  # format 2: every node's fields in fixed types, float64 thresholds
+        "header": np.frombuffer(json.dumps({**header, "format": 2}).encode(), dtype=np.uint8),
+        **{name: nodes[name].astype(dtype) for name, dtype in
+           {"left_child": np.int32, "right_child": np.int32, "feature": np.int32, "threshold": np.float64,
+            "n_node_samples": np.int32, "missing_go_to_left": np.uint8}.items()},
+        "depths": arrays["depths"], "features": arrays["features"].astype(np.int32), "seeds": arrays["seeds"],
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, **previous)
+    loaded = IForestDetector.from_bytes(buffer.getvalue())
+    Y = low_rank(100, d=4) * 3
+    np.testing.assert_array_equal(loaded.score_samples(Y), detector.score_samples(Y))
 
 
 @pytest.mark.parametrize("rows, max_samples", [(300, 128), (40, 2048), (1, 256)])

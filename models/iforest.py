@@ -166,14 +166,14 @@ class IForestDetector(BaseDetector):
         forest.__dict__.update(_restored(header["forest"]))
         n_features = int(forest.__dict__.get("n_features_in_", header["n_features_in"]))
         estimator, n_outputs = _restored(header["estimator"]), np.ones(1, dtype=np.intp)  # the same for every tree
-        estimators, start = [], 0
+        estimators, start, values = [], 0, np.zeros((len(nodes), 1, 1))  # leaf values: never read by isolation
         for depth, count, seed in zip(header["tree_max_depth"], header["tree_nodes"], header["tree_random_state"], strict=True):
             est = ExtraTreeRegressor.__new__(ExtraTreeRegressor)
             est.__dict__.update(estimator)
             est.random_state = seed
             tree = Tree(n_features, n_outputs, 1)
             tree.__setstate__({"max_depth": depth, "node_count": count, "nodes": nodes[start : start + count],
-                               "values": np.zeros((count, 1, 1))})
+                               "values": values[start : start + count]})
             est.tree_ = tree
             estimators.append(est)
             start += count
@@ -198,14 +198,17 @@ def _local_index(tree_nodes: list[int]) -> np.ndarray:
 
 def _nodes(arrays: Mapping[str, np.ndarray], tree_nodes: list[int]) -> np.ndarray:
     """The concatenated node table of a format-3 forest: leaves' constants and left children restored."""
-    right = arrays["right_child"].astype(np.intp)
-    inner = right != _LEAF
-    nodes = np.zeros(len(right), dtype=_NODE_DTYPE)
-    nodes["left_child"] = np.where(inner, _local_index(tree_nodes) + 1, _LEAF)
+    right = arrays["right_child"]
+    n = len(right)
+    inner = np.flatnonzero(right != _LEAF)  # indices, not a mask: three fields are scattered by them
+    nodes = np.zeros(n, dtype=_NODE_DTYPE)
+    left = np.full(n, _LEAF, dtype=np.intp)
+    left[inner] = _local_index(tree_nodes)[inner] + 1
+    nodes["left_child"] = left
     nodes["right_child"] = right
     nodes["n_node_samples"] = arrays["n_node_samples"]
     for name, leaf_value in (("feature", _UNDEFINED), ("threshold", _UNDEFINED), ("missing_go_to_left", 0)):
-        field = np.full(len(right), leaf_value, dtype=_NODE_DTYPE[name])
+        field = np.full(n, leaf_value, dtype=_NODE_DTYPE[name])
         field[inner] = arrays[name]
         nodes[name] = field
     return nodes

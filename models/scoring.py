@@ -241,9 +241,9 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     )
     scores = spark.read.parquet(scores_path)
     inc_path = write_spark_partition(lake, incidents_of(scores).coalesce(1), lake.partition("incidents", dataset, day), spark)
-    n_rows = scores.count()
-    n_flagged = scores.filter("flagged").count()
-    n_capped = scores.filter("alarm_cap > 1").select(ENTITY).distinct().count()
+    counts = scores.agg(F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("flagged"), 1)).alias("flagged"),
+                        F.count_distinct(F.when(F.col("alarm_cap") > 1, F.col(ENTITY))).alias("capped")).first()
+    n_rows, n_flagged, n_capped = counts["rows"], counts["flagged"], counts["capped"]  # one pass over the scores
     alarm = alarm_minutes(spark.read.parquet(inc_path), spec.sampling_seconds)
     registry.log_night(
         settings, dataset, day,

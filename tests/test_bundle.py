@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import safetensors.numpy
 
+from benchmarks.model_format import previous_archive
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.bundle import ModelBundle, load_cached
 from models.ensemble import EnsembleDetector
@@ -271,24 +272,11 @@ def test_entity_model_scores_exactly_the_same_after_loading(bundle, new_day):
 def test_entity_model_archive_of_the_previous_format_still_loads(bundle, new_day):
     """Format 3 kept ``arrays.npz`` and one file per detector; bundles trained before still score."""
     model = bundle.entities["a"]
-    with zipfile.ZipFile(io.BytesIO(model.to_bytes())) as archive:
+    previous = previous_archive(model)
+    with zipfile.ZipFile(io.BytesIO(previous)) as archive:
+        assert "arrays.npz" in archive.namelist() and "members/iforest.npz" in archive.namelist()
         manifest = json.loads(archive.read("manifest.json"))
-        arrays = safetensors.numpy.load(archive.read("arrays.safetensors"))
-    arrays.update({k: np.array(v, dtype=str) for k, v in manifest.pop("text_arrays").items()})
-    manifest["format"], files = 3, {}
-    for m in manifest["ensemble"]["members"]:
-        if m.pop("params", None) is not None:
-            suffix = "npz" if m["kind"] == "iforest" else "pt"
-            files[f"members/{m['name']}.{suffix}"] = model.ensemble.member(m["name"]).detector.to_bytes()
-    npz = io.BytesIO()
-    np.savez(npz, **{k: v for k, v in arrays.items() if not k.startswith("member_")})
-    previous = io.BytesIO()
-    with zipfile.ZipFile(previous, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("manifest.json", json.dumps(manifest))
-        archive.writestr("arrays.npz", npz.getvalue())
-        for name, payload in files.items():
-            archive.writestr(name, payload)
-    back = EntityModel.from_bytes(previous.getvalue())
+    back = EntityModel.from_bytes(previous)
     rows = new_day[new_day["entity_id"] == "a"].reset_index(drop=True)
     pd.testing.assert_frame_equal(score_entity(back, rows, LAYOUT, bundle.fleet), score_entity(model, rows, LAYOUT, bundle.fleet))
     manifest["format"] = 2

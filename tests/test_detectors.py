@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from sklearn.base import clone
 from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import NotFittedError
 
+from benchmarks.model_format import previous_forest
 from models.autoencoder import AutoencoderDetector, entity_seed, fit_batched
 from models.iforest import IForestDetector, grow_isolation_forest
 from models.scaling import RobustClipScaler
@@ -129,19 +129,10 @@ def test_iforest_round_trips_as_plain_arrays_with_identical_scores():
 def test_iforest_saved_in_the_previous_format_still_loads_with_identical_scores():
     X = low_rank(300, d=4)
     detector = IForestDetector(n_estimators=12, max_samples=64, random_state=8).fit(X)
-    arrays = detector.state_arrays()
-    header = json.loads(arrays["header"].tobytes())
-    nodes = np.concatenate([e.tree_.__getstate__()["nodes"] for e in detector.forest_.estimators_])
-    previous = {  # format 2: every node's fields in fixed types, float64 thresholds
-        "header": np.frombuffer(json.dumps({**header, "format": 2}).encode(), dtype=np.uint8),
-        **{name: nodes[name].astype(dtype) for name, dtype in
-           {"left_child": np.int32, "right_child": np.int32, "feature": np.int32, "threshold": np.float64,
-            "n_node_samples": np.int32, "missing_go_to_left": np.uint8}.items()},
-        "depths": arrays["depths"], "features": arrays["features"].astype(np.int32), "seeds": arrays["seeds"],
-    }
-    buffer = io.BytesIO()
-    np.savez(buffer, **previous)
-    loaded = IForestDetector.from_bytes(buffer.getvalue())
+    previous = previous_forest(detector)
+    with np.load(io.BytesIO(previous), allow_pickle=False) as npz:
+        assert npz["threshold"].dtype == np.float64 and len(npz["threshold"]) == len(npz["left_child"])
+    loaded = IForestDetector.from_bytes(previous)
     Y = low_rank(100, d=4) * 3
     np.testing.assert_array_equal(loaded.score_samples(Y), detector.score_samples(Y))
 

@@ -91,7 +91,10 @@ def test_three_nights_retrain_and_rerun(e2e_settings):
     exp = client.get_experiment_by_name(registry.experiment_name("e2e"))
     nights = client.search_runs([exp.experiment_id], "tags.fleetwatch_kind = 'night'")
     [night] = [r for r in nights if r.data.tags["day"] == str(DAYS[2])]
-    assert night.data.metrics["rows_scored"] == len(pd.read_parquet(lake.partition("scores", "e2e", DAYS[2])))
+    scores = pd.read_parquet(lake.partition("scores", "e2e", DAYS[2]), columns=["entity_id", "flagged", "alarm_cap"])
+    assert night.data.metrics["rows_scored"] == len(scores)
+    assert night.data.metrics["flagged_rows"] == scores["flagged"].sum() > 0
+    assert night.data.metrics["entities_capped"] == scores.loc[scores["alarm_cap"] > 1, "entity_id"].nunique()
     assert night.data.metrics["alerts"] == len(again) and night.data.metrics["alarm_minutes"] > 0
     assert night.data.tags["model_version"] == "1" and night.data.tags["model_uri"] == "models:/fleetwatch-e2e/1"
 

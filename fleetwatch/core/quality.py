@@ -10,6 +10,7 @@ Expectations on a column that is missing or of the wrong type are skipped rather
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import time
@@ -160,24 +161,33 @@ def _read_by_column_chunk(path) -> None:
 
 def _validate_frame(spec: DatasetSpec, dataset: str, day: dt.date, df):
     """The suite on a readable partition: (GE result, run, skipped, failures, row count)."""
-    result, to_run, skipped = _evaluate(build_suite(spec, day), dataset, day, df)
+    result, to_run, skipped, rows = _evaluate(build_suite(spec, day), dataset, day, df)
     order = {e.id: i for i, e in enumerate(to_run)}
     outcomes = sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order)))
     failures = [_failure(r) for r in outcomes if not r.success]
-    rows = next(
-        (r.result.get("observed_value") for r in outcomes if r.expectation_config.type == _ROW_COUNT),
-        None,
-    )
     return result, to_run, skipped, failures, rows
 
 
 def _evaluate(expectations: list, dataset: str, day: dt.date, df):
-    """Run the runnable part of the suite on ``df``; returns (GE result, run, skipped)."""
+    """Run the runnable part of the suite on ``df``; returns (GE result, run, skipped, row count).
+
+    The suite runs first for pass or fail alone (GE's ``BOOLEAN_ONLY``: half the Spark jobs of a
+    full result, ``benchmarks/validation_cost.py``). Only a partition that fails runs it again in
+    full (``SUMMARY``), for the counts and sample values its messages and report name.
+    """
     df = df.cache()
     try:
         schema = {f.name: type(f.dataType).__name__ for f in df.schema.fields}
         to_run, skipped = _runnable(expectations, schema)
-        return _run_suite(dataset, day, to_run, df), to_run, skipped
+        result = _run_suite(dataset, day, to_run, df, "BOOLEAN_ONLY")
+        if not result.success:
+            to_run = [copy.copy(e) for e in to_run]  # an expectation belongs to one suite: GE's copies drop it
+            result = _run_suite(dataset, day, to_run, df, "SUMMARY")
+        rows = next(
+            (r.result.get("observed_value") for r in result.results if r.expectation_config.type == _ROW_COUNT),
+            None,
+        )
+        return result, to_run, skipped, df.count() if rows is None else rows
     finally:
         df.unpersist()
 
@@ -219,8 +229,9 @@ def _runnable(expectations: list, schema: dict[str, str]) -> tuple[list, list[di
     return run, skipped
 
 
-def _run_suite(dataset: str, day: dt.date, expectations: list, df):
-    """Run ``expectations`` on the Spark frame ``df`` in an ephemeral GE context."""
+def _run_suite(dataset: str, day: dt.date, expectations: list, df, result_format: str):
+    """Run ``expectations`` on the Spark frame ``df`` in an ephemeral GE context, with GE's
+    ``result_format`` (how much of each result is computed)."""
     import great_expectations as gx  # lazy: Great Expectations takes seconds to import
     from great_expectations.data_context.types.base import (  # lazy: as above
         DataContextConfig,
@@ -245,7 +256,7 @@ def _run_suite(dataset: str, day: dt.date, expectations: list, df):
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{dataset}_raw_dt={day}", data=batch, suite=suite)
     )
-    return definition.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
+    return definition.run(batch_parameters={"dataframe": df}, result_format=result_format)
 
 
 def _failure(outcome) -> dict:

@@ -33,12 +33,10 @@ from benchmarks.ensemble_cost import fleet_rows
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.entity_model import EntityModel
 from models.fitting import fit_bucket
-from models.iforest import IForestDetector
+from models.iforest import _NODE_FIELDS_2, IForestDetector  # format 2's fields, as the loader reads them
 from models.params import FeatureLayout, ModelParams
 
 TRUSTED = ["sklearn.tree._tree.Tree"]
-_NODE_FIELDS_2 = {"left_child": np.int32, "right_child": np.int32, "feature": np.int32, "threshold": np.float64,
-                  "n_node_samples": np.int32, "missing_go_to_left": np.uint8}
 
 
 def previous_forest(detector: IForestDetector) -> bytes:

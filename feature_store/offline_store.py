@@ -1,8 +1,9 @@
-"""The offline store: the few ways jobs read raw rows and read or write feature partitions.
+"""The offline store: the few ways jobs read raw rows and feature partitions.
 
 Jobs ask the store for data by dataset, view and day and never build lake paths themselves.
-Feature partitions live at ``features/<dataset>/<view.ref>/dt=YYYY-MM-DD`` and are written
-atomically, so a rerun replaces a partition whole and a failed write leaves the old one intact.
+Feature partitions live at ``features/<dataset>/<view.ref>/dt=YYYY-MM-DD``; the tasks that compute
+them write them (``feature_store.partition_writer``), atomically, so a rerun replaces a partition
+whole and a failed write leaves the old one intact.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pyspark.sql import functions as F
 
 from feature_store.views import FeatureView
 from fleetwatch.core.errors import FleetWatchError, PartitionNotFound
-from fleetwatch.core.lake import Lake, write_spark_partition
+from fleetwatch.core.lake import Lake
 from fleetwatch.core.raw_location import raw_partition
 from fleetwatch.core.specs import SPARK_TYPES, DatasetSpec
 
@@ -25,7 +26,7 @@ def day_start(day: dt.date) -> dt.datetime:
 
 
 class OfflineStore:
-    """Reads raw partitions with lookback and reads/writes feature view partitions of a lake."""
+    """Reads raw partitions with lookback and feature view partitions of a lake."""
 
     def __init__(self, spark: SparkSession, lake: Lake):
         self.spark = spark
@@ -52,18 +53,6 @@ class OfflineStore:
             tail = self._read_raw(spec, previous, prev_path).where((ts >= F.lit(since)) & (ts < F.lit(start)))
             rows = tail.unionByName(rows)
         return rows
-
-    def write_features(self, spec: DatasetSpec, view: FeatureView, day: dt.date, df: DataFrame) -> str:
-        """Write ``df`` as the view's partition of ``day`` atomically (replacing it); returns its path."""
-        columns = [view.entity_column, view.timestamp_column, *view.feature_columns]
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise FleetWatchError(
-                f"dataset {spec.name!r}: features of dt={day} lack columns of {view.ref}: {', '.join(missing)}"
-            )
-        final = self.lake.features(spec.name, view.ref, day)
-        rows = df.select(*columns).sortWithinPartitions(view.entity_column, view.timestamp_column)
-        return write_spark_partition(self.lake, rows, final, self.spark, dictionary=False)
 
     def available_days(self, dataset: str, view: FeatureView) -> list[dt.date]:
         """Days that have a feature partition of ``view``, oldest first."""

@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as dt
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from feature_store.offline_store import OfflineStore, day_start
-from feature_store.transforms import compute_features
+from feature_store.partition_writer import write_features_from_tasks
 from feature_store.views import view_for
 from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import Settings
@@ -21,15 +20,11 @@ def build_features(spark: SparkSession, settings: Settings, dataset: str, day: d
     The result depends only on the raw partitions of ``day`` and the day before (its last
     ``lookback_minutes``), so a rerun or a backfill in any order gives the same partition, and it
     replaces the partition whole. A missing raw partition raises ``PartitionNotFound`` and writes
-    nothing.
+    nothing. The tasks that compute the features write them (``feature_store.partition_writer``).
     """
     spec = load_spec(settings.specs_dir, dataset)
     view = view_for(spec)
     store = OfflineStore(spark, Lake(settings.lake_root))
     raw = store.read_raw_with_lookback(spec, view, day)
-    start = day_start(day)
-    ts = F.col(view.timestamp_column)
-    features = compute_features(raw, view).where((ts >= F.lit(start)) & (ts < F.lit(start + dt.timedelta(days=1))))
-    path = store.write_features(spec, view, day, features)
-    rows = spark.read.parquet(path).count()
+    path, rows = write_features_from_tasks(spark, store.lake, spec.name, view, day, raw, day_start(day))
     return f"{rows} feature rows of {view.ref} ({len(view.feature_columns)} features) written to {path}"

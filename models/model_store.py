@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import pyarrow.fs as pafs
 
+from fleetwatch.core.lake import arrow_filesystem as filesystem
 from models.entity_model import EntityModel
 from models.normal_range import NormalRangeDetector
 
@@ -32,18 +33,6 @@ def new_build(root: str, dataset: str) -> str:
     """A fresh location for a bundle of ``dataset`` under the store ``root``."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     return f"{str(root).rstrip('/')}/{dataset}/{stamp}-{uuid.uuid4().hex[:8]}"
-
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem of ``uri`` and the path inside it (``s3a://`` read as ``s3://``)."""
-    uri = str(uri)
-    if uri.startswith("s3a://"):
-        uri = "s3://" + uri[len("s3a://") :]
-    if uri.startswith("file:"):
-        uri = uri[len("file:") :].replace("//", "/", 1) if uri.startswith("file://") else uri[len("file:") :]
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri)
 
 
 def write_bytes(uri: str, data: bytes) -> None:

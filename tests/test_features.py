@@ -171,23 +171,65 @@ def test_missing_raw_partition_fails_and_writes_nothing(spark, settings, fleet):
 
 
 @pytest.mark.integration
-def test_failed_write_keeps_the_previous_partition(spark, settings, fleet):
+def test_failed_task_keeps_the_previous_partition(spark, settings, fleet):
     from pyspark.sql import functions as F
 
-    from feature_store.offline_store import OfflineStore
+    from feature_store.offline_store import OfflineStore, day_start
+    from feature_store.partition_writer import write_features_from_tasks
     from feature_store.pipeline import build_features
 
     lake, _ = fleet
     build_features(spark, settings, "fleet", DAY)
     before, files = _features(spark, lake, DAY), _files(lake, DAY)
     view, store = view_for(SPEC), OfflineStore(spark, lake)
-    good = store.read_features("fleet", view, [DAY]).drop("dt")
-    broken = good.withColumn("cpu", F.when(F.col("entity_id") == "b", F.raise_error(F.lit("disk full"))).otherwise(F.col("cpu")))
+    raw = store.read_raw_with_lookback(SPEC, view, DAY)
+    broken = raw.withColumn("cpu", F.when(F.col("entity_id") == "b", F.raise_error(F.lit("disk full"))).otherwise(F.col("cpu")))
     with pytest.raises(Exception, match="disk full"):
-        store.write_features(SPEC, view, DAY, broken)
+        write_features_from_tasks(spark, lake, "fleet", view, DAY, broken, day_start(DAY))
     pd.testing.assert_frame_equal(_features(spark, lake, DAY), before)
     assert _files(lake, DAY) == files
     assert [p.name for p in Path(lake.features("fleet", view.ref)).iterdir()] == [f"dt={DAY}"]
+
+
+@pytest.mark.integration
+def test_each_file_holds_whole_entities_in_order_as_its_manifest_says(spark, settings, fleet):
+    import pyarrow.parquet as pq
+
+    from feature_store.partition_writer import read_manifest
+    from feature_store.pipeline import build_features
+
+    lake, _ = fleet
+    spark.conf.set("spark.sql.adaptive.enabled", "false")  # one task per shuffle partition: many files
+    spark.conf.set("spark.sql.shuffle.partitions", "7")
+    try:
+        build_features(spark, settings, "fleet", DAY)
+    finally:
+        spark.conf.unset("spark.sql.adaptive.enabled")
+        spark.conf.unset("spark.sql.shuffle.partitions")
+    path = lake.features("fleet", view_for(SPEC).ref, DAY)
+    manifest = read_manifest(path)
+    assert manifest["format"] == 1 and manifest["day"] == str(DAY) and manifest["rows"] == 230
+    assert sorted(e for f in manifest["files"] for e in f["entities"]) == ["a", "b"]
+    for entry in manifest["files"]:
+        table = pq.read_table(Path(path) / entry["file"]).to_pandas()
+        assert table.entity_id.unique().tolist() == entry["entities"]  # whole entities, in order
+        assert table.groupby("entity_id", sort=False).size().tolist() == entry["entity_rows"]
+        assert table.ts.is_monotonic_increasing or all(g.ts.is_monotonic_increasing for _, g in table.groupby("entity_id"))
+    assert sorted(p.name for p in Path(path).iterdir() if p.suffix == ".parquet") == sorted(f["file"] for f in manifest["files"])
+    assert read_manifest(lake.features("fleet", view_for(SPEC).ref, PREV)) is None  # no partition, no manifest
+
+
+def test_whole_entities_joins_an_entity_across_batches_and_refuses_unsorted_rows():
+    from feature_store.partition_writer import whole_entities
+
+    batches = [pd.DataFrame({"e": ["a", "a", "b"], "v": [1, 2, 3]}), pd.DataFrame({"e": ["b", "c"], "v": [4, 5]}),
+               pd.DataFrame({"e": [], "v": []}), pd.DataFrame({"e": ["c"], "v": [6]})]
+    got = [(g.e.iloc[0], g.v.tolist()) for g in whole_entities(iter(batches), "e")]
+    assert got == [("a", [1, 2]), ("b", [3, 4]), ("c", [5, 6])]
+    with pytest.raises(ValueError, match="'a' are not contiguous"):
+        list(whole_entities(iter([pd.DataFrame({"e": ["a", "b"]}), pd.DataFrame({"e": ["a"]})]), "e"))
+    with pytest.raises(ValueError, match="e are not contiguous within a batch"):
+        list(whole_entities(iter([pd.DataFrame({"e": ["a", "b", "a"]})]), "e"))
 
 
 @pytest.mark.integration

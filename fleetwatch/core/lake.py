@@ -47,6 +47,21 @@ def parse_day(value: str | dt.date) -> dt.date:
         raise FleetWatchError(f"date {value!r} is not of the form YYYY-MM-DD") from None
 
 
+def arrow_filesystem(uri: str):
+    """The pyarrow filesystem of ``uri`` and the path inside it (``s3a://`` read as ``s3://``): how
+    Python tasks read and write the lake and the model store without going through the JVM."""
+    import pyarrow.fs as pafs  # lazy: the CLI imports this module
+
+    uri = str(uri)
+    if uri.startswith("s3a://"):
+        uri = "s3://" + uri[len("s3a://") :]
+    if uri.startswith("file:"):
+        uri = uri[len("file:") :].replace("//", "/", 1) if uri.startswith("file://") else uri[len("file:") :]
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
 def is_local(uri: str) -> bool:
     scheme = urlparse(str(uri)).scheme
     return scheme in ("", "file") or len(scheme) == 1  # a Windows drive letter counts as local

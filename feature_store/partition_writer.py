@@ -86,17 +86,6 @@ def write_features_from_tasks(
     return final, manifest["rows"]
 
 
-def read_manifest(path: str) -> dict | None:
-    """The ``_entities.json`` of the feature partition at ``path``; ``None`` when it has none (a
-    partition written by Spark's own writer, before this one)."""
-    fs, inner = arrow_filesystem(f"{path.rstrip('/')}/{ENTITIES}")
-    try:
-        with fs.open_input_file(inner) as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-
-
 def whole_entities(batches: Iterator[pd.DataFrame], column: str) -> Iterator[pd.DataFrame]:
     """Each entity's rows as one frame, from batches sorted by ``column``: an entity's rows may
     span batches, and are held until the next entity begins. Raises ``ValueError`` when an entity

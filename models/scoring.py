@@ -18,9 +18,11 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 from feature_store.offline_store import OfflineStore
+from feature_store.partition_reader import read_manifest, unit_entities, work_units
 from feature_store.views import view_for
 from fleetwatch.core.lake import Lake, write_spark_partition
 from fleetwatch.core.settings import Settings
+from fleetwatch.core.spark import task_slots
 from fleetwatch.core.specs import DatasetSpec, load_spec
 from models import registry
 from models.alarm_cap import AlertRule, apply_cap
@@ -89,6 +91,35 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = N
     scored, and ride in the ``incident`` column (:func:`incidents_of`): the scores are not read
     back and shuffled by entity a second time to find them.
     """
+    score = entity_scorer(spec, bundle_dir, cap, incidents)
+    return df.groupBy(ENTITY).applyInPandas(score, score_schema(spec, incidents is not None))
+
+
+def score_files(spark, path: str, manifest: dict, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = None,
+                incidents: IncidentJob | None = None):
+    """What :func:`score_frame` gives, for the feature partition at ``path`` written by its tasks
+    (``manifest``, its ``_entities.json``): each task reads a unit of whole entities straight from
+    the files (``feature_store.partition_reader``), so the rows are neither read into the JVM nor
+    shuffled by entity. About four units a task slot, so that unequal entities even out."""
+    units = work_units(manifest, 4 * task_slots(spark))
+    schema = score_schema(spec, incidents is not None)
+    if not units:
+        return spark.createDataFrame([], schema)
+    score = entity_scorer(spec, bundle_dir, cap, incidents)
+    rename = {spec.entity_column: ENTITY, spec.timestamp_column: TS}
+
+    def task(batches):
+        for batch in batches:
+            for i in batch["id"]:
+                for rows in unit_entities(path, units[int(i)]):
+                    yield score(rows.rename(columns=rename))
+
+    return spark.range(0, len(units), 1, len(units)).mapInPandas(task, schema)
+
+
+def entity_scorer(spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None, incidents: IncidentJob | None):
+    """The function that scores one entity's feature rows (canonical columns) into rows of
+    :func:`score_schema`, in a task: the bundle loaded once a worker process."""
     metrics = spec.metric_names
     columns = [c.split(" ")[0].strip("`") for c in score_schema(spec, incidents is not None).split(", ")]
 
@@ -120,7 +151,7 @@ def score_frame(df, spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None = N
             out["incident"] = carried
         return out[columns]
 
-    return df.groupBy(ENTITY).applyInPandas(score, score_schema(spec, incidents is not None))
+    return score
 
 
 _INCIDENT_COLUMNS = [c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")]
@@ -232,13 +263,17 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     lake.require(lake.features(dataset, view.ref, day), f"feature partition {dataset} {view.ref} dt={day}", spark)
     champ = registry.champion(settings, dataset)
     open_checked(champ.bundle_dir, f"{champ.name} v{champ.version}")
-    features = canonical(OfflineStore(spark, lake).read_features(dataset, view, [day]), spec).drop("dt")
     cap = alarm_cap_for(spark, settings, spec, lake, day)
     lineage = {"model_name": champ.name, "model_version": champ.version, "feature_view": view.ref, "run_id": champ.run_id}
     job = IncidentJob(day, lineage, spec.incident_gap(settings.incident_gap_minutes))
-    scores_path = write_spark_partition(
-        lake, score_frame(features, spec, champ.bundle_dir, cap, incidents=job), lake.partition("scores", dataset, day), spark
-    )
+    path = lake.features(dataset, view.ref, day)
+    manifest = read_manifest(path)
+    if manifest is not None:  # whole-entity files: read in the tasks
+        scored = score_files(spark, path, manifest, spec, champ.bundle_dir, cap, incidents=job)
+    else:
+        features = canonical(OfflineStore(spark, lake).read_features(dataset, view, [day]), spec).drop("dt")
+        scored = score_frame(features, spec, champ.bundle_dir, cap, incidents=job)
+    scores_path = write_spark_partition(lake, scored, lake.partition("scores", dataset, day), spark)
     scores = spark.read.parquet(scores_path)
     inc_path = write_spark_partition(lake, incidents_of(scores).coalesce(1), lake.partition("incidents", dataset, day), spark)
     counts = scores.agg(F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("flagged"), 1)).alias("flagged"),

@@ -195,7 +195,7 @@ def test_failed_task_keeps_the_previous_partition(spark, settings, fleet):
 def test_each_file_holds_whole_entities_in_order_as_its_manifest_says(spark, settings, fleet):
     import pyarrow.parquet as pq
 
-    from feature_store.partition_writer import read_manifest
+    from feature_store.partition_reader import read_manifest
     from feature_store.pipeline import build_features
 
     lake, _ = fleet

@@ -194,3 +194,45 @@ def test_incidents_found_while_scoring_equal_those_found_from_the_written_scores
     with_job = scored.drop("incident").toPandas().sort_values(key[:1] + ["ts"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(with_job, plain)
     scored.unpersist()
+
+
+@pytest.mark.integration
+def test_scoring_whole_entity_files_in_tasks_equals_scoring_the_spark_read_partition(spark, bundle, day, tmp_path,
+                                                                                     monkeypatch):
+    """A feature partition its tasks wrote is scored unit by unit straight from its files
+    (``score_files``): the same scores, caps and incidents as reading it with Spark and grouping
+    by entity, with units that start inside a file and entities that span row groups."""
+    from feature_store import partition_writer
+    from feature_store.offline_store import day_start
+    from feature_store.partition_reader import read_manifest, unit_entities, work_units
+    from feature_store.views import view_for
+    from fleetwatch.core.lake import Lake
+    from models.scoring import AlarmCap, score_files
+
+    monkeypatch.setattr(partition_writer, "ROW_GROUP_ROWS", 1000)  # an entity's day spans row groups
+    other = day.assign(entity_id="b")
+    other.loc[BLIP, "cpu"] += CPU_SPIKE
+    raw = spark.createDataFrame(pd.concat([day, other, day.assign(entity_id="new")], ignore_index=True))
+    lake, night = Lake(str(tmp_path / "lake")), dt.date(2026, 1, 4)
+    spark.conf.set("spark.sql.shuffle.partitions", "2")
+    try:
+        path, n = partition_writer.write_features_from_tasks(spark, lake, "synth", view_for(SPEC), night, raw, day_start(night))
+    finally:
+        spark.conf.unset("spark.sql.shuffle.partitions")
+    manifest = read_manifest(path)
+    assert n == 3 * DAY and manifest["rows"] == n
+    units = work_units(manifest, 8)
+    assert len(units) == 3 and any(u["start"] > 0 for u in units)  # one entity a unit: some start mid-file
+    location = bundle.save(tmp_path / "bundle")
+    job = IncidentJob(night, {"model_name": "m", "model_version": "1", "feature_view": "telemetry@v1", "run_id": "r"}, 30)
+    cap = AlarmCap(budget_share=0.02, alerts_per_night=2.0, gap_minutes=30, previous={"b": [300.0, 400.0]})
+
+    direct = score_files(spark, path, manifest, SPEC, location, cap, incidents=job).toPandas()
+    grouped = score_frame(spark.read.parquet(path), SPEC, location, cap, incidents=job).toPandas()
+    key = ["entity_id", "ts"]
+    assert len(direct) == n and direct["incident"].notna().any() and (direct["alarm_cap"] > 1).any()
+    pd.testing.assert_frame_equal(direct.sort_values(key).reset_index(drop=True), grouped.sort_values(key).reset_index(drop=True))
+
+    lying = {**units[0], "entities": ["someone-else"]}
+    with pytest.raises(ValueError, match=r"not entity 'someone-else''s, as _entities.json says"):
+        list(unit_entities(path, lying))

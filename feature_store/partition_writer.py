@@ -25,6 +25,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from feature_store.offline_store import day_start
 from feature_store.transforms import entity_features
 from feature_store.views import FeatureView
 from fleetwatch.core.lake import Lake, arrow_filesystem
@@ -49,11 +50,11 @@ def arrow_schema(view: FeatureView, entity_type):
 
 
 def write_features_from_tasks(
-    spark: SparkSession, lake: Lake, dataset: str, view: FeatureView, day: dt.date, raw: DataFrame, day_start: dt.datetime
+    spark: SparkSession, lake: Lake, dataset: str, view: FeatureView, day: dt.date, raw: DataFrame
 ) -> tuple[str, int]:
     """Compute ``view``'s features of ``raw`` (the day's rows and its lookback) in the tasks and
-    write the rows of ``day`` (from ``day_start``, 24 hours) as the view's partition, atomically;
-    returns its path and row count.
+    write the rows of ``day`` (a UTC day) as the view's partition, atomically; returns its path and
+    row count.
 
     Rows without an entity or a timestamp are dropped (no window can hold them). A failed write
     leaves the previous partition as it was; files of task attempts whose results Spark did not
@@ -65,7 +66,8 @@ def write_features_from_tasks(
     schema = arrow_schema(view, to_arrow_type(raw.schema[entity].dataType))
     final = lake.features(dataset, view.ref, day)
     staging = lake.staging_path(final, spark)
-    window = (pd.Timestamp(day_start.replace(tzinfo=None)), pd.Timestamp(day_start.replace(tzinfo=None)) + pd.Timedelta(days=1))
+    start = pd.Timestamp(day_start(day).replace(tzinfo=None))  # the tasks' timestamps are naive UTC
+    window = (start, start + pd.Timedelta(days=1))
     rows = raw.select(entity, ts, *view.metrics).where(F.col(ts).isNotNull() & F.col(entity).isNotNull())
     tasks = rows.repartition(entity).sortWithinPartitions(entity, ts)
 
@@ -129,15 +131,16 @@ def _write_file(batches: Iterator[pd.DataFrame], view: FeatureView, schema, stag
     name = f"part-{context.partitionId() if context else 0:05d}-{uuid.uuid4().hex[:12]}.parquet"
     fs, base = arrow_filesystem(staging)
     tmp = f"{base}/.{name}.tmp"
-    writer, pending, meta = None, [], []
+    writer, pending, pending_rows, meta = None, [], 0, []
 
     def flush() -> None:
-        nonlocal writer
+        nonlocal writer, pending_rows
         if writer is None:
             fs.create_dir(base, recursive=True)
             writer = pq.ParquetWriter(fs.open_output_stream(tmp), schema, use_dictionary=[entity], compression="snappy")
         writer.write_table(pa.concat_tables(pending))
         pending.clear()
+        pending_rows = 0
 
     try:
         for rows in whole_entities(batches, entity):
@@ -146,10 +149,11 @@ def _write_file(batches: Iterator[pd.DataFrame], view: FeatureView, schema, stag
             features = features[(stamps >= window[0]) & (stamps < window[1])]
             if features.empty:  # rows in the lookback only
                 continue
-            features[ts] = features[ts].dt.tz_localize("UTC")
+            features = features.assign(**{ts: features[ts].dt.tz_localize("UTC")})
             pending.append(pa.Table.from_pandas(features, schema=schema, preserve_index=False))
+            pending_rows += len(features)
             meta.append((rows[entity].iloc[0], len(features)))
-            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+            if pending_rows >= ROW_GROUP_ROWS:
                 flush()
         if pending:
             flush()

@@ -6,7 +6,7 @@ import datetime as dt
 
 from pyspark.sql import SparkSession
 
-from feature_store.offline_store import OfflineStore, day_start
+from feature_store.offline_store import OfflineStore
 from feature_store.partition_writer import write_features_from_tasks
 from feature_store.views import view_for
 from fleetwatch.core.lake import Lake
@@ -26,5 +26,5 @@ def build_features(spark: SparkSession, settings: Settings, dataset: str, day: d
     view = view_for(spec)
     store = OfflineStore(spark, Lake(settings.lake_root))
     raw = store.read_raw_with_lookback(spec, view, day)
-    path, rows = write_features_from_tasks(spark, store.lake, spec.name, view, day, raw, day_start(day))
+    path, rows = write_features_from_tasks(spark, store.lake, spec.name, view, day, raw)
     return f"{rows} feature rows of {view.ref} ({len(view.feature_columns)} features) written to {path}"

@@ -174,7 +174,7 @@ def test_missing_raw_partition_fails_and_writes_nothing(spark, settings, fleet):
 def test_failed_task_keeps_the_previous_partition(spark, settings, fleet):
     from pyspark.sql import functions as F
 
-    from feature_store.offline_store import OfflineStore, day_start
+    from feature_store.offline_store import OfflineStore
     from feature_store.partition_writer import write_features_from_tasks
     from feature_store.pipeline import build_features
 
@@ -185,7 +185,7 @@ def test_failed_task_keeps_the_previous_partition(spark, settings, fleet):
     raw = store.read_raw_with_lookback(SPEC, view, DAY)
     broken = raw.withColumn("cpu", F.when(F.col("entity_id") == "b", F.raise_error(F.lit("disk full"))).otherwise(F.col("cpu")))
     with pytest.raises(Exception, match="disk full"):
-        write_features_from_tasks(spark, lake, "fleet", view, DAY, broken, day_start(DAY))
+        write_features_from_tasks(spark, lake, "fleet", view, DAY, broken)
     pd.testing.assert_frame_equal(_features(spark, lake, DAY), before)
     assert _files(lake, DAY) == files
     assert [p.name for p in Path(lake.features("fleet", view.ref)).iterdir()] == [f"dt={DAY}"]

@@ -203,7 +203,6 @@ def test_scoring_whole_entity_files_in_tasks_equals_scoring_the_spark_read_parti
     (``score_files``): the same scores, caps and incidents as reading it with Spark and grouping
     by entity, with units that start inside a file and entities that span row groups."""
     from feature_store import partition_writer
-    from feature_store.offline_store import day_start
     from feature_store.partition_reader import read_manifest, unit_entities, work_units
     from feature_store.views import view_for
     from fleetwatch.core.lake import Lake
@@ -216,7 +215,7 @@ def test_scoring_whole_entity_files_in_tasks_equals_scoring_the_spark_read_parti
     lake, night = Lake(str(tmp_path / "lake")), dt.date(2026, 1, 4)
     spark.conf.set("spark.sql.shuffle.partitions", "2")
     try:
-        path, n = partition_writer.write_features_from_tasks(spark, lake, "synth", view_for(SPEC), night, raw, day_start(night))
+        path, n = partition_writer.write_features_from_tasks(spark, lake, "synth", view_for(SPEC), night, raw)
     finally:
         spark.conf.unset("spark.sql.shuffle.partitions")
     manifest = read_manifest(path)

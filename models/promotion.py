@@ -8,6 +8,7 @@ false alerts of the training window raise their entities' thresholds.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass
 
@@ -15,10 +16,12 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
+from feature_store.views import FeatureView
+from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec
 from models.frames import ENTITY, TS
-from models.scoring import IncidentJob, incidents_of, score_frame
+from models.scoring import IncidentJob, day_scores, incidents_of
 
 
 @dataclass
@@ -33,14 +36,13 @@ class ShadowResult:
 
 
 def shadow_score(
-    spark, spec: DatasetSpec, features_df, bundle_dir: str, settings: Settings, n_timelines: int = 3
+    spark, spec: DatasetSpec, view: FeatureView, day: dt.date, bundle_dir: str, settings: Settings, n_timelines: int = 3
 ) -> ShadowResult:
-    """Score a day with a bundle that is not the champion, keeping only summaries."""
-    features_df = features_df.drop("dt")
-    day = features_df.select(F.min(TS)).first()[0].date()
+    """Score ``day``'s feature partition with a bundle that is not the champion, as a night scores
+    it (``models.scoring.day_scores``), keeping only summaries."""
     lineage = {"model_name": "", "model_version": "", "feature_view": "", "run_id": ""}
     job = IncidentJob(day, lineage, spec.incident_gap(settings.incident_gap_minutes))
-    scores = score_frame(features_df, spec, bundle_dir, incidents=job).cache()
+    scores = day_scores(spark, Lake(settings.lake_root), spec, view, day, bundle_dir, incidents=job).cache()
     incidents = incidents_of(scores)
     inc_counts = incidents.groupBy(ENTITY).agg(F.count("*").alias("incidents"))
     per_entity = (

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from feature_store.offline_store import OfflineStore
 from feature_store.partition_reader import read_manifest, unit_entities, work_units
-from feature_store.views import view_for
+from feature_store.views import FeatureView, view_for
 from fleetwatch.core.lake import Lake, write_spark_partition
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.spark import task_slots
@@ -115,6 +115,19 @@ def score_files(spark, path: str, manifest: dict, spec: DatasetSpec, bundle_dir:
                     yield score(rows.rename(columns=rename))
 
     return spark.range(0, len(units), 1, len(units)).mapInPandas(task, schema)
+
+
+def day_scores(spark, lake: Lake, spec: DatasetSpec, view: FeatureView, day: dt.date, bundle_dir: str,
+               cap: AlarmCap | None = None, incidents: IncidentJob | None = None):
+    """Per-row scores of ``day``'s feature partition with the bundle at ``bundle_dir``: read by the
+    scoring tasks (:func:`score_files`) when the partition names its whole-entity files in
+    ``_entities.json``, else read by Spark and grouped by entity (:func:`score_frame`)."""
+    path = lake.features(spec.name, view.ref, day)
+    manifest = read_manifest(path)
+    if manifest is not None:
+        return score_files(spark, path, manifest, spec, bundle_dir, cap, incidents)
+    features = canonical(OfflineStore(spark, lake).read_features(spec.name, view, [day]), spec).drop("dt")
+    return score_frame(features, spec, bundle_dir, cap, incidents)
 
 
 def entity_scorer(spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None, incidents: IncidentJob | None):
@@ -266,13 +279,7 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     cap = alarm_cap_for(spark, settings, spec, lake, day)
     lineage = {"model_name": champ.name, "model_version": champ.version, "feature_view": view.ref, "run_id": champ.run_id}
     job = IncidentJob(day, lineage, spec.incident_gap(settings.incident_gap_minutes))
-    path = lake.features(dataset, view.ref, day)
-    manifest = read_manifest(path)
-    if manifest is not None:  # whole-entity files: read in the tasks
-        scored = score_files(spark, path, manifest, spec, champ.bundle_dir, cap, incidents=job)
-    else:
-        features = canonical(OfflineStore(spark, lake).read_features(dataset, view, [day]), spec).drop("dt")
-        scored = score_frame(features, spec, champ.bundle_dir, cap, incidents=job)
+    scored = day_scores(spark, lake, spec, view, day, champ.bundle_dir, cap, incidents=job)
     scores_path = write_spark_partition(lake, scored, lake.partition("scores", dataset, day), spark)
     scores = spark.read.parquet(scores_path)
     inc_path = write_spark_partition(lake, incidents_of(scores).coalesce(1), lake.partition("incidents", dataset, day), spark)

@@ -185,8 +185,7 @@ def train_models(spark, settings: Settings, dataset: str, day: dt.date, *, param
 
     if raised:
         bundle.save_manifest()
-    newest = store.read_features(dataset, view, [days[-1]])
-    shadow = shadow_score(spark, spec, canonical(newest, spec), bundle.location, settings)
+    shadow = shadow_score(spark, spec, view, days[-1], bundle.location, settings)
     gate_rate = shadow.incidents_per_entity_day
     precision = labelled_precision(bundle, alert_rows(store, spec, view, shadow_alerts), shadow_alerts)
     partitions = [lake.features(dataset, view.ref, d) for d in days]

@@ -1,7 +1,8 @@
 """Scoring: a Spark job that scores a feature partition with the champion bundle.
 
-Rows are grouped by entity (``groupBy(entity).applyInPandas``); each worker process loads the
-bundle once (``models.bundle.load_cached``) and scores its entities with both detectors. The
+Each task scores whole entities: read straight from the partition's files when its tasks wrote it
+(:func:`score_files`), else grouped by entity in Spark (:func:`score_frame`). Each worker process
+loads the bundle once (``models.bundle.load_cached``) and scores its entities with both detectors. The
 per-row scores go to ``scores/``; flagged rows are grouped into incidents with their top
 contributing metrics and written to ``incidents/``, from where the publish task loads them into
 the alerts table.

@@ -45,7 +45,7 @@ def work_units(manifest: dict, units: int, max_rows: int = 250_000) -> list[dict
             unit["entities"].append(entity)
             unit["entity_rows"].append(rows)
             start += rows
-            if sum(unit["entity_rows"]) >= target:
+            if start - unit["start"] >= target:
                 out.append({**unit, "stop": start})
                 unit = {"file": entry["file"], "start": start, "entities": [], "entity_rows": []}
         if unit["entities"]:

@@ -16,17 +16,15 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from feature_store.partition_writer import ENTITIES, FORMAT
-from fleetwatch.core.lake import arrow_filesystem
+from fleetwatch.core.lake import arrow_filesystem, read_bytes
+from fleetwatch.core.task_files import ENTITIES, FORMAT
 
 
 def read_manifest(path: str) -> dict | None:
     """The ``_entities.json`` of the feature partition at ``path``; ``None`` when it has none (a
     partition Spark's own writer wrote, before the tasks wrote them) or one of another format."""
-    fs, inner = arrow_filesystem(f"{path.rstrip('/')}/{ENTITIES}")
     try:
-        with fs.open_input_file(inner) as f:
-            manifest = json.loads(f.read())
+        manifest = json.loads(read_bytes(f"{path.rstrip('/')}/{ENTITIES}"))
     except FileNotFoundError:
         return None
     return manifest if manifest.get("format") == FORMAT else None

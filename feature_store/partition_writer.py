@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -28,11 +27,10 @@ from pyspark.sql import functions as F
 from feature_store.offline_store import day_start
 from feature_store.transforms import entity_features
 from feature_store.views import FeatureView
-from fleetwatch.core.lake import Lake, arrow_filesystem
+from fleetwatch.core.lake import Lake, write_bytes
+from fleetwatch.core.task_files import ENTITIES, FORMAT, TaskFile, entities_manifest, keep_only
 
-ENTITIES = "_entities.json"
-FORMAT = 1
-ROW_GROUP_ROWS = 65_536  # a few dozen entities of a day at one row a minute
+__all__ = ["ENTITIES", "FORMAT", "arrow_schema", "whole_entities", "write_features_from_tasks"]
 _META_SCHEMA = "entity string, file string, rows long"
 
 
@@ -78,9 +76,9 @@ def write_features_from_tasks(
 
     try:
         meta = tasks.mapInPandas(task, _META_SCHEMA).toPandas()
-        manifest = _manifest(meta, view, day)
-        _keep_only(staging, {f["file"] for f in manifest["files"]}, schema)
-        _write_bytes(f"{staging}/{ENTITIES}", json.dumps(manifest, indent=1).encode())
+        manifest = entities_manifest(meta, view=view.ref, day=day.isoformat())
+        keep_only(staging, {f["file"] for f in manifest["files"]}, schema)
+        write_bytes(f"{staging}/{ENTITIES}", json.dumps(manifest, indent=1).encode())
         lake.publish(staging, final, spark)
     except BaseException:
         lake.discard(staging, spark)
@@ -120,28 +118,10 @@ def whole_entities(batches: Iterator[pd.DataFrame], column: str) -> Iterator[pd.
 
 
 def _write_file(batches: Iterator[pd.DataFrame], view: FeatureView, schema, staging: str, window) -> pd.DataFrame:
-    """One task's entities' features as one Parquet file in ``staging`` (a hidden name first,
-    renamed once complete); one row per entity written: entity, file, rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from pyspark import TaskContext
-
+    """One task's entities' features as one Parquet file in ``staging``; one row per entity
+    written: entity, file, rows."""
     entity, ts = view.entity_column, view.timestamp_column
-    context = TaskContext.get()
-    name = f"part-{context.partitionId() if context else 0:05d}-{uuid.uuid4().hex[:12]}.parquet"
-    fs, base = arrow_filesystem(staging)
-    tmp = f"{base}/.{name}.tmp"
-    writer, pending, pending_rows, meta = None, [], 0, []
-
-    def flush() -> None:
-        nonlocal writer, pending_rows
-        if writer is None:
-            fs.create_dir(base, recursive=True)
-            writer = pq.ParquetWriter(fs.open_output_stream(tmp), schema, use_dictionary=[entity], compression="snappy")
-        writer.write_table(pa.concat_tables(pending))
-        pending.clear()
-        pending_rows = 0
-
+    out = TaskFile(staging, schema, dictionary=[entity])
     try:
         for rows in whole_entities(batches, entity):
             features = entity_features(rows, view)
@@ -149,53 +129,7 @@ def _write_file(batches: Iterator[pd.DataFrame], view: FeatureView, schema, stag
             features = features[(stamps >= window[0]) & (stamps < window[1])]
             if features.empty:  # rows in the lookback only
                 continue
-            features = features.assign(**{ts: features[ts].dt.tz_localize("UTC")})
-            pending.append(pa.Table.from_pandas(features, schema=schema, preserve_index=False))
-            pending_rows += len(features)
-            meta.append((rows[entity].iloc[0], len(features)))
-            if pending_rows >= ROW_GROUP_ROWS:
-                flush()
-        if pending:
-            flush()
+            out.append(rows[entity].iloc[0], features.assign(**{ts: features[ts].dt.tz_localize("UTC")}))
     finally:
-        if writer is not None:
-            writer.close()
-    if writer is not None:
-        fs.move(tmp, f"{base}/{name}")
-    return pd.DataFrame({"entity": pd.Series([str(e) for e, _ in meta], dtype=object), "file": name,
-                         "rows": pd.Series([n for _, n in meta], dtype="int64")})
-
-
-def _manifest(meta: pd.DataFrame, view: FeatureView, day: dt.date) -> dict:
-    """The partition's ``_entities.json``: files in name order, each with its entities in order."""
-    repeated = meta["entity"][meta["entity"].duplicated()]
-    if len(repeated):
-        raise RuntimeError(f"entities written by two tasks: {', '.join(repeated.unique()[:5])}")
-    files = [
-        {"file": name, "rows": int(group["rows"].sum()), "entities": group["entity"].tolist(),
-         "entity_rows": group["rows"].astype(int).tolist()}
-        for name, group in meta.groupby("file", sort=True)
-    ]
-    return {"format": FORMAT, "view": view.ref, "day": day.isoformat(), "rows": int(meta["rows"].sum()), "files": files}
-
-
-def _keep_only(staging: str, names: set[str], schema) -> None:
-    """Remove from ``staging`` the files no kept task result names (a failed or repeated attempt's);
-    with no file at all, write one empty file so that readers still find the partition's schema."""
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    fs, base = arrow_filesystem(staging)
-    fs.create_dir(base, recursive=True)
-    for info in fs.get_file_info(pafs.FileSelector(base)):
-        if info.type == pafs.FileType.File and info.base_name not in names:
-            fs.delete_file(info.path)
-    if not names:
-        with fs.open_output_stream(f"{base}/part-00000-empty.parquet") as out:
-            pq.write_table(schema.empty_table(), out)
-
-
-def _write_bytes(uri: str, data: bytes) -> None:
-    fs, path = arrow_filesystem(uri)
-    with fs.open_output_stream(path) as out:
-        out.write(data)
+        out.close()
+    return out.meta()

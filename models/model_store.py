@@ -22,6 +22,7 @@ from urllib.parse import quote
 import pyarrow.fs as pafs
 
 from fleetwatch.core.lake import arrow_filesystem as filesystem
+from fleetwatch.core.lake import read_bytes, write_bytes
 from models.entity_model import EntityModel
 from models.normal_range import NormalRangeDetector
 
@@ -33,23 +34,6 @@ def new_build(root: str, dataset: str) -> str:
     """A fresh location for a bundle of ``dataset`` under the store ``root``."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     return f"{str(root).rstrip('/')}/{dataset}/{stamp}-{uuid.uuid4().hex[:8]}"
-
-
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` to ``uri`` whole: a temporary file beside it, then a rename."""
-    fs, path = filesystem(uri)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex[:8]}-{path.rsplit('/', 1)[1]}"
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
-
-
-def read_bytes(uri: str) -> bytes:
-    fs, path = filesystem(uri)
-    with fs.open_input_file(path) as f:
-        return f.read()
 
 
 def exists(uri: str) -> bool:

@@ -2,10 +2,10 @@
 
 Each task scores whole entities: read straight from the partition's files when its tasks wrote it
 (:func:`score_files`), else grouped by entity in Spark (:func:`score_frame`). Each worker process
-loads the bundle once (``models.bundle.load_cached``) and scores its entities with both detectors. The
-per-row scores go to ``scores/``; flagged rows are grouped into incidents with their top
-contributing metrics and written to ``incidents/``, from where the publish task loads them into
-the alerts table.
+loads the bundle once (``models.bundle.load_cached``) and scores its entities with both detectors.
+Flagged rows are grouped into incidents with their top contributing metrics. On a night each task
+writes its entities' scores to ``scores/`` and their incidents to ``incidents/`` itself
+(:func:`write_scores_from_tasks`), from where the publish task loads them into the alerts table.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from pyspark.sql import functions as F
 
 from feature_store.offline_store import OfflineStore
 from feature_store.partition_reader import read_manifest, unit_entities, work_units
+from feature_store.partition_writer import whole_entities
 from feature_store.views import FeatureView, view_for
-from fleetwatch.core.lake import Lake, write_spark_partition
+from fleetwatch.core.lake import Lake, write_bytes
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.spark import task_slots
 from fleetwatch.core.specs import DatasetSpec, load_spec
+from fleetwatch.core.task_files import ENTITIES, TaskFile, entities_manifest, keep_only
 from models import registry
 from models.alarm_cap import AlertRule, apply_cap
 from models.bundle import load_cached, open_checked
@@ -133,11 +135,33 @@ def day_scores(spark, lake: Lake, spec: DatasetSpec, view: FeatureView, day: dt.
 
 def entity_scorer(spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None, incidents: IncidentJob | None):
     """The function that scores one entity's feature rows (canonical columns) into rows of
-    :func:`score_schema`, in a task: the bundle loaded once a worker process."""
-    metrics = spec.metric_names
-    columns = [c.split(" ")[0].strip("`") for c in score_schema(spec, incidents is not None).split(", ")]
+    :func:`score_schema`, in a task: the bundle loaded once a worker process. With ``incidents``,
+    each incident rides as JSON on its first row (``incident``)."""
+    score = entity_score_parts(spec, bundle_dir, cap, incidents)
 
-    def score(pdf: pd.DataFrame) -> pd.DataFrame:
+    def with_incidents(pdf: pd.DataFrame) -> pd.DataFrame:
+        out, records = score(pdf)
+        if incidents is not None:
+            carried = np.full(len(out), None, dtype=object)  # each incident on its first row
+            if records:
+                at = pd.Index(out[TS]).get_indexer([r["start_ts"] for r in records])
+                if (at < 0).any():
+                    raise ValueError(f"{pdf[ENTITY].iloc[0]}: an incident starts on no scored row")
+                carried[at] = [incident_json(r) for r in records]
+            out["incident"] = carried
+        return out
+
+    return with_incidents
+
+
+def entity_score_parts(spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None, incidents: IncidentJob | None):
+    """The function that scores one entity's feature rows into ``(scores, incidents)``: its rows
+    of :func:`score_schema` (without ``incident``), in time order, and, with ``incidents``, its
+    incidents as records of :data:`INCIDENT_SCHEMA` (else none)."""
+    metrics = spec.metric_names
+    columns = [c.split(" ")[0].strip("`") for c in score_schema(spec).split(", ")]
+
+    def score(pdf: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
         one_thread_per_task()
         bundle = load_cached(bundle_dir)
         pdf = pdf.sort_values(TS).reset_index(drop=True)
@@ -154,16 +178,8 @@ def entity_scorer(spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None, inci
         out["scope"] = bundle.scope_of(str(pdf[ENTITY].iloc[0]))
         for m in metrics:
             out[m] = pdf[m].to_numpy(dtype=float)
-        if incidents is not None:
-            carried = np.full(len(out), None, dtype=object)  # each incident on its first row
-            records = incident_records(out, spec, bundle_dir, incidents)
-            if records:
-                at = pd.Index(out[TS]).get_indexer([r["start_ts"] for r in records])
-                if (at < 0).any():
-                    raise ValueError(f"{pdf[ENTITY].iloc[0]}: an incident starts on no scored row")
-                carried[at] = [incident_json(r) for r in records]
-            out["incident"] = carried
-        return out[columns]
+        records = incident_records(out, spec, bundle_dir, incidents) if incidents is not None else []
+        return out[columns], records
 
     return score
 
@@ -269,6 +285,138 @@ def incidents_frame(scores_df, spec: DatasetSpec, bundle_dir: str, day: dt.date,
     return scores_df.select(*(F.col(f"`{c}`") for c in needed)).groupBy(ENTITY).applyInPandas(group, INCIDENT_SCHEMA)
 
 
+_ARROW_TYPES = {"string": "string", "double": "float64", "boolean": "bool_", "int": "int32", "date": "date32"}
+
+
+def arrow_schema(schema: str):
+    """The Arrow schema of a Spark DDL schema of this module (:func:`score_schema`,
+    :data:`INCIDENT_SCHEMA`): timestamps as UTC instants, which Spark reads as ``timestamp``."""
+    import pyarrow as pa
+
+    fields = []
+    for column in schema.split(", "):
+        name, kind = column.rsplit(" ", 1)
+        kind_type = pa.timestamp("us", tz="UTC") if kind == "timestamp" else getattr(pa, _ARROW_TYPES[kind])()
+        fields.append(pa.field(name.strip("`"), kind_type))
+    return pa.schema(fields)
+
+
+_WRITTEN = "entity string, file string, rows long, flagged long, capped boolean, incidents long, incidents_file string"
+
+
+@dataclass(frozen=True)
+class WrittenNight:
+    """What :func:`write_scores_from_tasks` wrote: the partitions' paths and the night's counts."""
+
+    scores: str
+    incidents: str
+    rows: int
+    flagged: int
+    capped: int
+    n_incidents: int
+
+
+def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureView, day: dt.date, bundle_dir: str,
+                            cap: AlarmCap | None, job: IncidentJob) -> WrittenNight:
+    """Score ``day``'s feature partition and write the scores and incidents partitions from the
+    scoring tasks themselves (``fleetwatch.core.task_files``), both atomically.
+
+    Each task scores whole entities (its unit of the partition's files when they are named in
+    ``_entities.json``, else its entities of the Spark-read partition, shuffled by entity) and
+    writes their scores as one Parquet file, and their incidents as another; it returns one small
+    row per entity. So neither the per-row scores nor the incidents pass through the JVM or the
+    driver. The scores partition gets its own ``_entities.json``. A failed task leaves both
+    previous partitions as they were.
+    """
+    finals = {"scores": lake.partition("scores", spec.name, day), "incidents": lake.partition("incidents", spec.name, day)}
+    staging = {zone: lake.staging_path(path, spark) for zone, path in finals.items()}
+    schemas = {"scores": arrow_schema(score_schema(spec)), "incidents": arrow_schema(INCIDENT_SCHEMA)}
+    score = entity_score_parts(spec, bundle_dir, cap, job)
+
+    def write(entities) -> pd.DataFrame:
+        scores = TaskFile(staging["scores"], schemas["scores"], dictionary=[ENTITY, "scope"])
+        found = TaskFile(staging["incidents"], schemas["incidents"], dictionary=["dataset", ENTITY, "severity"])
+        counts = []
+        try:
+            for rows in entities:
+                out, records = score(rows)
+                entity = str(rows[ENTITY].iloc[0])
+                scores.append(entity, out.assign(**{TS: out[TS].dt.tz_localize("UTC")}))
+                if records:
+                    found.append(entity, _incident_frame(records))
+                counts.append((int(out["flagged"].sum()), bool((out["alarm_cap"] > 1).any()), len(records)))
+        finally:
+            scores.close()
+            incidents_file = found.close()
+        meta = scores.meta()
+        meta["flagged"] = pd.Series([c[0] for c in counts], dtype="int64")
+        meta["capped"] = pd.Series([c[1] for c in counts], dtype=bool)
+        meta["incidents"] = pd.Series([c[2] for c in counts], dtype="int64")
+        meta["incidents_file"] = incidents_file
+        return meta
+
+    path = lake.features(spec.name, view.ref, day)
+    manifest = read_manifest(path)
+    try:
+        if manifest is not None:
+            tasks = _unit_tasks(spark, path, manifest, spec, write)
+        else:
+            features = canonical(OfflineStore(spark, lake).read_features(spec.name, view, [day]), spec).drop("dt")
+
+            def grouped(batches):
+                meta = write(whole_entities(batches, ENTITY))
+                if len(meta):
+                    yield meta
+
+            tasks = features.repartition(ENTITY).sortWithinPartitions(ENTITY, TS).mapInPandas(grouped, _WRITTEN)
+        meta = tasks.toPandas() if tasks is not None else pd.DataFrame(columns=_WRITTEN_COLUMNS)
+        keep_only(staging["scores"], set(meta["file"]), schemas["scores"])
+        keep_only(staging["incidents"], set(meta["incidents_file"].dropna()), schemas["incidents"])
+        listing = entities_manifest(meta[["entity", "file", "rows"]].astype({"rows": "int64"}), day=day.isoformat())
+        write_bytes(f"{staging['scores']}/{ENTITIES}", json.dumps(listing, indent=1).encode())
+        for zone in ("scores", "incidents"):
+            lake.publish(staging[zone], finals[zone], spark)
+    except BaseException:
+        for zone in ("scores", "incidents"):
+            lake.discard(staging[zone], spark)
+        raise
+    return WrittenNight(finals["scores"], finals["incidents"], rows=int(meta["rows"].sum()),
+                        flagged=int(meta["flagged"].sum()), capped=int(meta["capped"].astype(bool).sum()),
+                        n_incidents=int(meta["incidents"].sum()))
+
+
+_WRITTEN_COLUMNS = [c.split(" ")[0] for c in _WRITTEN.split(", ")]
+
+
+def _unit_tasks(spark, path: str, manifest: dict, spec: DatasetSpec, write):
+    """One task a unit of whole entities of the partition's files (about four a task slot, so
+    that unequal entities even out), each ``write``-ing its entities; ``None`` with no rows."""
+    units = work_units(manifest, 4 * task_slots(spark))
+    if not units:
+        return None
+    rename = {spec.entity_column: ENTITY, spec.timestamp_column: TS}
+
+    def task(batches):
+        for batch in batches:
+            for i in batch["id"]:
+                meta = write(rows.rename(columns=rename) for rows in unit_entities(path, units[int(i)]))
+                if len(meta):
+                    yield meta
+
+    return spark.range(0, len(units), 1, len(units)).mapInPandas(task, _WRITTEN)
+
+
+def _incident_frame(records: list[dict]) -> pd.DataFrame:
+    """Incident records as a frame of :data:`INCIDENT_SCHEMA`'s columns, timestamps as UTC."""
+    frame = pd.DataFrame.from_records(records, columns=_INCIDENT_COLUMNS)
+    for col in ("start_ts", "end_ts"):
+        frame[col] = pd.to_datetime(frame[col], utc=True)
+    frame["dt"] = [pd.Timestamp(d).date() for d in frame["dt"]]
+    for col in ("model_name", "model_version", "feature_view", "run_id"):
+        frame[col] = frame[col].map(lambda v: None if v is None else str(v))
+    return frame
+
+
 def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> str:
     """Score the day's feature partition with the champion and write scores and incidents."""
     spec = load_spec(settings.specs_dir, dataset)
@@ -280,14 +428,9 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     cap = alarm_cap_for(spark, settings, spec, lake, day)
     lineage = {"model_name": champ.name, "model_version": champ.version, "feature_view": view.ref, "run_id": champ.run_id}
     job = IncidentJob(day, lineage, spec.incident_gap(settings.incident_gap_minutes))
-    scored = day_scores(spark, lake, spec, view, day, champ.bundle_dir, cap, incidents=job)
-    scores_path = write_spark_partition(lake, scored, lake.partition("scores", dataset, day), spark)
-    scores = spark.read.parquet(scores_path)
-    inc_path = write_spark_partition(lake, incidents_of(scores).coalesce(1), lake.partition("incidents", dataset, day), spark)
-    counts = scores.agg(F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("flagged"), 1)).alias("flagged"),
-                        F.count_distinct(F.when(F.col("alarm_cap") > 1, F.col(ENTITY))).alias("capped")).first()
-    n_rows, n_flagged, n_capped = counts["rows"], counts["flagged"], counts["capped"]  # one pass over the scores
-    alarm = alarm_minutes(spark.read.parquet(inc_path), spec.sampling_seconds)
+    night = write_scores_from_tasks(spark, lake, spec, view, day, champ.bundle_dir, cap, job)
+    n_rows, n_flagged, n_capped = night.rows, night.flagged, night.capped
+    alarm = alarm_minutes(spark.read.parquet(night.incidents), spec.sampling_seconds)
     registry.log_night(
         settings, dataset, day,
         tags={"model_name": champ.name, "model_version": champ.version, "model_uri": f"models:/{champ.name}/{champ.version}",

@@ -205,10 +205,11 @@ def test_scoring_whole_entity_files_in_tasks_equals_scoring_the_spark_read_parti
     from feature_store import partition_writer
     from feature_store.partition_reader import read_manifest, unit_entities, work_units
     from feature_store.views import view_for
+    from fleetwatch.core import task_files
     from fleetwatch.core.lake import Lake
     from models.scoring import AlarmCap, score_files
 
-    monkeypatch.setattr(partition_writer, "ROW_GROUP_ROWS", 1000)  # an entity's day spans row groups
+    monkeypatch.setattr(task_files, "ROW_GROUP_ROWS", 1000)  # an entity's day spans row groups
     other = day.assign(entity_id="b")
     other.loc[BLIP, "cpu"] += CPU_SPIKE
     raw = spark.createDataFrame(pd.concat([day, other, day.assign(entity_id="new")], ignore_index=True))
@@ -235,3 +236,66 @@ def test_scoring_whole_entity_files_in_tasks_equals_scoring_the_spark_read_parti
     lying = {**units[0], "entities": ["someone-else"]}
     with pytest.raises(ValueError, match=r"not entity 'someone-else''s, as _entities.json says"):
         list(unit_entities(path, lying))
+
+
+def test_the_night_writes_scores_and_incidents_from_its_tasks(spark, bundle, day, tmp_path):
+    """``write_scores_from_tasks`` writes what ``score_files`` gives: the same scores (a partition
+    of whole-entity files named in its ``_entities.json``) and the same incidents, with Spark's
+    incident schema; a partition without ``_entities.json`` is scored the same; a task that fails
+    leaves both previous partitions as they were."""
+    import json
+    from pathlib import Path
+
+    from feature_store import partition_writer
+    from feature_store.partition_reader import read_manifest
+    from feature_store.views import view_for
+    from fleetwatch.core.lake import Lake, local_path
+    from models.scoring import AlarmCap, score_files, write_scores_from_tasks
+
+    other = day.assign(entity_id="b")
+    other.loc[BLIP, "cpu"] += CPU_SPIKE
+    raw = spark.createDataFrame(pd.concat([day, other, day.assign(entity_id="new")], ignore_index=True))
+    lake, night, view = Lake(str(tmp_path / "lake")), dt.date(2026, 1, 4), view_for(SPEC)
+    path, n = partition_writer.write_features_from_tasks(spark, lake, "synth", view, night, raw)
+    manifest = read_manifest(path)
+    location = bundle.save(tmp_path / "bundle")
+    job = IncidentJob(night, {"model_name": "m", "model_version": "1", "feature_view": view.ref, "run_id": "r"}, 30)
+    cap = AlarmCap(budget_share=0.02, alerts_per_night=2.0, gap_minutes=30, previous={"b": [300.0, 400.0]})
+    direct = score_files(spark, path, manifest, SPEC, location, cap, incidents=job).cache()
+    expected_incidents = incidents_of(direct)
+    expected = direct.drop("incident").toPandas()
+    key = ["entity_id", "ts"]
+
+    def scores(written) -> pd.DataFrame:
+        frame = spark.read.parquet(written.scores).toPandas()
+        return frame.sort_values(key).reset_index(drop=True)
+
+    written = write_scores_from_tasks(spark, lake, SPEC, view, night, location, cap, job)
+    pd.testing.assert_frame_equal(scores(written), expected.sort_values(key).reset_index(drop=True))
+    found = spark.read.parquet(written.incidents)
+    assert found.schema == expected_incidents.schema
+    inc_key = ["entity_id", "start_ts"]
+    found_rows = found.toPandas().sort_values(inc_key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(found_rows, expected_incidents.toPandas().sort_values(inc_key).reset_index(drop=True))
+    assert len(found_rows) == written.n_incidents > 0
+    assert (written.rows, written.flagged) == (n, int(expected["flagged"].sum()))
+    assert written.capped == expected.loc[expected["alarm_cap"] > 1, "entity_id"].nunique() > 0
+    listing = read_manifest(written.scores)
+    assert listing["rows"] == n and sorted(e for f in listing["files"] for e in f["entities"]) == ["a", "b", "new"]
+
+    (local_path(path) / "_entities.json").unlink()  # a partition written before its tasks wrote it
+    again = write_scores_from_tasks(spark, lake, SPEC, view, night, location, cap, job)
+    pd.testing.assert_frame_equal(scores(again), expected.sort_values(key).reset_index(drop=True))
+    assert spark.read.parquet(again.incidents).count() == written.n_incidents
+
+    before = {zone: sorted(p.name for p in local_path(lake.partition(zone, "synth", night)).iterdir())
+              for zone in ("scores", "incidents")}
+    swap = {"a": "b", "b": "a"}  # both hold a day of rows: the units are the same, the names not
+    lying = {**manifest, "files": [{**f, "entities": [swap.get(e, e) for e in f["entities"]]} for f in manifest["files"]]}
+    (local_path(path) / "_entities.json").write_text(json.dumps(lying))
+    with pytest.raises(Exception, match="as _entities.json says"):
+        write_scores_from_tasks(spark, lake, SPEC, view, night, location, cap, job)
+    for zone, names in before.items():
+        assert sorted(p.name for p in local_path(lake.partition(zone, "synth", night)).iterdir()) == names
+    assert [p.name for p in Path(lake.zone("scores", "synth")).iterdir()] == [f"dt={night}"]
+    direct.unpersist()

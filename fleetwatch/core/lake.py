@@ -62,6 +62,23 @@ def arrow_filesystem(uri: str):
     return pafs.FileSystem.from_uri(uri)
 
 
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri`` whole: a temporary file beside it, then a rename."""
+    fs, path = arrow_filesystem(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.tmp-{uuid.uuid4().hex[:8]}-{path.rsplit('/', 1)[1]}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = arrow_filesystem(uri)
+    with fs.open_input_file(path) as f:
+        return f.read()
+
+
 def is_local(uri: str) -> bool:
     scheme = urlparse(str(uri)).scheme
     return scheme in ("", "file") or len(scheme) == 1  # a Windows drive letter counts as local

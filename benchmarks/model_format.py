@@ -1,13 +1,14 @@
 """Bytes and load time of FleetWatch's model formats: one isolation forest against skops, and
-one entity's whole archive against the previous archive format.
+one entity's whole archive against the previous archive formats.
 
 ``forest``: one forest as the ensemble fits it (100 trees, 2,048 rows a tree) on random rows of
 ``--features`` columns, saved both ways, each loaded ``--repeats`` times in this process.
 ``entity``: a bucket of ``--entities`` entities fitted with the default ensemble (8 metrics, 3
 days of minute rows; one autoencoder epoch: the weights are as large), each archive written in
-this format and in the previous one (``arrays.npz``, one ``.npz`` per forest with every node's
+this format (its arrays' safetensors buffer compressed with zstd), in format 4 (the same buffer
+deflated by the zip) and in format 3 (``arrays.npz``, one ``.npz`` per forest with every node's
 fields and float64 thresholds, one ``torch.save`` file per autoencoder), loaded ``--repeats``
-times each, the two formats interleaved; CPU seconds of this process. Prints bytes, load time and
+times each, the formats interleaved; CPU seconds of this process. Prints bytes, load time and
 their ratios, with the load average.
 
     .venv/bin/python -m benchmarks.model_format forest
@@ -25,6 +26,7 @@ import zipfile
 import zlib
 
 import numpy as np
+import pyarrow as pa
 import safetensors.numpy
 import skops.io as sio
 import torch
@@ -51,12 +53,33 @@ def previous_forest(detector: IForestDetector) -> bytes:
     return out.getvalue()
 
 
+def arrays_of(archive: zipfile.ZipFile) -> tuple[dict, bytes]:
+    """The manifest and the safetensors buffer of a format-5 archive (zstd, pyarrow's codec)."""
+    manifest = json.loads(archive.read("manifest.json"))
+    raw = pa.Codec("zstd").decompress(archive.read("arrays.safetensors.zst"), manifest["arrays_bytes"], asbytes=True)
+    return manifest, raw
+
+
+def deflated_archive(model: EntityModel) -> bytes:
+    """``model`` as archive format 4 wrote it: the same safetensors buffer, deflated by the zip."""
+    with zipfile.ZipFile(io.BytesIO(model.to_bytes())) as archive:
+        manifest, raw = arrays_of(archive)
+    manifest["format"] = 4
+    del manifest["arrays_bytes"]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", json.dumps(manifest, sort_keys=True))
+        archive.writestr("arrays.safetensors", raw)
+    return out.getvalue()
+
+
 def previous_archive(model: EntityModel) -> bytes:
     """``model`` as archive format 3 wrote it: ``manifest.json``, ``arrays.npz`` (scaler, drift,
     calibrators) and one file per fitted detector (format-2 forests, ``torch.save`` networks)."""
     with zipfile.ZipFile(io.BytesIO(model.to_bytes())) as archive:
-        manifest = json.loads(archive.read("manifest.json"))
-        arrays = safetensors.numpy.load(archive.read("arrays.safetensors"))
+        manifest, raw = arrays_of(archive)
+        arrays = safetensors.numpy.load(raw)
+    del manifest["arrays_bytes"]
     arrays.update({k: np.array(v, dtype=str) for k, v in manifest.pop("text_arrays").items()})
     manifest["format"], files = 3, {}
     for m in manifest.get("ensemble", {}).get("members", []):
@@ -108,7 +131,9 @@ def entity(args) -> None:
     train, view = fleet_rows(args.entities, args.metrics, 3)
     spec = DatasetSpec(name="bench", metrics=[MetricSpec(name=m) for m in view.metrics])
     models = fit_bucket(train, layout=FeatureLayout.of(view), spec=spec, params=ModelParams(ae_epochs=1), random_state=42)
-    archives = {"this format (4)": [m.to_bytes() for m in models], "previous (3)": [previous_archive(m) for m in models]}
+    archives = {"this format (5, zstd)": [m.to_bytes() for m in models],
+                "format 4 (deflated by the zip)": [deflated_archive(m) for m in models],
+                "format 3": [previous_archive(m) for m in models]}
     cpu = dict.fromkeys(archives, 0.0)
     for _ in range(args.repeats):
         for name, datas in archives.items():

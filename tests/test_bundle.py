@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import safetensors.numpy
 
-from benchmarks.model_format import previous_archive
+from benchmarks.model_format import arrays_of, deflated_archive, previous_archive
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.bundle import ModelBundle, load_cached
 from models.ensemble import EnsembleDetector
@@ -199,8 +199,8 @@ def test_bundle_round_trip_scores_identically_without_pickle(bundle, new_day, tm
         with zipfile.ZipFile(part_path) as part:
             for entry in part.namelist():
                 with zipfile.ZipFile(io.BytesIO(part.read(entry))) as archive:
-                    assert set(archive.namelist()) == {"manifest.json", "arrays.safetensors"}
-                    arrays = safetensors.numpy.load(archive.read("arrays.safetensors"))  # numbers only: no pickle
+                    assert set(archive.namelist()) == {"manifest.json", "arrays.safetensors.zst"}
+                    arrays = safetensors.numpy.load(arrays_of(archive)[1])  # numbers only: no pickle
                     detectors = {k.split("__")[0] for k in arrays if k.startswith("member_")}
                     if entry == "c.zip":  # a short-history entity keeps no detector
                         assert detectors == set()
@@ -283,8 +283,20 @@ def test_entity_model_archive_of_the_previous_format_still_loads(bundle, new_day
     older = io.BytesIO()
     with zipfile.ZipFile(older, "w") as archive:
         archive.writestr("manifest.json", json.dumps(manifest))
-    with pytest.raises(ValueError, match="format 2, expected 4"):
+    with pytest.raises(ValueError, match="format 2, expected 5"):
         EntityModel.from_bytes(older.getvalue())
+
+
+def test_entity_model_archive_deflated_by_the_zip_still_loads(bundle, new_day):
+    """Format 4 kept the arrays' safetensors buffer deflated by the zip, not zstd-compressed;
+    bundles trained before format 5 still score, to the digit."""
+    model = bundle.entities["a"]
+    previous = deflated_archive(model)
+    with zipfile.ZipFile(io.BytesIO(previous)) as archive:
+        assert json.loads(archive.read("manifest.json"))["format"] == 4 and "arrays.safetensors" in archive.namelist()
+    back = EntityModel.from_bytes(previous)
+    rows = new_day[new_day["entity_id"] == "a"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(score_entity(back, rows, LAYOUT, bundle.fleet), score_entity(model, rows, LAYOUT, bundle.fleet))
 
 
 def test_a_model_that_does_not_match_its_checksum_is_refused(bundle, tmp_path):

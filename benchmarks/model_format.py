@@ -144,9 +144,10 @@ def entity(args) -> None:
     print("|---|---:|---:|")
     for name, datas in archives.items():
         print(f"| {name} | {np.mean([len(d) for d in datas]):,.0f} | {cpu[name] / args.repeats * 1000:.1f} |")
-    new, old = archives
-    print(f"previous / this: bytes {np.mean([len(d) for d in archives[old]]) / np.mean([len(d) for d in archives[new]]):.2f}x, "
-          f"load {cpu[old] / cpu[new]:.2f}x")
+    new, *older = archives
+    for old in older:
+        print(f"{old} / this: bytes {np.mean([len(d) for d in archives[old]]) / np.mean([len(d) for d in archives[new]]):.2f}x, "
+              f"load {cpu[old] / cpu[new]:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -301,7 +301,9 @@ def arrow_schema(schema: str):
     return pa.schema(fields)
 
 
-_WRITTEN = "entity string, file string, rows long, flagged long, capped boolean, incidents long, incidents_file string"
+UNCAPPED = "uncapped_alarm_minutes"
+_WRITTEN = ("entity string, file string, rows long, flagged long, capped boolean, uncapped_alarm_minutes double, "
+            "incidents long, incidents_file string")
 
 
 @dataclass(frozen=True)
@@ -325,8 +327,9 @@ def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureV
     ``_entities.json``, else its entities of the Spark-read partition, shuffled by entity) and
     writes their scores as one Parquet file, and their incidents as another; it returns one small
     row per entity. So neither the per-row scores nor the incidents pass through the JVM or the
-    driver. The scores partition gets its own ``_entities.json``. A failed task leaves both
-    previous partitions as they were.
+    driver. The scores partition gets its own ``_entities.json``, with each entity's uncapped
+    minutes in alarm, which the next nights' alarm cap reads (:func:`alarm_cap_for`). A failed task
+    leaves both previous partitions as they were.
     """
     finals = {"scores": lake.partition("scores", spec.name, day), "incidents": lake.partition("incidents", spec.name, day)}
     staging = {zone: lake.staging_path(path, spark) for zone, path in finals.items()}
@@ -344,14 +347,16 @@ def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureV
                 scores.append(entity, out.assign(**{TS: out[TS].dt.tz_localize("UTC")}))
                 if records:
                     found.append(entity, _incident_frame(records))
-                counts.append((int(out["flagged"].sum()), bool((out["alarm_cap"] > 1).any()), len(records)))
+                counts.append((int(out["flagged"].sum()), bool((out["alarm_cap"] > 1).any()),
+                               float(out["uncapped_alarm_minutes"].max()), len(records)))
         finally:
             scores.close()
             incidents_file = found.close()
         meta = scores.meta()
         meta["flagged"] = pd.Series([c[0] for c in counts], dtype="int64")
         meta["capped"] = pd.Series([c[1] for c in counts], dtype=bool)
-        meta["incidents"] = pd.Series([c[2] for c in counts], dtype="int64")
+        meta["uncapped_alarm_minutes"] = pd.Series([c[2] for c in counts], dtype=float)
+        meta["incidents"] = pd.Series([c[3] for c in counts], dtype="int64")
         meta["incidents_file"] = incidents_file
         return meta
 
@@ -372,7 +377,7 @@ def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureV
         meta = tasks.toPandas() if tasks is not None else pd.DataFrame(columns=_WRITTEN_COLUMNS)
         keep_only(staging["scores"], set(meta["file"]), schemas["scores"])
         keep_only(staging["incidents"], set(meta["incidents_file"].dropna()), schemas["incidents"])
-        listing = entities_manifest(meta[["entity", "file", "rows"]].astype({"rows": "int64"}), day=day.isoformat())
+        listing = entities_manifest(meta.astype({"rows": "int64"}), extra=(UNCAPPED,), day=day.isoformat())
         write_bytes(f"{staging['scores']}/{ENTITIES}", json.dumps(listing, indent=1).encode())
         for zone in ("scores", "incidents"):
             lake.publish(staging[zone], finals[zone], spark)
@@ -450,14 +455,28 @@ def alarm_cap_for(spark, settings: Settings, spec: DatasetSpec, lake: Lake, day:
     minutes in alarm on the scored nights among the ``alarm_budget_nights - 1`` before ``day``."""
     previous: dict[str, list[float]] = {}
     before = [day - dt.timedelta(days=back) for back in range(1, settings.alarm_budget_nights)]
-    for _, night in lake.read_nights(spark, "scores", spec.name, before, "uncapped_alarm_minutes"):
-        uncapped = night.groupBy(ENTITY).agg(F.max("uncapped_alarm_minutes").alias("m")).dropna().toPandas()
-        for entity, m in zip(uncapped[ENTITY], uncapped["m"], strict=True):
+    for night in before:
+        for entity, m in night_uncapped_minutes(spark, lake, spec, night):
             previous.setdefault(str(entity), []).append(float(m))
     budget = spec.alarm_share(settings.alarm_budget_incident_minutes) if settings.alarm_cap else float("inf")
     return AlarmCap(budget_share=budget, alerts_per_night=spec.alarm_budget,
                     gap_minutes=spec.incident_gap(settings.incident_gap_minutes), previous=previous,
                     level_minutes=settings.alarm_cap_level_minutes)
+
+
+def night_uncapped_minutes(spark, lake: Lake, spec: DatasetSpec, night: dt.date) -> list[tuple[str, float]]:
+    """Each entity's uncapped minutes in alarm on a scored ``night``: from its scores partition's
+    ``_entities.json`` when the scoring tasks wrote it, else from the scores themselves (one
+    Spark aggregation); none for a night not scored, or scored before the alarm cap."""
+    listing = read_manifest(lake.partition("scores", spec.name, night))
+    if listing is not None and all(f"entity_{UNCAPPED}" in f for f in listing["files"]):
+        return [(e, m) for f in listing["files"] for e, m in zip(f["entities"], f[f"entity_{UNCAPPED}"], strict=True)
+                if m is not None]
+    out = []
+    for _, scores in lake.read_nights(spark, "scores", spec.name, [night], UNCAPPED):
+        uncapped = scores.groupBy(ENTITY).agg(F.max(UNCAPPED).alias("m")).dropna().toPandas()
+        out += list(zip(uncapped[ENTITY], uncapped["m"], strict=True))
+    return out
 
 
 def alarm_minutes(incidents, sampling_seconds: int) -> pd.Series:

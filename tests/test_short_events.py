@@ -250,7 +250,7 @@ def test_the_night_writes_scores_and_incidents_from_its_tasks(spark, bundle, day
     from feature_store.partition_reader import read_manifest
     from feature_store.views import view_for
     from fleetwatch.core.lake import Lake, local_path
-    from models.scoring import AlarmCap, score_files, write_scores_from_tasks
+    from models.scoring import AlarmCap, night_uncapped_minutes, score_files, write_scores_from_tasks
 
     other = day.assign(entity_id="b")
     other.loc[BLIP, "cpu"] += CPU_SPIKE
@@ -282,6 +282,10 @@ def test_the_night_writes_scores_and_incidents_from_its_tasks(spark, bundle, day
     assert written.capped == expected.loc[expected["alarm_cap"] > 1, "entity_id"].nunique() > 0
     listing = read_manifest(written.scores)
     assert listing["rows"] == n and sorted(e for f in listing["files"] for e in f["entities"]) == ["a", "b", "new"]
+    uncapped = sorted(expected.groupby("entity_id")["uncapped_alarm_minutes"].max().dropna().items())
+    assert len(uncapped) == 3 and sorted(night_uncapped_minutes(spark, lake, SPEC, night)) == uncapped  # from the listing
+    (local_path(written.scores) / "_entities.json").unlink()  # scores written before the listing kept them
+    assert sorted(night_uncapped_minutes(spark, lake, SPEC, night)) == uncapped  # from the scores, through Spark
 
     (local_path(path) / "_entities.json").unlink()  # a partition written before its tasks wrote it
     again = write_scores_from_tasks(spark, lake, SPEC, view, night, location, cap, job)

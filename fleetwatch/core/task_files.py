@@ -86,16 +86,19 @@ class TaskFile:
         self._pending_rows = 0
 
 
-def entities_manifest(meta: pd.DataFrame, **header) -> dict:
-    """A partition's ``_entities.json`` from its tasks' rows (entity, file, rows): ``header``, then
-    the files in name order, each with its entities in order and their row counts. Raises
-    ``RuntimeError`` when two kept task results wrote the same entity."""
+def entities_manifest(meta: pd.DataFrame, extra: tuple[str, ...] = (), **header) -> dict:
+    """A partition's ``_entities.json`` from its tasks' rows (entity, file, rows, and the
+    per-entity columns named in ``extra``): ``header``, then the files in name order, each with
+    its entities in order, their row counts and, for each ``extra`` column, their values as
+    ``entity_<column>`` (missing values as null). Raises ``RuntimeError`` when two kept task
+    results wrote the same entity."""
     repeated = meta["entity"][meta["entity"].duplicated()]
     if len(repeated):
         raise RuntimeError(f"entities written by two tasks: {', '.join(repeated.unique()[:5])}")
     files = [
         {"file": name, "rows": int(group["rows"].sum()), "entities": group["entity"].tolist(),
-         "entity_rows": group["rows"].astype(int).tolist()}
+         "entity_rows": group["rows"].astype(int).tolist(),
+         **{f"entity_{col}": [None if pd.isna(v) else float(v) for v in group[col]] for col in extra}}
         for name, group in meta.groupby("file", sort=True)
     ]
     return {"format": FORMAT, **header, "rows": int(meta["rows"].sum()), "files": files}

@@ -21,8 +21,9 @@ from fleetwatch.core.task_files import ENTITIES, FORMAT
 
 
 def read_manifest(path: str) -> dict | None:
-    """The ``_entities.json`` of the feature partition at ``path``; ``None`` when it has none (a
-    partition Spark's own writer wrote, before the tasks wrote them) or one of another format."""
+    """The ``_entities.json`` of the partition at ``path`` (features, or the night's scores);
+    ``None`` when it has none (a partition Spark's own writer wrote, before the tasks wrote them)
+    or one of another format."""
     try:
         manifest = json.loads(read_bytes(f"{path.rstrip('/')}/{ENTITIES}"))
     except FileNotFoundError:

@@ -28,9 +28,8 @@ from feature_store.offline_store import day_start
 from feature_store.transforms import entity_features
 from feature_store.views import FeatureView
 from fleetwatch.core.lake import Lake, write_bytes
-from fleetwatch.core.task_files import ENTITIES, FORMAT, TaskFile, entities_manifest, keep_only
+from fleetwatch.core.task_files import ENTITIES, TaskFile, entities_manifest, keep_only
 
-__all__ = ["ENTITIES", "FORMAT", "arrow_schema", "whole_entities", "write_features_from_tasks"]
 _META_SCHEMA = "entity string, file string, rows long"
 
 

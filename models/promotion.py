@@ -20,8 +20,9 @@ from feature_store.views import FeatureView
 from fleetwatch.core.lake import Lake
 from fleetwatch.core.settings import Settings
 from fleetwatch.core.specs import DatasetSpec
+from models.entity_scoring import IncidentJob
 from models.frames import ENTITY, TS
-from models.scoring import IncidentJob, day_scores, incidents_of
+from models.scoring import day_scores, incidents_of
 
 
 @dataclass

@@ -11,10 +11,11 @@ import pytest
 
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.bundle import ModelBundle
+from models.entity_scoring import INCIDENT_SCHEMA, IncidentJob, score_schema
 from models.fitting import fit_bucket, fit_fleet
 from models.incidents import group_incidents, two_scale_flags
 from models.params import FeatureLayout, ModelParams
-from models.scoring import INCIDENT_SCHEMA, IncidentJob, incidents_frame, incidents_of, score_frame, score_schema
+from models.scoring import incidents_frame, incidents_of, score_frame
 
 METRICS = ["cpu", "mem", "disk"]
 FEATURES = METRICS  # no window statistics: a spike lasts as long as it lasts, only the smoothing dilutes it
@@ -207,7 +208,8 @@ def test_scoring_whole_entity_files_in_tasks_equals_scoring_the_spark_read_parti
     from feature_store.views import view_for
     from fleetwatch.core import task_files
     from fleetwatch.core.lake import Lake
-    from models.scoring import AlarmCap, score_files
+    from models.entity_scoring import AlarmCap
+    from models.scoring import score_files
 
     monkeypatch.setattr(task_files, "ROW_GROUP_ROWS", 1000)  # an entity's day spans row groups
     other = day.assign(entity_id="b")
@@ -250,7 +252,8 @@ def test_the_night_writes_scores_and_incidents_from_its_tasks(spark, bundle, day
     from feature_store.partition_reader import read_manifest
     from feature_store.views import view_for
     from fleetwatch.core.lake import Lake, local_path
-    from models.scoring import AlarmCap, night_uncapped_minutes, score_files, write_scores_from_tasks
+    from models.entity_scoring import AlarmCap
+    from models.scoring import night_uncapped_minutes, score_files, write_scores_from_tasks
 
     other = day.assign(entity_id="b")
     other.loc[BLIP, "cpu"] += CPU_SPIKE

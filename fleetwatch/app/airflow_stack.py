@@ -25,7 +25,6 @@ import secrets
 import shlex
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -195,8 +194,11 @@ def write_env_file(settings: Settings) -> Path:
 
 
 def _process_env(settings: Settings) -> dict[str, str]:
+    """The processes' environment: ours without ``AIRFLOW__*``, the stack's variables, and Python
+    set to write its output unbuffered and a traceback on a fatal signal, so a process that dies
+    leaves its last words in its log."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
-    return {**inherited, **stack_env(settings)}
+    return {**inherited, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **stack_env(settings)}
 
 
 def _airflow_bin() -> str:
@@ -260,11 +262,15 @@ def up(
     env_file = write_env_file(settings)
     migrate(settings)
     env = _process_env(settings)
-    for name in PROCESSES:
-        background.start([_airflow_bin(), name], env=env, cwd=airflow_home(settings),
-                         log=log_dir(settings) / f"{name}.log", pid_file=_pid_file(settings, name))
     url = f"http://127.0.0.1:{port}"
-    _wait_healthy(settings, url, wait_s)
+    services = [background.Service(f"airflow {name}", [_airflow_bin(), name], env, airflow_home(settings),
+                                   log_dir(settings) / f"{name}.log", _pid_file(settings, name), b"airflow")
+                for name in PROCESSES]
+    try:
+        background.start_all(services, lambda: health(url) is not None, f"the API server at {url}", wait_s, poll_s=2.0)
+    except FleetWatchError:
+        down(settings)
+        raise
     url_db = metadata_db_url(settings, db_url)
     return StackInfo(
         url=url,
@@ -277,21 +283,6 @@ def up(
         env_file=env_file,
         spark_connect=spark,
     )
-
-
-def _wait_healthy(settings: Settings, url: str, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while True:
-        dead = [p for p in status(settings) if not p.running]
-        if dead:
-            down(settings)
-            raise FleetWatchError(background.exit_message(f"airflow {dead[0].name}", dead[0].log))
-        if health(url) is not None:
-            return
-        if time.monotonic() > deadline:
-            down(settings)
-            raise FleetWatchError(f"the API server did not answer at {url} within {wait_s:.0f} s: see {log_dir(settings)}")
-        time.sleep(2)
 
 
 def health(url: str) -> dict | None:

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -200,10 +199,9 @@ def _start_spark(settings: Settings, config: StackConfig, wait_s: float) -> None
                          "--cores", str(config.worker_cores), "--memory", config.worker_memory,
                          "--webui-port", str(config.ports.spark_worker_ui)],
     }
-    for name, cmd in commands.items():
-        background.start(cmd, env=env, cwd=stack_dir(settings), log=_log(settings, name), pid_file=_pid_file(settings, name))
-    _wait(settings, ("spark-master", "spark-worker"), "the Spark master to see its worker",
-          lambda: (spark_master_state(config) or {}).get("aliveworkers", 0) >= 1, wait_s)
+    background.start_all([_service(settings, name, cmd, env) for name, cmd in commands.items()],
+                         lambda: (spark_master_state(config) or {}).get("aliveworkers", 0) >= 1,
+                         "the Spark master to see its worker", wait_s)
 
 
 def spark_master_state(config: StackConfig) -> dict | None:
@@ -217,20 +215,13 @@ def _start_mlflow(settings: Settings, config: StackConfig, wait_s: float) -> Non
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(config.ports.mlflow),
            "--workers", "1", "--backend-store-uri", config.db_url("mlflow"),
            "--serve-artifacts", "--artifacts-destination", str(artifacts)]
-    background.start(cmd, env=dict(os.environ), cwd=stack_dir(settings), log=_log(settings, "mlflow"),
-                     pid_file=_pid_file(settings, "mlflow"))
-    _wait(settings, ("mlflow",), "the MLflow server", lambda: _answers(f"{config.mlflow_url}/health"), wait_s)
+    background.start_all([_service(settings, "mlflow", cmd, dict(os.environ))],
+                         lambda: _answers(f"{config.mlflow_url}/health"), "the MLflow server", wait_s)
 
 
-def _wait(settings: Settings, names: tuple[str, ...], what: str, ready, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while not ready():
-        dead = [s for s in status(settings) if s.name in names and not s.running]
-        if dead:
-            raise FleetWatchError(background.exit_message(dead[0].name, dead[0].log))
-        if time.monotonic() > deadline:
-            raise FleetWatchError(f"gave up waiting {wait_s:.0f} s for {what}: see {stack_dir(settings) / 'logs'}")
-        time.sleep(1)
+def _service(settings: Settings, name: str, cmd: list[str], env: dict[str, str]) -> background.Service:
+    return background.Service(name, cmd, env, stack_dir(settings), _log(settings, name), _pid_file(settings, name),
+                              SERVICES[name])
 
 
 def _answers(url: str) -> bool:

@@ -123,12 +123,11 @@ def _write_file(batches: Iterator[pd.DataFrame], view: FeatureView, schema, stag
     out = TaskFile(staging, schema, dictionary=[entity])
     try:
         for rows in whole_entities(batches, entity):
-            features = entity_features(rows, view)
-            stamps = features[ts]
-            features = features[(stamps >= window[0]) & (stamps < window[1])]
-            if features.empty:  # rows in the lookback only
+            features = entity_features(rows, view)  # in time order: the day is one slice of it
+            first, end = features[ts].searchsorted(window)
+            if first == end:  # rows in the lookback only
                 continue
-            out.append(rows[entity].iloc[0], features.assign(**{ts: features[ts].dt.tz_localize("UTC")}))
+            out.append(rows[entity].iloc[0], features.iloc[first:end])  # naive timestamps are UTC
     finally:
         out.close()
     return out.meta()

@@ -105,34 +105,39 @@ def group_incidents(
     if min_points < 1:
         raise ValueError(f"min_points must be >= 1, got {min_points}")
     step = max_step(gap_minutes, sampling_seconds).value
-    cols = [entity_col, ts_col, score_col] + ([severe_col] if severe_col else [])
-    flagged = frame.loc[frame[flag_col].astype(bool), cols]
-    flagged = flagged.sort_values([entity_col, ts_col], kind="mergesort").reset_index(drop=True)
-    entities, stamps = flagged[entity_col].to_numpy(), epoch_ns(flagged[ts_col])
-    scores = flagged[score_col].to_numpy(dtype=float)
+    # Arrays, not frames: an entity's night holds a few incidents, and pandas' per-call overhead
+    # (masking, sorting, reindexing a frame) cost more than the grouping itself.
+    at = np.flatnonzero(frame[flag_col].to_numpy().astype(bool))  # positions of the flagged rows
+    entities, stamps = frame[entity_col].to_numpy()[at], epoch_ns(frame[ts_col])[at]
+    codes = pd.factorize(entities, sort=True)[0] if len(at) else np.zeros(0, dtype=np.intp)
+    codes = np.where(codes < 0, len(at), codes)  # a missing entity sorts last, as sort_values puts it
+    if np.any(np.diff(codes) < 0) or np.any((np.diff(codes) == 0) & (np.diff(stamps) < 0)):
+        order = np.lexsort((stamps, codes))  # stable: rows at one instant keep their order
+        at, entities, stamps, codes = at[order], entities[order], stamps[order], codes[order]
+    scores = frame[score_col].to_numpy(dtype=float)[at]
     # an incident starts at an entity's first flagged row and after every step longer than the rule's
-    breaks = (entities[1:] != entities[:-1]) | (np.diff(stamps) > step)
-    bounds = np.r_[np.flatnonzero(np.r_[len(flagged) > 0, breaks]), len(flagged)]
+    breaks = (codes[1:] != codes[:-1]) | (np.diff(stamps) > step)
+    bounds = np.r_[np.flatnonzero(np.r_[len(at) > 0, breaks]), len(at)]
     starts, ends = bounds[:-1], bounds[1:]
     peaks = np.array([a + _first_max(scores[a:b]) for a, b in zip(starts, ends, strict=True)], dtype=int)
-    times = flagged[ts_col]
+    times = frame[ts_col]
     out = pd.DataFrame(
         {
             "entity_id": entities[starts],
-            "start_ts": times.iloc[starts].to_numpy(),  # rows in time order: the first is the earliest
-            "end_ts": times.iloc[ends - 1].to_numpy(),
+            "start_ts": times.iloc[at[starts]].to_numpy(),  # rows in time order: the first is the earliest
+            "end_ts": times.iloc[at[ends - 1]].to_numpy(),
             "n_points": (ends - starts).astype("int64"),
             "peak_score": scores[peaks],
-            "peak_ts": times.iloc[peaks].to_numpy(),
+            "peak_ts": times.iloc[at[peaks]].to_numpy(),
         }
     )
-    keep = out["n_points"] >= min_points
+    keep = out["n_points"].to_numpy() >= min_points
     if severe_col:
-        severe = flagged[severe_col].to_numpy(dtype=bool)
-        out["severe"] = np.array([severe[a:b].any() for a, b in zip(starts, ends, strict=True)], dtype=bool)
-        keep |= out["severe"]
+        severe = frame[severe_col].to_numpy(dtype=bool)[at]
+        out["severe"] = np.logical_or.reduceat(severe, starts) if len(starts) else np.zeros(0, dtype=bool)
+        keep |= out["severe"].to_numpy()
     for col in ("start_ts", "end_ts", "peak_ts"):
-        out[col] = out[col].astype(frame[ts_col].dtype)
+        out[col] = out[col].astype(times.dtype)
     return out[keep].reset_index(drop=True)
 
 

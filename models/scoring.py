@@ -158,7 +158,7 @@ def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureV
             for rows in entities:
                 out, records = score(rows)
                 entity = str(rows[ENTITY].iloc[0])
-                scores.append(entity, out.assign(**{TS: out[TS].dt.tz_localize("UTC")}))
+                scores.append(entity, out)  # naive timestamps: UTC
                 if records:
                     found.append(entity, incident_frame(records))
                 counts.append((int(out["flagged"].sum()), bool((out["alarm_cap"] > 1).any()),

@@ -232,6 +232,26 @@ def test_whole_entities_joins_an_entity_across_batches_and_refuses_unsorted_rows
         list(whole_entities(iter([pd.DataFrame({"e": ["a", "b", "a"]})]), "e"))
 
 
+def test_task_file_tables_equal_what_arrow_makes_of_the_frame():
+    import pyarrow as pa
+
+    from fleetwatch.core.task_files import arrow_table
+
+    schema = pa.schema([pa.field("entity", pa.string()), pa.field("ts", pa.timestamp("us", tz="UTC")),
+                        pa.field("x", pa.float64()), pa.field("flag", pa.bool_()), pa.field("n", pa.int32()),
+                        pa.field("day", pa.date32())])
+    naive = pd.DataFrame({"entity": ["a", None, "c"], "ts": pd.to_datetime(["2026-03-02 00:01", None, "2026-03-02 00:03"]),
+                          "x": [1.5, np.nan, -np.inf], "flag": [True, False, True], "n": [1, 2, 3],
+                          "day": [DAY, None, DAY]})
+    aware = naive.assign(ts=naive["ts"].dt.tz_localize("UTC"))
+    expected = pa.Table.from_pandas(aware, schema=schema, preserve_index=False)
+    for frame in (naive, aware):  # naive timestamps are UTC
+        got = arrow_table(frame, schema)
+        assert got.equals(expected)
+    assert got.column("x").null_count == 1 and got.column("ts").null_count == 1  # NaN and NaT as nulls, as pandas means them
+    assert got.column("x")[2].as_py() == -np.inf
+
+
 @pytest.mark.integration
 def test_read_features_adds_dt_and_skips_missing_days(spark, settings, fleet):
     from feature_store.offline_store import OfflineStore

@@ -247,3 +247,34 @@ def test_a_corrupt_page_deep_in_a_file_is_found_and_named(tmp_path):
     assert found is not None and found[0] == "part-00001.parquet" and "page header" in found[1], found
     (raw / "part-00001.parquet").unlink()
     assert _unreadable_file(Lake(str(tmp_path)), str(raw), spark=None) is None
+
+
+@pytest.mark.integration
+def test_nan_checks_run_as_one_query_and_a_failure_still_names_its_column(spark, settings, lake):
+    from pyspark.sql import functions as F
+
+    spec = DatasetSpec(name="wide", min_rows=50, metrics=[MetricSpec(name="cpu", dtype="double", min=0, max=100),
+                                                          MetricSpec(name="load", dtype="double", min=0)])
+    write_spec(settings.specs_dir, spec)
+    frame = _frame().drop(columns=["mem"]).assign(load=lambda f: f["cpu"] / 10)
+    write_pandas_partition(lake, frame, lake.raw("wide", DAY))
+
+    per_column = len(build_suite(spec, DAY))
+    assert validate_partition(spark, settings, "wide", DAY) == f"valid: 200 rows, {per_column - 1} expectations"
+    checks = [r["expectation_config"] for r in _result_of(lake, "wide")["great_expectations"]["results"]
+              if r["expectation_config"]["type"] == "unexpected_rows_expectation"]
+    assert [c["meta"]["columns"] for c in checks] == [["cpu", "load"]]
+
+    # load has no upper bound, so only the NaN check can see its NaN
+    nan = F.when(F.col("ts") < F.lit(pd.Timestamp(NEXT, tz="UTC").to_pydatetime()) + F.expr("INTERVAL 3 MINUTES"),
+                 F.lit(float("nan"))).otherwise(F.col("load"))
+    following = _frame(NEXT).drop(columns=["mem"]).assign(load=lambda f: f["cpu"] / 10)
+    write_spark_partition(lake, spark.createDataFrame(following).withColumn("load", nan), lake.raw("wide", NEXT), spark)
+    with pytest.raises(ValidationFailed, match=r"unexpected_rows_expectation on load: 6 rows \(no NaN or infinite value\)"):
+        validate_partition(spark, settings, "wide", NEXT)
+    failures = _result_of(lake, "wide", NEXT)["failures"]
+    assert [(f["expectation"], f["column"], f["count"]) for f in failures] == [("unexpected_rows_expectation", "load", 6)]
+
+
+def _result_of(lake: Lake, dataset: str, day: dt.date = DAY) -> dict:
+    return json.loads((Path(lake.partition("validation", dataset, day)) / "result.json").read_text())

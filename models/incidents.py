@@ -104,22 +104,10 @@ def group_incidents(
     """
     if min_points < 1:
         raise ValueError(f"min_points must be >= 1, got {min_points}")
-    step = max_step(gap_minutes, sampling_seconds).value
-    # Arrays, not frames: an entity's night holds a few incidents, and pandas' per-call overhead
-    # (masking, sorting, reindexing a frame) cost more than the grouping itself.
-    at = np.flatnonzero(frame[flag_col].to_numpy().astype(bool))  # positions of the flagged rows
-    entities, stamps = frame[entity_col].to_numpy()[at], epoch_ns(frame[ts_col])[at]
-    codes = pd.factorize(entities, sort=True)[0] if len(at) else np.zeros(0, dtype=np.intp)
-    codes = np.where(codes < 0, len(at), codes)  # a missing entity sorts last, as sort_values puts it
-    if np.any(np.diff(codes) < 0) or np.any((np.diff(codes) == 0) & (np.diff(stamps) < 0)):
-        order = np.lexsort((stamps, codes))  # stable: rows at one instant keep their order
-        at, entities, stamps, codes = at[order], entities[order], stamps[order], codes[order]
-    scores = frame[score_col].to_numpy(dtype=float)[at]
-    # an incident starts at an entity's first flagged row and after every step longer than the rule's
-    breaks = (codes[1:] != codes[:-1]) | (np.diff(stamps) > step)
-    bounds = np.r_[np.flatnonzero(np.r_[len(at) > 0, breaks]), len(at)]
-    starts, ends = bounds[:-1], bounds[1:]
-    peaks = np.array([a + _first_max(scores[a:b]) for a, b in zip(starts, ends, strict=True)], dtype=int)
+    at, entities, scores, starts, ends, peaks, severe = _spans(
+        frame, flag_col, entity_col, epoch_ns(frame[ts_col]), frame[score_col].to_numpy(dtype=float),
+        frame[severe_col].to_numpy(dtype=bool) if severe_col else None, max_step(gap_minutes, sampling_seconds).value,
+    )
     times = frame[ts_col]
     out = pd.DataFrame(
         {
@@ -133,12 +121,36 @@ def group_incidents(
     )
     keep = out["n_points"].to_numpy() >= min_points
     if severe_col:
-        severe = frame[severe_col].to_numpy(dtype=bool)[at]
-        out["severe"] = np.logical_or.reduceat(severe, starts) if len(starts) else np.zeros(0, dtype=bool)
-        keep |= out["severe"].to_numpy()
+        out["severe"] = severe
+        keep |= severe
     for col in ("start_ts", "end_ts", "peak_ts"):
         out[col] = out[col].astype(times.dtype)
     return out[keep].reset_index(drop=True)
+
+
+def _spans(frame: pd.DataFrame, flag_col: str, entity_col: str, stamps: np.ndarray, scores: np.ndarray,
+           severe: np.ndarray | None, step: int):
+    """:func:`group_incidents` on arrays: the flagged rows' positions in ``frame`` (by entity, then
+    time), their entities and scores, and each incident's first and past-the-last index into
+    them, its peak's index and (with ``severe``) whether it holds a severe row. Arrays, not frames:
+    an entity's night holds a few incidents, and pandas' per-call overhead (masking, sorting,
+    reindexing a frame) cost more than the grouping itself."""
+    at = np.flatnonzero(frame[flag_col].to_numpy().astype(bool))
+    entities, stamps = frame[entity_col].to_numpy()[at], stamps[at]
+    codes = pd.factorize(entities, sort=True)[0] if len(at) else np.zeros(0, dtype=np.intp)
+    codes = np.where(codes < 0, len(at), codes)  # a missing entity sorts last, as sort_values puts it
+    if np.any(np.diff(codes) < 0) or np.any((np.diff(codes) == 0) & (np.diff(stamps) < 0)):
+        order = np.lexsort((stamps, codes))  # stable: rows at one instant keep their order
+        at, entities, stamps, codes = at[order], entities[order], stamps[order], codes[order]
+    scores = scores[at]
+    # an incident starts at an entity's first flagged row and after every step longer than the rule's
+    breaks = (codes[1:] != codes[:-1]) | (np.diff(stamps) > step)
+    bounds = np.r_[np.flatnonzero(np.r_[len(at) > 0, breaks]), len(at)]
+    starts, ends = bounds[:-1], bounds[1:]
+    peaks = np.array([a + _first_max(scores[a:b]) for a, b in zip(starts, ends, strict=True)], dtype=int)
+    if severe is not None:
+        severe = np.logical_or.reduceat(severe[at], starts) if len(starts) else np.zeros(0, dtype=bool)
+    return at, entities, scores, starts, ends, peaks, severe
 
 
 def _first_max(scores: np.ndarray) -> int:
@@ -224,29 +236,27 @@ def entity_incidents(
     if phase_minutes <= 0:
         raise ValueError(f"phase_minutes must be > 0, got {phase_minutes}")
 
+    if min_points < 1:
+        raise ValueError(f"min_points must be >= 1, got {min_points}")
     if "raw_score" in pdf:
         pdf = two_scale_flags(pdf, short_event_factor)
-    found = group_incidents(
-        pdf,
-        score_col="score",
-        flag_col="flagged",
-        ts_col=TS,
-        entity_col=ENTITY,
-        gap_minutes=gap_minutes,
-        sampling_seconds=sampling_seconds,
-        min_points=min_points,
-        severe_col="severe" if "severe" in pdf else None,
+    # Arrays once per entity; each incident and phase is a mask over them (pandas indexing per
+    # incident cost more than the explanation's arithmetic).
+    stamps = epoch_ns(pdf[TS])
+    scores = pdf["score"].to_numpy(dtype=float)
+    at, entities, peak_scores, starts, ends, peaks, severe = _spans(  # as group_incidents groups them
+        pdf, "flagged", ENTITY, stamps, scores, pdf["severe"].to_numpy(dtype=bool) if "severe" in pdf else None,
+        max_step(gap_minutes, sampling_seconds).value,
     )
-    if found.empty:
+    keep = (ends - starts) >= min_points
+    if severe is not None:
+        keep |= severe
+    if not keep.any():
         return []
     baselines = baselines() if callable(baselines) else baselines
     spread = spread() if callable(spread) else spread
     ranges = ranges() if callable(ranges) else ranges
-    # Arrays once per entity; each incident and phase is a mask over them (pandas indexing per
-    # incident cost more than the explanation's arithmetic).
-    stamps = epoch_ns(pdf[TS])
     values = pdf[metrics].to_numpy(dtype=float)
-    scores = pdf["score"].to_numpy(dtype=float)
     profile = MetricProfile.of(metrics, baselines, spread, ranges) if spread else None
     errors = None if spread else pdf[[f"err__{m}" for m in metrics]].to_numpy(dtype=float)
 
@@ -261,17 +271,17 @@ def entity_incidents(
             mean = np.nanmean(np.asfortranarray(errors[rows]), axis=0)  # each metric summed as a column is
             return ranked_metrics(mean, metrics, peak, baselines, len(metrics))
 
-    flagged = pdf["flagged"].to_numpy(dtype=bool)
+    flagged, times = pdf["flagged"].to_numpy(dtype=bool), pdf[TS]
     out = []
-    for inc in found.itertuples(index=False):
-        rows = np.flatnonzero((stamps >= pd.Timestamp(inc.start_ts).value) & (stamps <= pd.Timestamp(inc.end_ts).value))
+    for first, end, peak in zip(starts[keep], ends[keep], peaks[keep], strict=True):
+        rows = np.flatnonzero((stamps >= stamps[at[first]]) & (stamps <= stamps[at[end - 1]]))
         step = phase_steps(stamps[rows], phase_minutes)
         parts = [rows[step == k] for k in np.unique(step)]
         ranked = ranking(rows)
         phases = [  # an incident within one phase is that phase: its ranking is the incident's
             {
-                "start_ts": pdf[TS].iloc[part[0]],
-                "end_ts": pdf[TS].iloc[part[-1]],
+                "start_ts": times.iloc[part[0]],
+                "end_ts": times.iloc[part[-1]],
                 "n_points": int(flagged[part].sum()),
                 "ranked": ranked if len(parts) == 1 else ranking(part),
             }
@@ -279,11 +289,11 @@ def entity_incidents(
         ]
         out.append(
             {
-                "entity_id": inc.entity_id,
-                "start_ts": inc.start_ts,
-                "end_ts": inc.end_ts,
-                "n_points": int(inc.n_points),
-                "peak_score": float(inc.peak_score),
+                "entity_id": entities[first],
+                "start_ts": times.iloc[at[first]],
+                "end_ts": times.iloc[at[end - 1]],
+                "n_points": int(end - first),
+                "peak_score": float(peak_scores[peak]),
                 "threshold": float(pdf["threshold"].iloc[rows[0]]),
                 "scope": str(pdf["scope"].iloc[rows[0]]),
                 "ranked": ranked,

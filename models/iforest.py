@@ -177,12 +177,14 @@ class IForestDetector(BaseDetector):
             est.tree_ = tree
             estimators.append(est)
             start += count
-        ends = np.cumsum(header["tree_nodes"])[:-1]
+        bounds = np.cumsum([0, *header["tree_nodes"]]).tolist()
+        pieces = list(zip(bounds[:-1], bounds[1:], strict=True))  # each tree's nodes (np.split costs more a tree)
         forest.estimators_ = estimators
         forest.estimators_features_ = list(features)
         forest._seeds = seeds
-        forest._average_path_length_per_tree = tuple(np.split(_average_path_lengths(nodes["n_node_samples"]), ends))
-        forest._decision_path_lengths = tuple(np.split(depths, ends))
+        corrections = _average_path_lengths(nodes["n_node_samples"])
+        forest._average_path_length_per_tree = tuple(corrections[a:b] for a, b in pieces)
+        forest._decision_path_lengths = tuple(depths[a:b] for a, b in pieces)
         forest.estimator_ = None if header["template"] is None else ExtraTreeRegressor(**header["template"])
         detector = cls(**params)
         detector.forest_ = forest

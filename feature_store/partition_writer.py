@@ -28,6 +28,7 @@ from feature_store.offline_store import day_start
 from feature_store.transforms import entity_features
 from feature_store.views import FeatureView
 from fleetwatch.core.lake import Lake, write_bytes
+from fleetwatch.core.spark import task_slots
 from fleetwatch.core.task_files import ENTITIES, TaskFile, entities_manifest, keep_only
 
 _META_SCHEMA = "entity string, file string, rows long"
@@ -47,7 +48,8 @@ def arrow_schema(view: FeatureView, entity_type):
 
 
 def write_features_from_tasks(
-    spark: SparkSession, lake: Lake, dataset: str, view: FeatureView, day: dt.date, raw: DataFrame
+    spark: SparkSession, lake: Lake, dataset: str, view: FeatureView, day: dt.date, raw: DataFrame,
+    tasks_per_slot: int = 4,
 ) -> tuple[str, int]:
     """Compute ``view``'s features of ``raw`` (the day's rows and its lookback) in the tasks and
     write the rows of ``day`` (a UTC day) as the view's partition, atomically; returns its path and
@@ -56,6 +58,10 @@ def write_features_from_tasks(
     Rows without an entity or a timestamp are dropped (no window can hold them). A failed write
     leaves the previous partition as it was; files of task attempts whose results Spark did not
     keep are removed before the partition is moved into place.
+
+    The rows are shuffled into ``tasks_per_slot`` tasks a task slot, a number Spark's adaptive
+    execution keeps: it merges the partitions of a ``repartition(column)`` by size, which on 2
+    cores left three tasks, one of them twice the others', and the step's second half on one core.
     """
     from pyspark.sql.pandas.types import to_arrow_type
 
@@ -66,7 +72,7 @@ def write_features_from_tasks(
     start = pd.Timestamp(day_start(day).replace(tzinfo=None))  # the tasks' timestamps are naive UTC
     window = (start, start + pd.Timedelta(days=1))
     rows = raw.select(entity, ts, *view.metrics).where(F.col(ts).isNotNull() & F.col(entity).isNotNull())
-    tasks = rows.repartition(entity).sortWithinPartitions(entity, ts)
+    tasks = rows.repartition(tasks_per_slot * task_slots(spark), entity).sortWithinPartitions(entity, ts)
 
     def task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         written = _write_file(batches, view, schema, staging, window)

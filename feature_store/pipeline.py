@@ -26,5 +26,5 @@ def build_features(spark: SparkSession, settings: Settings, dataset: str, day: d
     view = view_for(spec)
     store = OfflineStore(spark, Lake(settings.lake_root))
     raw = store.read_raw_with_lookback(spec, view, day)
-    path, rows = write_features_from_tasks(spark, store.lake, spec.name, view, day, raw)
+    path, rows = write_features_from_tasks(spark, store.lake, spec.name, view, day, raw, settings.spark_tasks_per_slot)
     return f"{rows} feature rows of {view.ref} ({len(view.feature_columns)} features) written to {path}"

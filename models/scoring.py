@@ -133,7 +133,7 @@ class WrittenNight:
 
 
 def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureView, day: dt.date, bundle_dir: str,
-                            cap: AlarmCap | None, job: IncidentJob) -> WrittenNight:
+                            cap: AlarmCap | None, job: IncidentJob, tasks_per_slot: int = 4) -> WrittenNight:
     """Score ``day``'s feature partition and write the scores and incidents partitions from the
     scoring tasks themselves (``fleetwatch.core.task_files``), both atomically.
 
@@ -143,7 +143,8 @@ def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureV
     row per entity. So neither the per-row scores nor the incidents pass through the JVM or the
     driver. The scores partition gets its own ``_entities.json``, with each entity's uncapped
     minutes in alarm, which the next nights' alarm cap reads (:func:`alarm_cap_for`). A failed task
-    leaves both previous partitions as they were.
+    leaves both previous partitions as they were. There are about ``tasks_per_slot`` tasks a task
+    slot, so that unequal entities even out.
     """
     finals = {"scores": lake.partition("scores", spec.name, day), "incidents": lake.partition("incidents", spec.name, day)}
     staging = {zone: lake.staging_path(path, spark) for zone, path in finals.items()}
@@ -178,7 +179,7 @@ def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureV
     manifest = read_manifest(path)
     try:
         if manifest is not None:
-            tasks = unit_tasks(spark, path, manifest, spec, lambda entities: [write(entities)], _WRITTEN)
+            tasks = unit_tasks(spark, path, manifest, spec, lambda entities: [write(entities)], _WRITTEN, tasks_per_slot)
         else:
             features = canonical(OfflineStore(spark, lake).read_features(spec.name, view, [day]), spec).drop("dt")
 
@@ -187,7 +188,8 @@ def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureV
                 if len(meta):
                     yield meta
 
-            tasks = features.repartition(ENTITY).sortWithinPartitions(ENTITY, TS).mapInPandas(grouped, _WRITTEN)
+            shuffled = features.repartition(tasks_per_slot * task_slots(spark), ENTITY)  # a count adaptive execution keeps
+            tasks = shuffled.sortWithinPartitions(ENTITY, TS).mapInPandas(grouped, _WRITTEN)
         meta = tasks.toPandas() if tasks is not None else pd.DataFrame(columns=_WRITTEN_COLUMNS)
         keep_only(staging["scores"], set(meta["file"]), schemas["scores"])
         keep_only(staging["incidents"], set(meta["incidents_file"].dropna()), schemas["incidents"])
@@ -207,12 +209,12 @@ def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureV
 _WRITTEN_COLUMNS = [c.split(" ")[0] for c in _WRITTEN.split(", ")]
 
 
-def unit_tasks(spark, path: str, manifest: dict, spec: DatasetSpec, run, schema: str):
-    """One Spark task a unit of whole entities of the feature partition at ``path`` (about four a
-    task slot, so that unequal entities even out), read straight from its files: ``run`` turns a
+def unit_tasks(spark, path: str, manifest: dict, spec: DatasetSpec, run, schema: str, tasks_per_slot: int = 4):
+    """One Spark task a unit of whole entities of the feature partition at ``path`` (about
+    ``tasks_per_slot`` a task slot, so that unequal entities even out), read straight from its files: ``run`` turns a
     unit's entities (canonical frames, one each) into frames of ``schema``, empty ones dropped;
     ``None`` when the partition has no rows."""
-    units = work_units(manifest, 4 * task_slots(spark))
+    units = work_units(manifest, tasks_per_slot * task_slots(spark))
     if not units:
         return None
     rename = {spec.entity_column: ENTITY, spec.timestamp_column: TS}
@@ -238,7 +240,7 @@ def score_partition(spark, settings: Settings, dataset: str, day: dt.date) -> st
     cap = alarm_cap_for(spark, settings, spec, lake, day)
     lineage = {"model_name": champ.name, "model_version": champ.version, "feature_view": view.ref, "run_id": champ.run_id}
     job = IncidentJob(day, lineage, spec.incident_gap(settings.incident_gap_minutes))
-    night = write_scores_from_tasks(spark, lake, spec, view, day, champ.bundle_dir, cap, job)
+    night = write_scores_from_tasks(spark, lake, spec, view, day, champ.bundle_dir, cap, job, settings.spark_tasks_per_slot)
     n_rows, n_flagged, n_capped = night.rows, night.flagged, night.capped
     alarm = alarm_minutes(spark.read.parquet(night.incidents), spec.sampling_seconds)
     registry.log_night(

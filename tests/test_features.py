@@ -199,13 +199,7 @@ def test_each_file_holds_whole_entities_in_order_as_its_manifest_says(spark, set
     from feature_store.pipeline import build_features
 
     lake, _ = fleet
-    spark.conf.set("spark.sql.adaptive.enabled", "false")  # one task per shuffle partition: many files
-    spark.conf.set("spark.sql.shuffle.partitions", "7")
-    try:
-        build_features(spark, settings, "fleet", DAY)
-    finally:
-        spark.conf.unset("spark.sql.adaptive.enabled")
-        spark.conf.unset("spark.sql.shuffle.partitions")
+    build_features(spark, settings.model_copy(update={"spark_tasks_per_slot": 7}), "fleet", DAY)  # many tasks
     path = lake.features("fleet", view_for(SPEC).ref, DAY)
     manifest = read_manifest(path)
     assert manifest["format"] == 1 and manifest["day"] == str(DAY) and manifest["rows"] == 230
@@ -217,6 +211,30 @@ def test_each_file_holds_whole_entities_in_order_as_its_manifest_says(spark, set
         assert table.ts.is_monotonic_increasing or all(g.ts.is_monotonic_increasing for _, g in table.groupby("entity_id"))
     assert sorted(p.name for p in Path(path).iterdir() if p.suffix == ".parquet") == sorted(f["file"] for f in manifest["files"])
     assert read_manifest(lake.features("fleet", view_for(SPEC).ref, PREV)) is None  # no partition, no manifest
+
+
+@pytest.mark.integration
+def test_the_step_spreads_its_entities_over_every_task_slot(spark, settings):
+    """Adaptive execution merges small shuffle partitions: a repartition by column alone ran a
+    small fleet's features as one task. The step keeps ``tasks_per_slot`` tasks a slot."""
+    from feature_store.offline_store import OfflineStore
+    from feature_store.partition_reader import read_manifest
+    from feature_store.partition_writer import write_features_from_tasks
+    from fleetwatch.core.spark import task_slots
+
+    write_spec(settings.specs_dir, SPEC)
+    lake = Lake(settings.lake_root)
+    ts = pd.date_range(f"{DAY} 00:00", periods=30, freq="1min", tz="UTC")
+    raw = pd.DataFrame({"entity_id": np.repeat([f"e{i:02d}" for i in range(40)], len(ts)), "ts": np.tile(ts, 40),
+                        "cpu": 50.0, "requests": np.int64(100)})
+    write_pandas_partition(lake, raw, lake.raw("fleet", DAY))
+    view = view_for(SPEC)
+    rows = OfflineStore(spark, lake).read_raw_with_lookback(SPEC, view, DAY)
+    assert spark.conf.get("spark.sql.adaptive.enabled") == "true"
+    path, n = write_features_from_tasks(spark, lake, "fleet", view, DAY, rows, tasks_per_slot=2)
+    manifest = read_manifest(path)
+    assert n == 1200 and len(manifest["files"]) == 2 * task_slots(spark)  # every task had entities, and wrote them
+    assert sorted(e for f in manifest["files"] for e in f["entities"]) == sorted(raw.entity_id.unique())
 
 
 def test_whole_entities_joins_an_entity_across_batches_and_refuses_unsorted_rows():

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     spark_master: str = Field("local[*]", description="Spark master: local[*], spark://, yarn, k8s://.")
     spark_driver_memory: str = Field("2g", description="spark.driver.memory for jobs.")
     spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions.")
+    spark_tasks_per_slot: int = Field(
+        4, ge=1, description="Tasks per task slot of the steps that work entity by entity (features, scoring): "
+        "more than one a slot evens out unequal tasks, so a step does not end on one core.",
+    )
     spark_conn_id: str = Field("fleetwatch_spark", description="Airflow connection used by spark-submit.")
     spark_connect_url: str = Field(
         "", pattern=r"^(sc://.+)?$",

@@ -210,6 +210,11 @@ class ModelBundle:
             parts.append(out)
         return pd.concat(parts).sort_index().reset_index(drop=True)[self.score_columns]
 
+    def score_one(self, entity: str, frame: pd.DataFrame) -> pd.DataFrame:
+        """:meth:`score` of one entity's rows, without grouping the frame by entity: what a scoring
+        task, which holds one entity's rows at a time, calls."""
+        return score_entity(self._model_for(entity), frame, self.layout, self.fleet)[self.score_columns]
+
     def save(self, location) -> str:
         """Write every model into the store at ``location`` (new or empty) as one part, then the
         manifest; what a Spark training job writes task by task, for a bundle fitted in-process."""

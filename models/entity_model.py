@@ -284,11 +284,11 @@ def score_entity(
         scorer.error_norm,
         scorer.error_center or None,
     )
-    errors = errors.iloc[back].reset_index(drop=True)
+    names, errors = list(errors.columns), errors.to_numpy()[back]
     out = pd.DataFrame(
         {
             "entity_id": frame[entity_col].astype(str).to_numpy(),
-            "ts": frame[ts_col].to_numpy(),
+            "ts": frame[ts_col].array,
             "iforest_score": ensemble.kind_scores(calibrated, "iforest")[back],
             "ae_score": ensemble.kind_scores(calibrated, "autoencoder")[back],
             "score": score,
@@ -297,11 +297,9 @@ def score_entity(
             "raw_threshold": scorer.raw_threshold,
             "flagged": score > scorer.threshold,
             "scope": "entity" if own else "fleet",
+            **{f"err__{metric}": errors[:, i] for i, metric in enumerate(names)},
         }
     )
-    out["ts"] = out["ts"].astype(frame[ts_col].dtype)
-    for metric in errors.columns:
-        out[f"err__{metric}"] = errors[metric].to_numpy()
     return out
 
 

@@ -100,20 +100,25 @@ def entity_score_parts(spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None,
     def score(pdf: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
         one_thread_per_task()
         bundle = load_cached(bundle_dir)
-        pdf = pdf.sort_values(TS).reset_index(drop=True)
-        scored = bundle.score(pdf).assign(alarm_cap=1.0, uncapped_alarm_minutes=float("nan"), uncapped_incidents=float("nan"))
+        if not pdf[TS].is_monotonic_increasing:  # a task's rows come in time order: no copy to sort them
+            pdf = pdf.sort_values(TS, kind="stable")
+        if not pdf.index.equals(pd.RangeIndex(len(pdf))):
+            pdf = pdf.reset_index(drop=True)
+        entity = str(pdf[ENTITY].iloc[0])
+        scored = bundle.score_one(entity, pdf)
         if cap is not None:
             sampling = sampling_step(pdf[TS], spec.sampling_seconds)
             scored = apply_cap(
                 scored, factor=spec.short_event_factor, budget_share=cap.budget_share,
-                previous=cap.previous.get(str(pdf[ENTITY].iloc[0]), []), alerts_per_night=cap.alerts_per_night,
+                previous=cap.previous.get(entity, []), alerts_per_night=cap.alerts_per_night,
                 rule=AlertRule(cap.gap_minutes, sampling, spec.min_incident_points_at(sampling)),
                 level_minutes=cap.level_minutes,
             )
-        out = two_scale_flags(scored, spec.short_event_factor)
-        out["scope"] = bundle.scope_of(str(pdf[ENTITY].iloc[0]))
-        for m in metrics:
-            out[m] = pdf[m].to_numpy(dtype=float)
+        else:
+            scored = scored.assign(alarm_cap=1.0, uncapped_alarm_minutes=float("nan"), uncapped_incidents=float("nan"))
+        flagged = two_scale_flags(scored, spec.short_event_factor)
+        values = pd.DataFrame({m: pdf[m].to_numpy(dtype=float) for m in metrics})
+        out = pd.concat([flagged.drop(columns=[m for m in metrics if m in flagged]), values], axis=1)
         records = incident_records(out, spec, bundle_dir, incidents) if incidents is not None else []
         return out[columns], records
 

@@ -25,6 +25,7 @@ import io
 import json
 import numbers
 from collections.abc import Mapping
+from functools import lru_cache
 
 import numpy as np
 from sklearn.ensemble import IsolationForest
@@ -296,9 +297,17 @@ def grow_isolation_forest(forest: IsolationForest, X) -> IsolationForest:
 
 
 def _average_path_lengths(rows: np.ndarray) -> np.ndarray:
-    """scikit-learn's ``_average_path_length`` of each node's row count, the same floats: computed
-    once per count up to the largest (a tree's rows, ``max_samples``) and looked up, not per node."""
-    return _average_path_length(np.arange(int(rows.max(initial=0)) + 1))[rows]
+    """scikit-learn's ``_average_path_length`` of each node's row count, the same floats: looked up
+    in a table of every count up to the largest (a tree's rows, ``max_samples``), not computed per
+    node; the table is kept per largest count, for the next forest a process loads."""
+    return _path_length_table(int(rows.max(initial=0)))[rows]
+
+
+@lru_cache(maxsize=16)
+def _path_length_table(largest: int) -> np.ndarray:
+    table = _average_path_length(np.arange(largest + 1))
+    table.flags.writeable = False  # shared by every forest loaded with the same largest count
+    return table
 
 
 def _scalars(attributes: dict, skip: tuple[str, ...]) -> dict:

@@ -208,12 +208,21 @@ def arrow_schema(schema: str):
     return pa.schema(fields)
 
 
-def incident_frame(records: list[dict]) -> pd.DataFrame:
-    """Incident records as a frame of :data:`INCIDENT_SCHEMA`'s columns, timestamps as UTC."""
-    frame = pd.DataFrame.from_records(records, columns=INCIDENT_COLUMNS)
+def incident_table(records: list[dict], schema):
+    """Incident records as an Arrow table of ``schema`` (:func:`arrow_schema` of
+    :data:`INCIDENT_SCHEMA`): timestamps as UTC instants (naive ones are UTC), the day as a date,
+    the lineage as text. Built from the records' columns, without a pandas frame between: a night
+    writes a few incidents for each of thousands of entities."""
+    import pyarrow as pa
+
+    def utc(ts) -> pd.Timestamp:
+        ts = pd.Timestamp(ts)
+        return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+    columns = {name: [r[name] for r in records] for name in INCIDENT_COLUMNS}
     for col in ("start_ts", "end_ts"):
-        frame[col] = pd.to_datetime(frame[col], utc=True)
-    frame["dt"] = [pd.Timestamp(d).date() for d in frame["dt"]]
+        columns[col] = [utc(v) for v in columns[col]]
+    columns["dt"] = [pd.Timestamp(d).date() for d in columns["dt"]]
     for col in ("model_name", "model_version", "feature_view", "run_id"):
-        frame[col] = frame[col].map(lambda v: None if v is None else str(v))
-    return frame
+        columns[col] = [None if v is None else str(v) for v in columns[col]]
+    return pa.Table.from_pydict(columns, schema=schema)

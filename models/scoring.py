@@ -36,8 +36,8 @@ from models.entity_scoring import (
     arrow_schema,
     entity_score_parts,
     entity_scorer,
-    incident_frame,
     incident_records,
+    incident_table,
     score_schema,
 )
 from models.frames import ENTITY, TS, canonical
@@ -161,7 +161,7 @@ def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureV
                 entity = str(rows[ENTITY].iloc[0])
                 scores.append(entity, out)  # naive timestamps: UTC
                 if records:
-                    found.append(entity, incident_frame(records))
+                    found.append_table(entity, incident_table(records, schemas["incidents"]))
                 counts.append((int(out["flagged"].sum()), bool((out["alarm_cap"] > 1).any()),
                                float(out["uncapped_alarm_minutes"].max()), len(records)))
         finally:

@@ -270,6 +270,35 @@ def test_task_file_tables_equal_what_arrow_makes_of_the_frame():
     assert got.column("x")[2].as_py() == -np.inf
 
 
+def test_incident_tables_hold_utc_instants_a_day_and_text_lineage(tmp_path):
+    import pyarrow.parquet as pq
+
+    from fleetwatch.core.task_files import TaskFile
+    from models.entity_scoring import INCIDENT_COLUMNS, INCIDENT_SCHEMA, arrow_schema, incident_table
+
+    schema = arrow_schema(INCIDENT_SCHEMA)
+    base = {c: f"{c}-text" for c in INCIDENT_COLUMNS} | {"n_points": 3, "peak_score": 2.5, "threshold": 1.0}
+    records = [
+        {**base, "entity_id": "a", "dt": DAY, "start_ts": pd.Timestamp(f"{DAY} 01:00"), "end_ts": pd.Timestamp(f"{DAY} 01:02"),
+         "model_version": 3, "run_id": None},
+        {**base, "entity_id": "a", "dt": pd.Timestamp(DAY), "start_ts": pd.Timestamp(f"{DAY} 03:00", tz="Europe/Berlin"),
+         "end_ts": pd.Timestamp(f"{DAY} 04:00", tz="UTC"), "model_version": "4"},
+    ]
+    table = incident_table(records, schema)
+    assert table.schema.equals(schema)
+    rows = table.to_pylist()
+    assert [r["start_ts"] for r in rows] == [pd.Timestamp(f"{DAY} 01:00", tz="UTC"), pd.Timestamp(f"{DAY} 02:00", tz="UTC")]
+    assert [r["dt"] for r in rows] == [DAY, DAY] and [r["model_version"] for r in rows] == ["3", "4"]
+    assert rows[0]["run_id"] is None and rows[1]["n_points"] == 3
+
+    out = TaskFile(str(tmp_path), schema, dictionary=["entity_id"])
+    out.append_table("a", table)
+    with pytest.raises(ValueError, match="entity 'b'.*schema"):
+        out.append_table("b", table.drop_columns(["phases"]))
+    name = out.close()
+    assert pq.read_table(tmp_path / name).equals(table) and out.entity_rows == [("a", 2)]  # the refused rows not written
+
+
 @pytest.mark.integration
 def test_read_features_adds_dt_and_skips_missing_days(spark, settings, fleet):
     from feature_store.offline_store import OfflineStore

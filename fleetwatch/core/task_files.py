@@ -48,9 +48,15 @@ class TaskFile:
 
     def append(self, entity: str, frame: pd.DataFrame) -> None:
         """Add one entity's rows (columns as the schema's; naive timestamps are UTC)."""
-        self._pending.append(arrow_table(frame, self.schema))
-        self._pending_rows += len(frame)
-        self.entity_rows.append((str(entity), len(frame)))
+        self.append_table(entity, arrow_table(frame, self.schema))
+
+    def append_table(self, entity: str, table) -> None:
+        """Add one entity's rows as an Arrow table of the file's schema."""
+        if not table.schema.equals(self.schema):
+            raise ValueError(f"rows of entity {entity!r} do not have the file's schema: {table.schema} against {self.schema}")
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.entity_rows.append((str(entity), table.num_rows))
         if self._pending_rows >= self.row_group_rows:
             self._flush()
 

@@ -121,11 +121,14 @@ def widen(settings: Settings, dataset: str, n_metrics: int, days: list[dt.date],
     return widened
 
 
-def night_floor(settings: Settings, dataset: str, night: dt.date) -> dict:
+def night_floor(settings: Settings, dataset: str, night: dt.date, chunk_entities: int = 125) -> dict:
     """Reading the night's feature Parquet, and scoring its rows with the champion's models already
     loaded, in this process: wall and CPU seconds of each (model loading timed apart). One part file
-    at a time (the feature job writes each entity's rows into one file), with that file's entities'
-    models: the whole night of a 5,000-entity fleet in one pandas frame ran this process out of memory.
+    at a time (the feature job writes each entity's rows into one file), and in a file at most
+    ``chunk_entities`` entities at a time, with their models: the whole night of a 5,000-entity
+    fleet in one pandas frame ran this process out of memory, and holding a whole file's models
+    made the floor depend on how many files the features step wrote (333 entities a file: loading
+    33.6 and scoring 56.2 CPU-s at 1,000 entities; 125: 15.2 and 47.0; ``benchmarks/README.md``).
     One thread, as each scoring task has (``one_thread_per_task``): the floor is divided by the
     cores, and torch's own threads would count the cores twice (and spin, inflating CPU-seconds)."""
     one_thread_per_task()
@@ -139,14 +142,19 @@ def night_floor(settings: Settings, dataset: str, night: dt.date) -> dict:
         with clock.part("read"):
             frame = pd.read_parquet(file)
         frame = frame.rename(columns={spec.entity_column: "entity_id", spec.timestamp_column: "ts"})
-        with clock.part("load_models"):
-            entities = set(frame["entity_id"].unique())
-            bundle = ModelBundle.load(bundle_dir, keep_models=len(entities) + 1)
-            for entity in entities & set(bundle.entities):
-                bundle.entities[entity]
-        with clock.part("score"):
-            rows += len(bundle.score(frame))
-        del frame, bundle
+        groups = frame.groupby("entity_id", sort=False).indices
+        names = list(groups)
+        for at in range(0, len(names), chunk_entities):
+            chunk = names[at : at + chunk_entities]
+            rows_of = frame.iloc[np.concatenate([groups[e] for e in chunk])]
+            with clock.part("load_models"):
+                bundle = ModelBundle.load(bundle_dir, keep_models=len(chunk) + 1)
+                for entity in set(chunk) & set(bundle.entities):
+                    bundle.entities[entity]
+            with clock.part("score"):
+                rows += len(bundle.score(rows_of))
+            del bundle, rows_of
+        del frame
     return {**{k: clock.wall.get(k, 0.0) for k in ("read", "load_models", "score")}, "cpu_seconds": clock.cpu,
             "rows": rows, "files": len(files)}
 

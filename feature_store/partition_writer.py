@@ -28,6 +28,7 @@ from feature_store.offline_store import day_start
 from feature_store.transforms import entity_features
 from feature_store.views import FeatureView
 from fleetwatch.core.lake import Lake, write_bytes
+from fleetwatch.core.settings import TASKS_PER_SLOT
 from fleetwatch.core.spark import task_slots
 from fleetwatch.core.task_files import ENTITIES, TaskFile, entities_manifest, keep_only
 
@@ -49,7 +50,7 @@ def arrow_schema(view: FeatureView, entity_type):
 
 def write_features_from_tasks(
     spark: SparkSession, lake: Lake, dataset: str, view: FeatureView, day: dt.date, raw: DataFrame,
-    tasks_per_slot: int = 4,
+    tasks_per_slot: int = TASKS_PER_SLOT,
 ) -> tuple[str, int]:
     """Compute ``view``'s features of ``raw`` (the day's rows and its lookback) in the tasks and
     write the rows of ``day`` (a UTC day) as the view's partition, atomically; returns its path and

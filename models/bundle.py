@@ -201,19 +201,17 @@ class ModelBundle:
         if frame.empty:
             return pd.DataFrame(columns=self.score_columns)
         parts = []
-        layout = self.layout
         for entity, positions in frame.groupby(entity_col, sort=False).indices.items():
-            out = score_entity(
-                self._model_for(str(entity)), frame.iloc[positions], layout, self.fleet, entity_col=entity_col, ts_col=ts_col
-            )
+            out = self.score_one(str(entity), frame.iloc[positions], entity_col=entity_col, ts_col=ts_col)
             out.index = positions
             parts.append(out)
-        return pd.concat(parts).sort_index().reset_index(drop=True)[self.score_columns]
+        return pd.concat(parts).sort_index().reset_index(drop=True)
 
-    def score_one(self, entity: str, frame: pd.DataFrame) -> pd.DataFrame:
+    def score_one(self, entity: str, frame: pd.DataFrame, *, entity_col: str = "entity_id", ts_col: str = "ts") -> pd.DataFrame:
         """:meth:`score` of one entity's rows, without grouping the frame by entity: what a scoring
         task, which holds one entity's rows at a time, calls."""
-        return score_entity(self._model_for(entity), frame, self.layout, self.fleet)[self.score_columns]
+        out = score_entity(self._model_for(entity), frame, self.layout, self.fleet, entity_col=entity_col, ts_col=ts_col)
+        return out[self.score_columns]
 
     def save(self, location) -> str:
         """Write every model into the store at ``location`` (new or empty) as one part, then the

@@ -14,7 +14,7 @@ import pandas as pd
 from fleetwatch.core.specs import DatasetSpec
 from models.alarm_cap import AlertRule, apply_cap
 from models.bundle import load_cached
-from models.frames import ENTITY, TS, one_thread_per_task, sampling_step
+from models.frames import ENTITY, TS, one_thread_per_task, sampling_step, utc_instant
 from models.incidents import entity_incidents, phases_json, severity, two_scale_flags
 
 INCIDENT_SCHEMA = (
@@ -183,8 +183,7 @@ def incident_json(record: dict) -> str:
     """An incident row as the ``incident`` column carries it: timestamps as microseconds since the
     epoch (naive ones are UTC, the session's zone), the day as ISO text."""
     def micros(ts) -> int:
-        ts = pd.Timestamp(ts)
-        return (ts.tz_localize("UTC") if ts.tzinfo is None else ts).value // 1000
+        return utc_instant(ts).value // 1000
 
     return json.dumps({**record, "dt": pd.Timestamp(record["dt"]).date().isoformat(),
                        "start_ts": micros(record["start_ts"]), "end_ts": micros(record["end_ts"]),
@@ -215,13 +214,9 @@ def incident_table(records: list[dict], schema):
     writes a few incidents for each of thousands of entities."""
     import pyarrow as pa
 
-    def utc(ts) -> pd.Timestamp:
-        ts = pd.Timestamp(ts)
-        return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
     columns = {name: [r[name] for r in records] for name in INCIDENT_COLUMNS}
     for col in ("start_ts", "end_ts"):
-        columns[col] = [utc(v) for v in columns[col]]
+        columns[col] = [utc_instant(v) for v in columns[col]]
     columns["dt"] = [pd.Timestamp(d).date() for d in columns["dt"]]
     for col in ("model_name", "model_version", "feature_view", "run_id"):
         columns[col] = [None if v is None else str(v) for v in columns[col]]

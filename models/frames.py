@@ -46,6 +46,12 @@ def even_rows(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
+def utc_instant(ts) -> pd.Timestamp:
+    """One timestamp as a UTC instant: a naive one is UTC (the sessions' zone), a zoned one converted."""
+    ts = pd.Timestamp(ts)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def epoch_ns(ts) -> np.ndarray:
     """Timestamps as int64 nanoseconds since the epoch, whatever their stored unit: pandas keeps
     the unit it read (Parquet and Arrow give microseconds), and an integer view of ``us`` values

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from models.explain import MetricProfile, ranked_metrics
-from models.frames import ENTITY, TS, epoch_ns
+from models.frames import ENTITY, TS, epoch_ns, utc_instant
 from models.params import ExplainParams
 
 DEFAULTS = ExplainParams()
@@ -309,8 +309,7 @@ def phases_json(phases: list[dict], top: int = DEFAULTS.top_metrics) -> str:
     ``"contributions"}`` (every metric ranked, as the alert's own ``contributions``)."""
 
     def utc(ts) -> str:
-        ts = pd.Timestamp(ts)
-        return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).isoformat()
+        return utc_instant(ts).isoformat()
 
     return json.dumps(
         [

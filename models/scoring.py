@@ -22,7 +22,7 @@ from feature_store.partition_reader import read_manifest, unit_entities, work_un
 from feature_store.partition_writer import whole_entities
 from feature_store.views import FeatureView, view_for
 from fleetwatch.core.lake import Lake, write_bytes
-from fleetwatch.core.settings import Settings
+from fleetwatch.core.settings import TASKS_PER_SLOT, Settings
 from fleetwatch.core.spark import task_slots
 from fleetwatch.core.specs import DatasetSpec, load_spec
 from fleetwatch.core.task_files import ENTITIES, TaskFile, entities_manifest, keep_only
@@ -133,7 +133,7 @@ class WrittenNight:
 
 
 def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureView, day: dt.date, bundle_dir: str,
-                            cap: AlarmCap | None, job: IncidentJob, tasks_per_slot: int = 4) -> WrittenNight:
+                            cap: AlarmCap | None, job: IncidentJob, tasks_per_slot: int = TASKS_PER_SLOT) -> WrittenNight:
     """Score ``day``'s feature partition and write the scores and incidents partitions from the
     scoring tasks themselves (``fleetwatch.core.task_files``), both atomically.
 
@@ -209,7 +209,7 @@ def write_scores_from_tasks(spark, lake: Lake, spec: DatasetSpec, view: FeatureV
 _WRITTEN_COLUMNS = [c.split(" ")[0] for c in _WRITTEN.split(", ")]
 
 
-def unit_tasks(spark, path: str, manifest: dict, spec: DatasetSpec, run, schema: str, tasks_per_slot: int = 4):
+def unit_tasks(spark, path: str, manifest: dict, spec: DatasetSpec, run, schema: str, tasks_per_slot: int = TASKS_PER_SLOT):
     """One Spark task a unit of whole entities of the feature partition at ``path`` (about
     ``tasks_per_slot`` a task slot, so that unequal entities even out), read straight from its files: ``run`` turns a
     unit's entities (canonical frames, one each) into frames of ``schema``, empty ones dropped;

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetwatch.core.secrets import redact_url
 
+TASKS_PER_SLOT = 4  # the default of Settings.spark_tasks_per_slot, for callers without settings
+
 
 class Settings(BaseSettings):
     """FleetWatch configuration; a misspelt ``FLEETWATCH_`` key in ``.env`` fails at start."""
@@ -32,7 +34,7 @@ class Settings(BaseSettings):
     spark_driver_memory: str = Field("2g", description="spark.driver.memory for jobs.")
     spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions.")
     spark_tasks_per_slot: int = Field(
-        4, ge=1, description="Tasks per task slot of the steps that work entity by entity (features, scoring): "
+        TASKS_PER_SLOT, ge=1, description="Tasks per task slot of the steps that work entity by entity (features, scoring): "
         "more than one a slot evens out unequal tasks, so a step does not end on one core.",
     )
     spark_conn_id: str = Field("fleetwatch_spark", description="Airflow connection used by spark-submit.")

@@ -38,7 +38,20 @@ def compute_features(df: DataFrame, view: FeatureView) -> DataFrame:
 
 
 def entity_features(rows: pd.DataFrame, view: FeatureView) -> pd.DataFrame:
-    """One entity's features from its raw rows (any order): entity, timestamp, feature columns.
+    """One entity's features from its raw rows (any order): entity, timestamp, feature columns,
+    as :func:`entity_feature_arrays` computes them."""
+    entities, stamps, out = entity_feature_arrays(rows, view)
+    frame = pd.DataFrame(out, columns=view.feature_columns)
+    frame.insert(0, view.timestamp_column, stamps)
+    frame.insert(0, view.entity_column, entities)
+    return frame
+
+
+def entity_feature_arrays(rows: pd.DataFrame, view: FeatureView) -> tuple[np.ndarray, pd.DatetimeIndex, dict[str, np.ndarray]]:
+    """One entity's features from its raw rows (any order), in time order: the rows' entity
+    values, their timestamps and each feature column as an array. Arrays, not a frame: a task
+    writing them hands them to Arrow as they are (a frame of 88 columns cost more to build and
+    to take apart than the windows cost to compute).
 
     Per metric: the value; for each window its mean, sample standard deviation (0 while the
     window holds one value) and z-score (0 where the standard deviation is 0); and the rate of
@@ -73,7 +86,4 @@ def entity_features(rows: pd.DataFrame, view: FeatureView) -> pd.DataFrame:
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[f"{m}__z_{w}m"] = np.where(std > 0, (x[:, i] - mean) / std, 0.0)
         out[f"{m}__roc"] = rate[:, i]
-    frame = pd.DataFrame(out, columns=view.feature_columns)
-    frame.insert(0, ts, stamps)
-    frame.insert(0, entity, rows[entity].to_numpy())
-    return frame
+    return rows[entity].to_numpy(), stamps, out

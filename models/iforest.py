@@ -95,7 +95,7 @@ class IForestDetector(BaseDetector):
     def _leaf_depths(self) -> tuple[np.ndarray, ...]:
         """Per tree, each node's depth plus the average path length of its rows, minus one: what a
         row ending in that leaf adds to its path length (scikit-learn's sum, in its order, so the
-        same floats); computed once per fitted forest."""
+        same floats); computed once per fitted forest (at load for a loaded one)."""
         forest = self.forest_
         cached = getattr(self, "_leaf_depths_", None)
         if cached is None or cached[0] is not forest:
@@ -190,6 +190,8 @@ class IForestDetector(BaseDetector):
         detector = cls(**params)
         detector.forest_ = forest
         detector.n_features_in_ = header["n_features_in"]
+        leaf = depths + corrections - 1.0  # _leaf_depths' sums for every tree in one operation: the same floats
+        detector._leaf_depths_ = (forest, tuple(leaf[a:b] for a, b in pieces))
         return detector
 
 

@@ -215,7 +215,8 @@ def entity_incidents(
     """Incidents of one entity's scored rows (time order), each with every metric ranked.
 
     Rows are flagged at two time scales (``two_scale_flags`` with ``short_event_factor``; the
-    ``flagged`` column as it is when the frame has no ``raw_score``); incidents with fewer than
+    ``flagged`` column as it is when the frame has no ``raw_score``, or has the ``severe`` column
+    that ``two_scale_flags`` adds: the scoring job flags once); incidents with fewer than
     ``min_points`` flagged rows and no severe row are left out (``group_incidents``).
     ``baselines``, ``spread`` and ``ranges`` are the entity's per-metric training medians, spreads
     and normal ranges, or callables returning them (looked up only when there is an incident). A
@@ -238,7 +239,7 @@ def entity_incidents(
 
     if min_points < 1:
         raise ValueError(f"min_points must be >= 1, got {min_points}")
-    if "raw_score" in pdf:
+    if "raw_score" in pdf and "severe" not in pdf:  # a frame two_scale_flags flagged already keeps its flags
         pdf = two_scale_flags(pdf, short_event_factor)
     # Arrays once per entity; each incident and phase is a mask over them (pandas indexing per
     # incident cost more than the explanation's arithmetic).

@@ -117,6 +117,8 @@ def test_iforest_round_trips_as_plain_arrays_with_identical_scores():
     for before, after in zip(detector.forest_._average_path_length_per_tree, loaded.forest_._average_path_length_per_tree,
                              strict=True):
         np.testing.assert_array_equal(after, before)  # recomputed from the row counts: the same floats
+    for before, after in zip(detector._leaf_depths(), loaded._leaf_depths(), strict=True):
+        np.testing.assert_array_equal(after, before)  # summed at load for every tree at once: the same floats
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     arrays["header"] = np.frombuffer(arrays["header"].tobytes().replace(b'"format": 3', b'"format": 7'), dtype=np.uint8)

@@ -253,7 +253,7 @@ def test_whole_entities_joins_an_entity_across_batches_and_refuses_unsorted_rows
 def test_task_file_tables_equal_what_arrow_makes_of_the_frame():
     import pyarrow as pa
 
-    from fleetwatch.core.task_files import arrow_table
+    from fleetwatch.core.task_files import arrow_table, arrow_table_of
 
     schema = pa.schema([pa.field("entity", pa.string()), pa.field("ts", pa.timestamp("us", tz="UTC")),
                         pa.field("x", pa.float64()), pa.field("flag", pa.bool_()), pa.field("n", pa.int32()),
@@ -268,6 +268,31 @@ def test_task_file_tables_equal_what_arrow_makes_of_the_frame():
         assert got.equals(expected)
     assert got.column("x").null_count == 1 and got.column("ts").null_count == 1  # NaN and NaT as nulls, as pandas means them
     assert got.column("x")[2].as_py() == -np.inf
+    arrays = {"entity": naive["entity"].to_numpy(), "ts": pd.DatetimeIndex(aware["ts"]), "x": naive["x"].to_numpy(),
+              "flag": naive["flag"].to_numpy(), "n": naive["n"].to_numpy(), "day": naive["day"]}
+    assert arrow_table_of(arrays, schema).equals(expected)  # arrays, a zoned index: the same table
+
+
+def test_a_features_task_file_holds_each_entitys_windows_of_the_day(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from feature_store.partition_writer import _write_file, arrow_schema
+
+    view = view_for(SPEC)
+    raw = pd.concat([_raw_day(PREV, "22:00", 1), _raw_day(DAY, "00:00", 2)], ignore_index=True)
+    rows = raw.assign(ts=raw["ts"].dt.tz_localize(None)).sort_values(["entity_id", "ts"], kind="stable")
+    batches = [rows.iloc[i : i + 100].reset_index(drop=True) for i in range(0, len(rows), 100)]  # an entity spans batches
+    window = (pd.Timestamp(DAY), pd.Timestamp(DAY) + pd.Timedelta(days=1))
+    meta = _write_file(iter(batches), view, arrow_schema(view, pa.string()), str(tmp_path), window)
+
+    assert meta["entity"].tolist() == ["a", "b"] and meta["rows"].tolist() == [120, 110]
+    got = pq.read_table(tmp_path / meta["file"].iloc[0]).to_pandas()
+    expected = _expected(raw, view)
+    expected = expected[expected.ts >= pd.Timestamp(DAY)].reset_index(drop=True)
+    assert str(got["ts"].dt.tz) == "UTC"  # naive task timestamps are written as UTC instants
+    got["ts"] = got["ts"].dt.tz_localize(None)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-9, atol=1e-9)
 
 
 def test_incident_tables_hold_utc_instants_a_day_and_text_lineage(tmp_path):

@@ -13,7 +13,7 @@ from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.bundle import ModelBundle
 from models.entity_scoring import INCIDENT_SCHEMA, IncidentJob, score_schema
 from models.fitting import fit_bucket, fit_fleet
-from models.incidents import group_incidents, two_scale_flags
+from models.incidents import entity_incidents, group_incidents, two_scale_flags
 from models.params import FeatureLayout, ModelParams
 from models.scoring import incidents_frame, incidents_of, score_frame
 
@@ -92,6 +92,28 @@ def test_the_raw_score_rises_where_smoothing_dilutes_the_spike(scored):
     assert (spike["raw_score"] > spike["score"]).all()
     severe = two_scale_flags(scored, SPEC.short_event_factor)["severe"]
     assert severe.loc[list(SPIKE)].any() and not severe.loc[list(BLIP)].any()
+
+
+def test_zoned_naive_and_shuffled_timestamps_score_alike(bundle, day, scored):
+    columns = ["score", "raw_score", "iforest_score", "ae_score", "flagged"]
+    naive = bundle.score(day.assign(ts=day["ts"].dt.tz_localize(None)))
+    np.testing.assert_array_equal(naive[columns].to_numpy(), scored[columns].to_numpy())
+    shuffled = day.sample(frac=1.0, random_state=3)
+    again = bundle.score(shuffled)  # scored in time order, returned in the frame's row order
+    np.testing.assert_array_equal(again["score"].to_numpy(), scored["score"].to_numpy()[shuffled.index.to_numpy()])
+
+
+def test_incidents_keep_the_flags_of_a_frame_flagged_once(bundle, day, scored):
+    frame = pd.concat([two_scale_flags(scored, SPEC.short_event_factor), day[METRICS]], axis=1)
+
+    def spike_found(rows, factor) -> bool:
+        found = entity_incidents(rows, METRICS, bundle.baselines_of("a"), bundle.spreads_of("a"), gap_minutes=30,
+                                 sampling_seconds=60, min_points=SPEC.min_incident_points, short_event_factor=factor)
+        return any(i["start_ts"] <= day["ts"].iloc[SPIKE[-1]] and i["end_ts"] >= day["ts"].iloc[SPIKE[0]] for i in found)
+
+    assert spike_found(frame, SPEC.short_event_factor)
+    assert spike_found(frame, None)  # flagged with the factor once: not flagged again without it
+    assert not spike_found(frame.drop(columns=["severe"]), None)  # no severe column: flagged here, without the factor
 
 
 @pytest.mark.integration

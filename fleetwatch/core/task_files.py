@@ -96,19 +96,27 @@ def arrow_table(frame: pd.DataFrame, schema):
     (missing values, NaN included, as nulls; naive timestamps read as UTC), built column by column
     from numpy, which costs about half as much for the wide frames of one entity (88 feature
     columns; ``benchmarks/README.md``, "Scale")."""
+    return arrow_table_of({field.name: frame[field.name] for field in schema}, schema)
+
+
+def arrow_table_of(columns, schema):
+    """Columns (arrays, Series or a ``DatetimeIndex``, by the names of ``schema``) as an Arrow table
+    of ``schema``, as :func:`arrow_table` converts a frame's: for rows computed as arrays, which
+    need no frame built only to be taken apart again."""
     import pyarrow as pa
 
-    columns = []
+    arrays = []
     for field in schema:
-        values = frame[field.name]
-        if pa.types.is_timestamp(field.type) and isinstance(values.dtype, pd.DatetimeTZDtype):
-            values = values.dt.tz_convert(None)  # the same instants, as numpy holds them
-        if pa.types.is_floating(field.type):
-            values = values.to_numpy(dtype=float, na_value=np.nan)
-        elif pa.types.is_timestamp(field.type):
-            values = values.to_numpy()
-        columns.append(pa.array(values, type=field.type, from_pandas=True))
-    return pa.Table.from_arrays(columns, schema=schema)
+        values = columns[field.name]
+        if pa.types.is_timestamp(field.type):
+            if isinstance(getattr(values, "dtype", None), pd.DatetimeTZDtype):
+                values = pd.DatetimeIndex(values).tz_convert(None)  # the same instants, as numpy holds them
+            values = np.asarray(values)
+        elif pa.types.is_floating(field.type):
+            is_series = isinstance(values, pd.Series)
+            values = values.to_numpy(dtype=float, na_value=np.nan) if is_series else np.asarray(values, dtype=float)
+        arrays.append(pa.array(values, type=field.type, from_pandas=True))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def entities_manifest(meta: pd.DataFrame, extra: tuple[str, ...] = (), **header) -> dict:

@@ -119,14 +119,27 @@ def apply_cap(
     alerts_per_night: float = 1.0, minutes_per_night: float = 1440.0, level_minutes: float | None = None,
 ) -> pd.DataFrame:
     """One entity's scored night (time order) with its thresholds capped where its window is over
-    budget; adds ``alarm_cap`` (each row's factor on both thresholds, 1 on a night not capped),
-    ``uncapped_alarm_minutes`` and ``uncapped_incidents``. ``previous`` holds the uncapped minutes
-    of the window's earlier nights that were scored (none: tonight alone decides); a capped night
-    raises at most ``alerts_per_night`` alerts, or as many as uncapped when that is more. With
-    ``level_minutes``, a capped night measures each row against its own level (``local_level`` of
-    the rows' ``need`` over that many minutes) before the night's factor is found, so the minutes
-    kept are those that stand out most from the drifted normal around them, not the night's
-    highest."""
+    budget: the frame with :func:`cap_columns` set."""
+    return frame.assign(**cap_columns(
+        frame, factor=factor, rule=rule, budget_share=budget_share, previous=previous, alerts_per_night=alerts_per_night,
+        minutes_per_night=minutes_per_night, level_minutes=level_minutes,
+    ))
+
+
+def cap_columns(
+    frame: pd.DataFrame, *, factor: float | None, rule: AlertRule, budget_share: float, previous: list[float],
+    alerts_per_night: float = 1.0, minutes_per_night: float = 1440.0, level_minutes: float | None = None,
+) -> dict:
+    """The columns :func:`apply_cap` sets on one entity's scored night (time order), as arrays and
+    numbers for a caller that builds its frame once: ``threshold`` and ``raw_threshold`` capped
+    where its window is over budget, ``alarm_cap`` (each row's factor on both thresholds, 1 on a
+    night not capped), ``uncapped_alarm_minutes`` and ``uncapped_incidents``. ``previous`` holds
+    the uncapped minutes of the window's earlier nights that were scored (none: tonight alone
+    decides); a capped night raises at most ``alerts_per_night`` alerts, or as many as uncapped
+    when that is more. With ``level_minutes``, a capped night measures each row against its own
+    level (``local_level`` of the rows' ``need`` over that many minutes) before the night's factor
+    is found, so the minutes kept are those that stand out most from the drifted normal around
+    them, not the night's highest."""
     need, severe = exceedance(frame, factor)
     stamps = epoch_ns(frame["ts"])
     minutes, incidents = alarm(stamps, need, severe, 1.0, rule)
@@ -138,10 +151,11 @@ def apply_cap(
         factors = factors * cap_scale(
             stamps, need, severe, rule, budget_share * minutes_per_night, max(incidents, alerts_per_night)
         )
-    return frame.assign(
-        threshold=frame["threshold"] * factors, raw_threshold=frame["raw_threshold"] * factors,
-        alarm_cap=factors, uncapped_alarm_minutes=minutes, uncapped_incidents=float(incidents),
-    )
+    return {
+        "threshold": frame["threshold"].to_numpy(dtype=float) * factors,
+        "raw_threshold": frame["raw_threshold"].to_numpy(dtype=float) * factors,
+        "alarm_cap": factors, "uncapped_alarm_minutes": minutes, "uncapped_incidents": float(incidents),
+    }
 
 
 def cap_nights(

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from fleetwatch.core.specs import DatasetSpec
-from models.alarm_cap import AlertRule, apply_cap
+from models.alarm_cap import AlertRule, cap_columns
 from models.bundle import load_cached
 from models.frames import ENTITY, TS, one_thread_per_task, sampling_step, utc_instant
-from models.incidents import entity_incidents, phases_json, severity, two_scale_flags
+from models.incidents import entity_incidents, flag_columns, phases_json, severity
 
 INCIDENT_SCHEMA = (
     "dataset string, entity_id string, dt date, start_ts timestamp, end_ts timestamp, n_points int, "
@@ -106,19 +106,20 @@ def entity_score_parts(spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None,
             pdf = pdf.reset_index(drop=True)
         entity = str(pdf[ENTITY].iloc[0])
         scored = bundle.score_one(entity, pdf)
+        data = {c: scored[c] for c in scored.columns if c not in metrics}  # one frame built below, not one a step
         if cap is not None:
             sampling = sampling_step(pdf[TS], spec.sampling_seconds)
-            scored = apply_cap(
+            data.update(cap_columns(
                 scored, factor=spec.short_event_factor, budget_share=cap.budget_share,
                 previous=cap.previous.get(entity, []), alerts_per_night=cap.alerts_per_night,
                 rule=AlertRule(cap.gap_minutes, sampling, spec.min_incident_points_at(sampling)),
                 level_minutes=cap.level_minutes,
-            )
+            ))
         else:
-            scored = scored.assign(alarm_cap=1.0, uncapped_alarm_minutes=float("nan"), uncapped_incidents=float("nan"))
-        flagged = two_scale_flags(scored, spec.short_event_factor)
-        values = pd.DataFrame({m: pdf[m].to_numpy(dtype=float) for m in metrics})
-        out = pd.concat([flagged.drop(columns=[m for m in metrics if m in flagged]), values], axis=1)
+            data.update(alarm_cap=1.0, uncapped_alarm_minutes=float("nan"), uncapped_incidents=float("nan"))
+        data.update(flag_columns(data, spec.short_event_factor))  # against the capped thresholds
+        data.update({m: pdf[m].to_numpy(dtype=float) for m in metrics})
+        out = pd.DataFrame(data)
         records = incident_records(out, spec, bundle_dir, incidents) if incidents is not None else []
         return out[columns], records
 

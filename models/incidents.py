@@ -61,8 +61,15 @@ def severe_rows(raw_score, raw_threshold, factor: float | None) -> np.ndarray:
 def two_scale_flags(frame: pd.DataFrame, factor: float | None) -> pd.DataFrame:
     """Scored rows with ``severe`` (``severe_rows``) and ``flagged`` (smoothed score above the
     threshold, or severe): what the scoring job writes and the evaluation replays."""
+    return frame.assign(**flag_columns(frame, factor))
+
+
+def flag_columns(frame: pd.DataFrame, factor: float | None) -> dict[str, np.ndarray]:
+    """The ``severe`` and ``flagged`` columns :func:`two_scale_flags` sets, as arrays, of a frame or
+    of a mapping of its columns."""
     severe = severe_rows(frame["raw_score"], frame["raw_threshold"], factor)
-    return frame.assign(severe=severe, flagged=(frame["score"] > frame["threshold"]).to_numpy() | severe)
+    above = np.asarray(frame["score"], dtype=float) > np.asarray(frame["threshold"], dtype=float)
+    return {"severe": severe, "flagged": above | severe}
 
 
 def group_incidents(

@@ -315,6 +315,19 @@ def test_time_steps_are_read_in_seconds_whatever_unit_the_timestamps_were_read_i
     assert threshold_for_budget(scores, ts, budget_per_day=2, gap_minutes=10, sampling_seconds=60) == reference
 
 
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_epoch_nanoseconds_are_the_same_for_zoned_naive_and_plain_timestamps(unit):
+    zoned = pd.date_range("2026-03-29 00:30", periods=5, freq="37min", tz="Europe/Paris").as_unit(unit)  # over a DST change
+    expected = np.array([t.value for t in zoned], dtype=np.int64)
+    naive = zoned.tz_convert("UTC").tz_localize(None)
+    for given in (zoned, pd.Series(zoned), naive, pd.Series(naive), naive.to_numpy(), list(naive)):
+        got = epoch_ns(given)
+        assert got.dtype == np.int64 and np.array_equal(got, expected)
+    if unit != "ns":  # a time nanoseconds cannot hold is refused, not wrapped round
+        with pytest.raises(pd.errors.OutOfBoundsDatetime):
+            epoch_ns(np.array(["2300-01-01"], dtype=f"datetime64[{unit}]"))
+
+
 def _incidents_by_groupby(frame: pd.DataFrame, gap_minutes: int, min_points: int) -> pd.DataFrame:
     """The grouping rule written the plain pandas way: the oracle for ``group_incidents``."""
     flagged = frame[frame["flagged"]].sort_values(["entity_id", "ts"], kind="mergesort").reset_index(drop=True)

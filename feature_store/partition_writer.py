@@ -1,8 +1,8 @@
 """Feature partitions written by the Spark tasks that compute them.
 
 Spark shuffles the raw rows by entity and sorts each task's rows by entity and time; each task
-computes its entities' features in pandas (:func:`feature_store.transforms.entity_feature_arrays`) and
-writes them with pyarrow as one Parquet file in the partition's staging folder, returning one
+computes its entities' features in pandas (:func:`feature_store.transforms.entity_feature_arrays`)
+and writes them with pyarrow as one Parquet file in the partition's staging folder, returning one
 small row per entity. The features never pass through the JVM: handing 88 double columns back to
 Spark as Arrow batches and writing them there took about 1.6 times the CPU of the whole step
 written this way (``benchmarks/README.md``, "Features written by their tasks").

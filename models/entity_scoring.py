@@ -107,8 +107,8 @@ def entity_score_parts(spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None,
         entity = str(pdf[ENTITY].iloc[0])
         scored = bundle.score_one(entity, pdf)
         data = {c: scored[c] for c in scored.columns if c not in metrics}  # one frame built below, not one a step
+        sampling = sampling_step(pdf[TS], spec.sampling_seconds)  # the entity's own pace, for the cap and incidents
         if cap is not None:
-            sampling = sampling_step(pdf[TS], spec.sampling_seconds)
             data.update(cap_columns(
                 scored, factor=spec.short_event_factor, budget_share=cap.budget_share,
                 previous=cap.previous.get(entity, []), alerts_per_night=cap.alerts_per_night,
@@ -120,7 +120,7 @@ def entity_score_parts(spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None,
         data.update(flag_columns(data, spec.short_event_factor))  # against the capped thresholds
         data.update({m: pdf[m].to_numpy(dtype=float) for m in metrics})
         out = pd.DataFrame(data)
-        records = incident_records(out, spec, bundle_dir, incidents) if incidents is not None else []
+        records = incident_records(out, spec, bundle_dir, incidents, sampling) if incidents is not None else []
         return out[columns], records
 
     return score
@@ -129,7 +129,8 @@ def entity_score_parts(spec: DatasetSpec, bundle_dir: str, cap: AlarmCap | None,
 INCIDENT_COLUMNS = [c.split(" ")[0] for c in INCIDENT_SCHEMA.split(", ")]
 
 
-def incident_records(pdf: pd.DataFrame, spec: DatasetSpec, bundle_dir: str, job: IncidentJob) -> list[dict]:
+def incident_records(pdf: pd.DataFrame, spec: DatasetSpec, bundle_dir: str, job: IncidentJob,
+                     sampling: int | None = None) -> list[dict]:
     """One entity's scored day (its rows in time order) grouped into incidents with severity and
     contributors, as rows of :data:`INCIDENT_SCHEMA`.
 
@@ -145,7 +146,8 @@ def incident_records(pdf: pd.DataFrame, spec: DatasetSpec, bundle_dir: str, job:
         return []
     entity = str(pdf[ENTITY].iloc[0])
     explain = load_cached(bundle_dir).params.explain
-    sampling = sampling_step(pdf[TS], spec.sampling_seconds)  # the entity's own pace
+    if sampling is None:  # the entity's own pace, unless the caller measured it
+        sampling = sampling_step(pdf[TS], spec.sampling_seconds)
     found = entity_incidents(
         pdf,
         spec.metric_names,

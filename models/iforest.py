@@ -95,13 +95,14 @@ class IForestDetector(BaseDetector):
     def _leaf_depths(self) -> tuple[np.ndarray, ...]:
         """Per tree, each node's depth plus the average path length of its rows, minus one: what a
         row ending in that leaf adds to its path length (scikit-learn's sum, in its order, so the
-        same floats); computed once per fitted forest (at load for a loaded one)."""
+        same floats); computed once per fitted forest (at load for a loaded one), for all its trees at once."""
         forest = self.forest_
         cached = getattr(self, "_leaf_depths_", None)
         if cached is None or cached[0] is not forest:
-            depths = tuple(path + average - 1.0 for path, average in
-                           zip(forest._decision_path_lengths, forest._average_path_length_per_tree, strict=True))
-            cached = self._leaf_depths_ = (forest, depths)
+            paths, averages = forest._decision_path_lengths, forest._average_path_length_per_tree
+            bounds = np.cumsum([0, *(len(p) for p in paths)]).tolist()
+            summed = np.concatenate(paths) + np.concatenate(averages) - 1.0  # every tree in one operation: the same floats
+            cached = self._leaf_depths_ = (forest, tuple(summed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)))
         return cached[1]
 
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -190,8 +191,7 @@ class IForestDetector(BaseDetector):
         detector = cls(**params)
         detector.forest_ = forest
         detector.n_features_in_ = header["n_features_in"]
-        leaf = depths + corrections - 1.0  # _leaf_depths' sums for every tree in one operation: the same floats
-        detector._leaf_depths_ = (forest, tuple(leaf[a:b] for a, b in pieces))
+        detector._leaf_depths()  # at load, where the cost of loading is counted, not at the first scoring
         return detector
 
 

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     specs_dir: Path | None = Field(None, description="Folder of dataset spec TOML files.")
     spark_master: str = Field("local[*]", description="Spark master: local[*], spark://, yarn, k8s://.")
     spark_driver_memory: str = Field("2g", description="spark.driver.memory for jobs.")
+    spark_driver_java_options: str = Field(
+        "", description="spark.driver.extraJavaOptions for jobs (empty: Spark's own); for example "
+        "-XX:TieredStopAtLevel=1, which spends less CPU compiling in a short-lived step's JVM.",
+    )
     spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions.")
     spark_tasks_per_slot: int = Field(
         TASKS_PER_SLOT, ge=1, description="Tasks per task slot of the steps that work entity by entity (features, scoring): "

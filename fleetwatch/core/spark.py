@@ -60,12 +60,15 @@ def session_conf(settings: Settings) -> dict[str, str]:
 def spark_conf(settings: Settings) -> dict[str, str]:
     """Spark configuration every FleetWatch job runs with (also passed to spark-submit and to a
     Spark Connect server at its start: memory and the workers' interpreter are fixed there)."""
-    return {
+    conf = {
         **session_conf(settings),
         "spark.driver.memory": settings.spark_driver_memory,
         "spark.ui.showConsoleProgress": "false",
         "spark.executorEnv.PYSPARK_PYTHON": sys.executable,
     }
+    if settings.spark_driver_java_options:
+        conf["spark.driver.extraJavaOptions"] = settings.spark_driver_java_options
+    return conf
 
 
 def get_spark(settings: Settings, app_name: str = "fleetwatch"):

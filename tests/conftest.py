@@ -10,6 +10,10 @@ import pytest
 from fleetwatch.core.settings import Settings
 
 POSTGRES_ADMIN_URL = os.environ.get("FLEETWATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+# The tests' Spark driver JVMs compile with C1 only: their partitions are small and most of their
+# JVMs live for one step, where C2's compiling costs more CPU than it saves (two DAG tests: 49-52
+# against 66 CPU-s, benchmarks/README.md#test-suite-and-ci). Results do not depend on it.
+TEST_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -43,7 +47,8 @@ def spark(tmp_path_factory):
     from fleetwatch.core.spark import get_spark
 
     home = tmp_path_factory.mktemp("spark-home")
-    session = get_spark(Settings(home=home, spark_master="local[2]", spark_shuffle_partitions=2), "fleetwatch-tests")
+    session = get_spark(Settings(home=home, spark_master="local[2]", spark_shuffle_partitions=2,
+                                 spark_driver_java_options=TEST_JAVA_OPTIONS), "fleetwatch-tests")
     yield session
     session.stop()
 
@@ -55,6 +60,7 @@ def settings(tmp_path, monkeypatch) -> Settings:
         if key.startswith("FLEETWATCH_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("FLEETWATCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FLEETWATCH_SPARK_DRIVER_JAVA_OPTIONS", TEST_JAVA_OPTIONS)
     monkeypatch.chdir(tmp_path)
     return Settings()
 

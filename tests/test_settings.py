@@ -32,3 +32,19 @@ def test_password_hidden_in_printed_config(settings, monkeypatch):
     monkeypatch.setenv("FLEETWATCH_ALERTS_DB_URL", "postgresql+psycopg://u:secret@db:5432/alerts")
     items = Settings().public_items()
     assert "secret" not in items["alerts_db_url"] and "db:5432/alerts" in items["alerts_db_url"]
+
+
+def test_driver_java_options_are_passed_only_when_set(settings, monkeypatch):
+    from fleetwatch.core.spark import spark_conf
+
+    monkeypatch.delenv("FLEETWATCH_SPARK_DRIVER_JAVA_OPTIONS")
+    assert "spark.driver.extraJavaOptions" not in spark_conf(Settings())  # Spark's own, or spark-defaults.conf's
+    monkeypatch.setenv("FLEETWATCH_SPARK_DRIVER_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -Dfleetwatch.probe=yes")
+    assert spark_conf(Settings())["spark.driver.extraJavaOptions"] == "-XX:TieredStopAtLevel=1 -Dfleetwatch.probe=yes"
+
+
+def test_the_driver_jvm_runs_with_the_java_options_of_its_settings(spark):
+    from conftest import TEST_JAVA_OPTIONS
+
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    assert TEST_JAVA_OPTIONS in list(runtime.getInputArguments())

@@ -33,8 +33,8 @@ class Settings(BaseSettings):
     spark_master: str = Field("local[*]", description="Spark master: local[*], spark://, yarn, k8s://.")
     spark_driver_memory: str = Field("2g", description="spark.driver.memory for jobs.")
     spark_driver_java_options: str = Field(
-        "", description="spark.driver.extraJavaOptions for jobs (empty: Spark's own); for example "
-        "-XX:TieredStopAtLevel=1, which spends less CPU compiling in a short-lived step's JVM.",
+        "", description="spark.driver.extraJavaOptions for jobs (empty: Spark's own). -XX:TieredStopAtLevel=1 "
+        "spends less CPU compiling in a step's JVM on small partitions, and more CPU working on large ones.",
     )
     spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions.")
     spark_tasks_per_slot: int = Field(

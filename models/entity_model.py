@@ -271,10 +271,7 @@ def score_entity(
             raise ValueError(f"score_entity: no row of entity {frame[entity_col].iloc[0]!r} has all features finite")
         scaler = RobustClipScaler().fit(finite)
     Z = scaler.transform(impute(frame, layout.feature_cols, scaler.center_))
-    stamps = frame[ts_col]
-    if isinstance(stamps.dtype, pd.DatetimeTZDtype):
-        stamps = stamps.dt.tz_convert(None)  # the same instants: numpy sorts them without a Timestamp per row
-    order = np.argsort(stamps.to_numpy(), kind="stable")
+    order = np.argsort(frame[ts_col].values, kind="stable")  # zoned: its UTC instants (no Timestamp per row); NaT last
     X = np.hstack([Z, layout.values(frame)])[order]
     ensemble = scorer.ensemble
     calibrated, unsmoothed = ensemble.two_scale_scores(X)

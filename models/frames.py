@@ -58,10 +58,14 @@ _NS_RANGE = (np.datetime64("1677-09-22"), np.datetime64("2262-04-11"))  # inside
 def epoch_ns(ts) -> np.ndarray:
     """Timestamps as int64 nanoseconds since the epoch, whatever their stored unit: pandas keeps
     the unit it read (Parquet and Arrow give microseconds), and an integer view of ``us`` values
-    read as nanoseconds would make every step 1,000 times shorter. Naive datetimes are converted
-    by numpy (a fortieth of pandas' cost, for a call made several times an entity); missing or
-    out-of-range ones, zoned ones and text go through pandas, which converts or names them."""
-    values = ts.to_numpy() if isinstance(ts, pd.Series | pd.Index) else ts
+    read as nanoseconds would make every step 1,000 times shorter. Naive and zoned datetimes (a
+    zoned Series or Index holds UTC instants, as pandas reads Parquet) are converted by numpy (a
+    fortieth of pandas' cost, for a call made several times an entity); missing or out-of-range
+    ones and text go through pandas, which converts or names them."""
+    if isinstance(ts, pd.Series | pd.Index):  # zoned: ``.values`` are its UTC instants, naive (to_numpy() gives objects)
+        values = ts.values if isinstance(ts.dtype, pd.DatetimeTZDtype) else ts.to_numpy()
+    else:
+        values = ts
     if isinstance(values, np.ndarray) and values.dtype.kind == "M" and values.size:
         if not np.isnat(values).any() and values.min() > _NS_RANGE[0] and values.max() < _NS_RANGE[1]:
             return values.astype("datetime64[ns]").view("int64")

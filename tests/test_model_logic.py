@@ -323,6 +323,8 @@ def test_epoch_nanoseconds_are_the_same_for_zoned_naive_and_plain_timestamps(uni
     for given in (zoned, pd.Series(zoned), naive, pd.Series(naive), naive.to_numpy(), list(naive)):
         got = epoch_ns(given)
         assert got.dtype == np.int64 and np.array_equal(got, expected)
+    missing = pd.Series(zoned).where(lambda t: t != zoned[1])  # NaT, zoned: pandas' missing value
+    assert np.array_equal(epoch_ns(missing), [expected[0], np.iinfo(np.int64).min, *expected[2:]])
     if unit != "ns":  # a time nanoseconds cannot hold is refused, not wrapped round
         with pytest.raises(pd.errors.OutOfBoundsDatetime):
             epoch_ns(np.array(["2300-01-01"], dtype=f"datetime64[{unit}]"))

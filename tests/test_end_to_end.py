@@ -68,7 +68,7 @@ def test_a_history_night_retrain_then_a_scored_night_and_its_rerun(e2e_settings)
         assert not Path(lake.partition("scores", "e2e", day)).exists()
     assert lake.days(lake.zone("validation", "e2e")) == HISTORY
     before_retrain = time.time()
-    assert run_retrain(s, "e2e", DAYS[1]) == "success"
+    assert run_retrain(s, "e2e", HISTORY[-1]) == "success"
     assert str(registry.champion_version(s, "e2e")) == "1"
     _assert_mlflow_lineage(s, view, lake, before_retrain)
 

@@ -8,11 +8,15 @@ next node: the trees are grown depth first); the feature subsets and seeds; and 
 the forest's and the trees' scalar attributes. A threshold is kept as the largest float32 not
 above it: the trees compare float32 rows (scikit-learn casts them), and a float32 row is at most
 the threshold exactly when it is at most that float32, so every row takes the same branch and the
-scores are identical, in half the bytes. Loading rebuilds the scikit-learn objects from the
-arrays (``Tree.__setstate__``; the path-length corrections recomputed from the row counts as
-scikit-learn computes them), without unpickling anything. Impurities and leaf values, which
-isolation never reads, are not kept (zero on load). Forests saved in the previous format (every
-node's fields, float64 thresholds) still load.
+scores are identical, in half the bytes. Nothing is unpickled.
+
+Scoring walks the trees as flat arrays (``models.packed_forest``), the same floats as
+scikit-learn's ``score_samples``. Loading builds only those arrays from the saved ones (the
+path-length corrections recomputed from the row counts as scikit-learn computes them); the
+scikit-learn forest (``forest_``) is rebuilt from them on first access (``Tree.__setstate__``),
+which scoring never needs. Impurities and leaf values, which isolation never reads, are not kept
+(zero in a rebuilt forest). Forests saved in the previous format (every node's fields, float64
+thresholds) still load.
 
 Fitting grows scikit-learn's own trees with its tree builder (:func:`grow_isolation_forest`), the
 same draws in the same order as ``IsolationForest.fit``, so the forest is scikit-learn's node for
@@ -38,6 +42,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 
 from models.base import BaseDetector
+from models.packed_forest import PackedForest
 
 FORMAT = 3
 _NODE_DTYPE = Tree(1, np.ones(1, dtype=np.intp), 1).__getstate__()["nodes"].dtype
@@ -76,34 +81,22 @@ class IForestDetector(BaseDetector):
         self.forest_ = grow_isolation_forest(
             IsolationForest(n_estimators=self.n_estimators, max_samples=max_samples, random_state=self.random_state), X
         )
+        self.packed_ = packed(self.forest_, self.n_features_in_)
         return self
 
     def score_samples(self, X) -> np.ndarray:
         """Anomaly score per row; higher = more anomalous: minus scikit-learn's ``score_samples``,
-        computed as it does (float32 rows down each tree, path lengths added in tree order)
-        without its per-tree dispatch, which costs more than the trees for a day of rows."""
-        X = self._validate(X, reset=False).astype(np.float32)
-        forest = self.forest_
-        subset = forest._max_features != X.shape[1]
-        depths = np.zeros(X.shape[0])
-        for tree, features, leaf_depth in zip(forest.estimators_, forest.estimators_features_, self._leaf_depths(),
-                                              strict=True):
-            depths += leaf_depth[tree.tree_.apply(X[:, features] if subset else X)]
-        denominator = len(forest.estimators_) * _average_path_length([forest._max_samples])
-        return 2 ** -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0)
+        the same floats, from the packed trees (``models.packed_forest``) in one compiled walk."""
+        X = self._validate(X, reset=False)
+        return self.packed_.scores(X)
 
-    def _leaf_depths(self) -> tuple[np.ndarray, ...]:
-        """Per tree, each node's depth plus the average path length of its rows, minus one: what a
-        row ending in that leaf adds to its path length (scikit-learn's sum, in its order, so the
-        same floats); computed once per fitted forest (at load for a loaded one), for all its trees at once."""
-        forest = self.forest_
-        cached = getattr(self, "_leaf_depths_", None)
-        if cached is None or cached[0] is not forest:
-            paths, averages = forest._decision_path_lengths, forest._average_path_length_per_tree
-            bounds = np.cumsum([0, *(len(p) for p in paths)]).tolist()
-            summed = np.concatenate(paths) + np.concatenate(averages) - 1.0  # every tree in one operation: the same floats
-            cached = self._leaf_depths_ = (forest, tuple(summed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)))
-        return cached[1]
+    def __getattr__(self, name: str):
+        """A loaded detector's scikit-learn forest, rebuilt from its saved arrays on first access."""
+        saved = self.__dict__.get("_saved")
+        if name != "forest_" or saved is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.forest_ = _forest(*saved)
+        return self.forest_
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The fitted forest as plain arrays (see the module docstring), ``header`` a JSON text as bytes."""
@@ -152,47 +145,99 @@ class IForestDetector(BaseDetector):
     @classmethod
     def from_state_arrays(cls, params: dict, arrays: Mapping[str, np.ndarray]) -> IForestDetector:
         """The detector with ``params`` (``get_params()``) that :meth:`state_arrays` describes (or a
-        format-2 ``.npz``'s arrays)."""
+        format-2 ``.npz``'s arrays): its packed trees, built from the arrays without scikit-learn's
+        objects; ``forest_`` is rebuilt on first access."""
         header = json.loads(np.asarray(arrays["header"]).tobytes())
+        detector = cls(**params)
+        detector.n_features_in_ = header["n_features_in"]
         if header.get("format") == FORMAT:
-            nodes = _nodes(arrays, header["tree_nodes"])
+            detector._saved = (header, arrays)
+            detector.packed_ = _packed_arrays(header, arrays)
         elif header.get("format") == 2:
-            nodes = np.zeros(len(arrays["depths"]), dtype=_NODE_DTYPE)
-            for name in _NODE_FIELDS_2:
-                nodes[name] = arrays[name]
+            detector.forest_ = _forest(header, arrays)
+            detector.packed_ = packed(detector.forest_, header["n_features_in"])
         else:
             raise ValueError(f"isolation forest saved in format {header.get('format')}, expected {FORMAT} (or 2)")
-        nodes["weighted_n_node_samples"] = nodes["n_node_samples"]  # fitted without sample weights
-        depths, features, seeds = arrays["depths"].astype(np.int64), arrays["features"].astype(np.intp), np.array(arrays["seeds"])
-        forest = IsolationForest.__new__(IsolationForest)
-        forest.__dict__.update(_restored(header["forest"]))
-        n_features = int(forest.__dict__.get("n_features_in_", header["n_features_in"]))
-        estimator, n_outputs = _restored(header["estimator"]), np.ones(1, dtype=np.intp)  # the same for every tree
-        estimators, start, values = [], 0, np.zeros((len(nodes), 1, 1))  # leaf values: never read by isolation
-        for depth, count, seed in zip(header["tree_max_depth"], header["tree_nodes"], header["tree_random_state"], strict=True):
-            est = ExtraTreeRegressor.__new__(ExtraTreeRegressor)
-            est.__dict__.update(estimator)
-            est.random_state = seed
-            tree = Tree(n_features, n_outputs, 1)
-            tree.__setstate__({"max_depth": depth, "node_count": count, "nodes": nodes[start : start + count],
-                               "values": values[start : start + count]})
-            est.tree_ = tree
-            estimators.append(est)
-            start += count
-        bounds = np.cumsum([0, *header["tree_nodes"]]).tolist()
-        pieces = list(zip(bounds[:-1], bounds[1:], strict=True))  # each tree's nodes (np.split costs more a tree)
-        forest.estimators_ = estimators
-        forest.estimators_features_ = list(features)
-        forest._seeds = seeds
-        corrections = _average_path_lengths(nodes["n_node_samples"])
-        forest._average_path_length_per_tree = tuple(corrections[a:b] for a, b in pieces)
-        forest._decision_path_lengths = tuple(depths[a:b] for a, b in pieces)
-        forest.estimator_ = None if header["template"] is None else ExtraTreeRegressor(**header["template"])
-        detector = cls(**params)
-        detector.forest_ = forest
-        detector.n_features_in_ = header["n_features_in"]
-        detector._leaf_depths()  # at load, where the cost of loading is counted, not at the first scoring
         return detector
+
+
+def packed(forest: IsolationForest, n_features: int) -> PackedForest:
+    """The packed trees (``models.packed_forest``) of a fitted scikit-learn forest; its trees must
+    be grown depth first (a left child is the next node) on all ``n_features`` columns, as
+    :func:`grow_isolation_forest` grows them."""
+    if forest._max_features != n_features:
+        raise ValueError(f"isolation forest: trees grown on {forest._max_features} of {n_features} columns; "
+                         "only forests grown on every column can be packed")
+    nodes = np.concatenate([est.tree_.__getstate__()["nodes"] for est in forest.estimators_])
+    tree_nodes = [est.tree_.node_count for est in forest.estimators_]
+    inner = nodes["left_child"] != _LEAF
+    if not np.array_equal(nodes["left_child"][inner], _local_index(tree_nodes)[inner] + 1):
+        raise ValueError("isolation forest: a left child is not the next node; only depth-first trees can be packed")
+    leaf_value = np.concatenate(forest._decision_path_lengths) + np.concatenate(forest._average_path_length_per_tree) - 1.0
+    return PackedForest.of_nodes(
+        tree_nodes=tree_nodes, right=nodes["right_child"], inner_feature=nodes["feature"][inner],
+        inner_threshold=_float32_at_most(nodes["threshold"][inner]), leaf_value=leaf_value,
+        denominator=_denominator(len(tree_nodes), forest._max_samples),
+    )
+
+
+def _packed_arrays(header: dict, arrays: Mapping[str, np.ndarray]) -> PackedForest:
+    """The packed trees of a format-3 forest, from its saved arrays alone. A row ending in a node
+    adds its depth plus the average path length of the node's rows, minus one: scikit-learn's sum,
+    in its order, so the same floats."""
+    forest = header["forest"]
+    if forest.get("_max_features", header["n_features_in"]) != header["n_features_in"]:
+        raise ValueError(f"isolation forest: trees grown on {forest['_max_features']} of {header['n_features_in']} "
+                         "columns; only forests grown on every column can be packed")
+    leaf_value = arrays["depths"].astype(np.int64) + _average_path_lengths(arrays["n_node_samples"]) - 1.0
+    return PackedForest.of_nodes(
+        tree_nodes=header["tree_nodes"], right=arrays["right_child"], inner_feature=arrays["feature"],
+        inner_threshold=arrays["threshold"], leaf_value=leaf_value,
+        denominator=_denominator(len(header["tree_nodes"]), forest["_max_samples"]),
+    )
+
+
+def _denominator(n_trees: int, max_samples: int) -> float:
+    """What the summed path lengths are divided by, as scikit-learn computes it (its average path
+    length of ``max_samples`` rows, from the table :func:`_average_path_lengths` keeps)."""
+    return float(n_trees * _path_length_table(int(max_samples))[int(max_samples)])
+
+
+def _forest(header: dict, arrays: Mapping[str, np.ndarray]) -> IsolationForest:
+    """The scikit-learn forest that a format-3 (or format-2) forest's saved arrays describe."""
+    if header.get("format") == FORMAT:
+        nodes = _nodes(arrays, header["tree_nodes"])
+    else:
+        nodes = np.zeros(len(arrays["depths"]), dtype=_NODE_DTYPE)
+        for name in _NODE_FIELDS_2:
+            nodes[name] = arrays[name]
+    nodes["weighted_n_node_samples"] = nodes["n_node_samples"]  # fitted without sample weights
+    depths, features, seeds = arrays["depths"].astype(np.int64), arrays["features"].astype(np.intp), np.array(arrays["seeds"])
+    forest = IsolationForest.__new__(IsolationForest)
+    forest.__dict__.update(_restored(header["forest"]))
+    n_features = int(forest.__dict__.get("n_features_in_", header["n_features_in"]))
+    estimator, n_outputs = _restored(header["estimator"]), np.ones(1, dtype=np.intp)  # the same for every tree
+    estimators, start, values = [], 0, np.zeros((len(nodes), 1, 1))  # leaf values: never read by isolation
+    for depth, count, seed in zip(header["tree_max_depth"], header["tree_nodes"], header["tree_random_state"], strict=True):
+        est = ExtraTreeRegressor.__new__(ExtraTreeRegressor)
+        est.__dict__.update(estimator)
+        est.random_state = seed
+        tree = Tree(n_features, n_outputs, 1)
+        tree.__setstate__({"max_depth": depth, "node_count": count, "nodes": nodes[start : start + count],
+                           "values": values[start : start + count]})
+        est.tree_ = tree
+        estimators.append(est)
+        start += count
+    bounds = np.cumsum([0, *header["tree_nodes"]]).tolist()
+    pieces = list(zip(bounds[:-1], bounds[1:], strict=True))  # each tree's nodes (np.split costs more a tree)
+    forest.estimators_ = estimators
+    forest.estimators_features_ = list(features)
+    forest._seeds = seeds
+    corrections = _average_path_lengths(nodes["n_node_samples"])
+    forest._average_path_length_per_tree = tuple(corrections[a:b] for a, b in pieces)
+    forest._decision_path_lengths = tuple(depths[a:b] for a, b in pieces)
+    forest.estimator_ = None if header["template"] is None else ExtraTreeRegressor(**header["template"])
+    return forest
 
 
 def _local_index(tree_nodes: list[int]) -> np.ndarray:

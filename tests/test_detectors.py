@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 
 from benchmarks.model_format import previous_forest
 from models.autoencoder import AutoencoderDetector, entity_seed, fit_batched
-from models.iforest import IForestDetector, grow_isolation_forest
+from models.iforest import IForestDetector, grow_isolation_forest, packed
 from models.scaling import RobustClipScaler
 
 FAST_AE = {"hidden": 16, "bottleneck": 4, "epochs": 20, "batch_size": 64, "lr": 1e-2}
@@ -100,6 +100,7 @@ def test_iforest_round_trips_as_plain_arrays_with_identical_scores():
     loaded = IForestDetector.from_bytes(data)
     assert loaded.get_params() == detector.get_params()
     assert loaded.n_features_in_ == 5
+    assert "forest_" not in vars(loaded)  # scoring reads the packed trees; scikit-learn's are rebuilt on first access
     back = np.concatenate([e.tree_.__getstate__()["nodes"] for e in loaded.forest_.estimators_])
     for field in ("left_child", "right_child", "feature", "n_node_samples", "missing_go_to_left"):
         np.testing.assert_array_equal(back[field], nodes[field])
@@ -117,8 +118,8 @@ def test_iforest_round_trips_as_plain_arrays_with_identical_scores():
     for before, after in zip(detector.forest_._average_path_length_per_tree, loaded.forest_._average_path_length_per_tree,
                              strict=True):
         np.testing.assert_array_equal(after, before)  # recomputed from the row counts: the same floats
-    for before, after in zip(detector._leaf_depths(), loaded._leaf_depths(), strict=True):
-        np.testing.assert_array_equal(after, before)  # summed at load for every tree at once: the same floats
+    for name in ("starts", "right", "feature", "threshold", "leaf_value"):  # packed from the saved arrays alone
+        np.testing.assert_array_equal(getattr(loaded.packed_, name), getattr(detector.packed_, name))
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     arrays["header"] = np.frombuffer(arrays["header"].tobytes().replace(b'"format": 3', b'"format": 7'), dtype=np.uint8)
@@ -185,6 +186,15 @@ def test_iforest_growth_refuses_what_it_does_not_reproduce():
         grow_isolation_forest(IsolationForest(n_estimators=0), X)
     with pytest.raises(ValueError, match="leaves no row of 50"):
         grow_isolation_forest(IsolationForest(max_samples=0.01), X)
+
+
+def test_packed_trees_of_scikit_learns_own_forest_score_as_it_does():
+    X = low_rank(500, d=4)
+    forest = IsolationForest(n_estimators=40, max_samples=200, random_state=2).fit(X)
+    Y = np.vstack([low_rank(300, d=4, seed=4) * 5, X[:50]])
+    np.testing.assert_array_equal(packed(forest, 4).scores(Y), -forest.score_samples(Y))
+    with pytest.raises(ValueError, match="trees grown on 2 of 4 columns"):
+        packed(IsolationForest(n_estimators=5, max_features=0.5, random_state=2).fit(X), 4)
 
 
 def test_iforest_same_seed_same_scores_and_small_training_sets():

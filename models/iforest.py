@@ -189,7 +189,7 @@ def _packed_arrays(header: dict, arrays: Mapping[str, np.ndarray]) -> PackedFore
     if forest.get("_max_features", header["n_features_in"]) != header["n_features_in"]:
         raise ValueError(f"isolation forest: trees grown on {forest['_max_features']} of {header['n_features_in']} "
                          "columns; only forests grown on every column can be packed")
-    leaf_value = arrays["depths"].astype(np.int64) + _average_path_lengths(arrays["n_node_samples"]) - 1.0
+    leaf_value = arrays["depths"] + _average_path_lengths(arrays["n_node_samples"]) - 1.0  # small ints: exact in float64
     return PackedForest.of_nodes(
         tree_nodes=header["tree_nodes"], right=arrays["right_child"], inner_feature=arrays["feature"],
         inner_threshold=arrays["threshold"], leaf_value=leaf_value,

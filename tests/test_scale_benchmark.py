@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 
-from benchmarks import scale
+from benchmarks import night_rerun, scale
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -14,7 +15,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 @pytest.mark.usefixtures("settings")
 def test_scale_benchmark_measures_a_real_retrain_night_plain_loop_and_floor(spark, tmp_path):
     out = tmp_path / "scale.json"
-    figures = scale.run([3], metrics=7, train_days=1, quick=True, interval=0.2, root=tmp_path / "bench", spark=spark, out=out)
+    figures = scale.run([3], metrics=7, train_days=1, quick=True, interval=0.2, root=tmp_path / "bench", spark=spark, out=out,
+                        keep=True)
 
     [result] = figures["results"]
     rows = 3 * 1440
@@ -36,3 +38,10 @@ def test_scale_benchmark_measures_a_real_retrain_night_plain_loop_and_floor(spar
     assert summary["ratio_fleetwatch_to_plain"] > 0 and summary["ratio_night_to_floor"] > 0
     assert "x" in scale.table(figures["results"])
     assert json.loads(out.read_text())["results"][0]["rows_scored"] == rows  # written as each size ends
+
+    # the kept home's night reruns in the same session, as night_rerun compares two versions of the code
+    day = scale.START + dt.timedelta(days=1)
+    [night] = night_rerun.rerun(tmp_path / "bench" / "n3", "scale3", day, nights=1, interval=0.2)
+    assert set(night) == set(night_rerun.STAGES)
+    assert all(cpu > 0 and wall > 0 for cpu, wall in night.values()), night
+    assert spark.read.parquet(str(tmp_path / "bench" / "n3" / "lake" / "scores" / "scale3" / f"dt={day}")).count() == rows

@@ -27,7 +27,7 @@ LEAF = -1  # scikit-learn's child of a leaf
 
 
 @numba.njit(cache=True, nogil=True)
-def path_lengths(X, starts, right, feature, threshold, leaf_value):  # pragma: no cover - compiled
+def path_lengths(X, starts, right, feature, threshold, leaf_value):
     """Each row's summed path length over the trees: per tree (``starts``: its first node), down
     from its root to a leaf, left (the next node) when the row's value is at most the threshold."""
     n_rows = X.shape[0]

@@ -43,16 +43,16 @@ def main() -> None:
     layout = FeatureLayout.of(view)
     models = fit_bucket(train, layout=layout, spec=spec, params=ModelParams(ae_epochs=1), random_state=42)
     frames = {m.entity: day[day["entity_id"] == m.entity] for m in models}
-    direct = IForestDetector.score_samples
+    packed_walk = IForestDetector.score_samples
     cpu = {"scikit-learn score_samples": 0.0, "packed walk": 0.0}
     outputs = {}
     for _ in range(args.repeats):
-        for name, method in (("scikit-learn score_samples", _sklearn_scores), ("packed walk", direct)):
+        for name, method in (("scikit-learn score_samples", _sklearn_scores), ("packed walk", packed_walk)):
             IForestDetector.score_samples = method
             started = time.process_time()
             outputs[name] = [score_entity(m, frames[m.entity], layout, None)["score"].to_numpy() for m in models]
             cpu[name] += time.process_time() - started
-    IForestDetector.score_samples = direct
+    IForestDetector.score_samples = packed_walk
     same = all(np.array_equal(a, b) for a, b in zip(*outputs.values(), strict=True))
     per = {k: v / args.repeats / len(models) for k, v in cpu.items()}
     print(f"{len(models)} entities x {args.repeats} repeats, {args.metrics} metrics, load average {os.getloadavg()[0]:.1f}; "

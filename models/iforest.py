@@ -102,6 +102,7 @@ class IForestDetector(BaseDetector):
         """The fitted forest as plain arrays (see the module docstring), ``header`` a JSON text as bytes."""
         forest = self.forest_
         trees = [est.tree_.__getstate__() for est in forest.estimators_]
+        nodes, inner = _depth_first_nodes(trees)
         header = {
             "format": FORMAT,
             "params": self.get_params(),
@@ -113,10 +114,6 @@ class IForestDetector(BaseDetector):
             "tree_max_depth": [int(t["max_depth"]) for t in trees],
             "tree_nodes": [int(t["node_count"]) for t in trees],
         }
-        nodes = np.concatenate([t["nodes"] for t in trees])
-        inner = nodes["left_child"] != _LEAF
-        if not np.array_equal(nodes["left_child"][inner], _local_index(header["tree_nodes"])[inner] + 1):
-            raise ValueError("isolation forest: a left child is not the next node; only depth-first trees can be saved")
         return {
             "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
             "right_child": _narrow(nodes["right_child"]),
@@ -165,14 +162,9 @@ def packed(forest: IsolationForest, n_features: int) -> PackedForest:
     """The packed trees (``models.packed_forest``) of a fitted scikit-learn forest; its trees must
     be grown depth first (a left child is the next node) on all ``n_features`` columns, as
     :func:`grow_isolation_forest` grows them."""
-    if forest._max_features != n_features:
-        raise ValueError(f"isolation forest: trees grown on {forest._max_features} of {n_features} columns; "
-                         "only forests grown on every column can be packed")
-    nodes = np.concatenate([est.tree_.__getstate__()["nodes"] for est in forest.estimators_])
+    _require_every_column(forest._max_features, n_features)
+    nodes, inner = _depth_first_nodes([est.tree_.__getstate__() for est in forest.estimators_])
     tree_nodes = [est.tree_.node_count for est in forest.estimators_]
-    inner = nodes["left_child"] != _LEAF
-    if not np.array_equal(nodes["left_child"][inner], _local_index(tree_nodes)[inner] + 1):
-        raise ValueError("isolation forest: a left child is not the next node; only depth-first trees can be packed")
     leaf_value = np.concatenate(forest._decision_path_lengths) + np.concatenate(forest._average_path_length_per_tree) - 1.0
     return PackedForest.of_nodes(
         tree_nodes=tree_nodes, right=nodes["right_child"], inner_feature=nodes["feature"][inner],
@@ -186,15 +178,29 @@ def _packed_arrays(header: dict, arrays: Mapping[str, np.ndarray]) -> PackedFore
     adds its depth plus the average path length of the node's rows, minus one: scikit-learn's sum,
     in its order, so the same floats."""
     forest = header["forest"]
-    if forest.get("_max_features", header["n_features_in"]) != header["n_features_in"]:
-        raise ValueError(f"isolation forest: trees grown on {forest['_max_features']} of {header['n_features_in']} "
-                         "columns; only forests grown on every column can be packed")
+    _require_every_column(forest.get("_max_features", header["n_features_in"]), header["n_features_in"])
     leaf_value = arrays["depths"] + _average_path_lengths(arrays["n_node_samples"]) - 1.0  # small ints: exact in float64
     return PackedForest.of_nodes(
         tree_nodes=header["tree_nodes"], right=arrays["right_child"], inner_feature=arrays["feature"],
         inner_threshold=arrays["threshold"], leaf_value=leaf_value,
         denominator=_denominator(len(header["tree_nodes"]), forest["_max_samples"]),
     )
+
+
+def _depth_first_nodes(trees: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The node records of trees' ``__getstate__()`` concatenated, and the mask of inner nodes;
+    raises unless every left child is the next node (what saving and packing rely on)."""
+    nodes = np.concatenate([t["nodes"] for t in trees])
+    inner = nodes["left_child"] != _LEAF
+    if not np.array_equal(nodes["left_child"][inner], _local_index([int(t["node_count"]) for t in trees])[inner] + 1):
+        raise ValueError("isolation forest: a left child is not the next node; only depth-first trees can be saved or packed")
+    return nodes, inner
+
+
+def _require_every_column(max_features: int, n_features: int) -> None:
+    if max_features != n_features:
+        raise ValueError(f"isolation forest: trees grown on {max_features} of {n_features} columns; "
+                         "only forests grown on every column can be packed")
 
 
 def _denominator(n_trees: int, max_samples: int) -> float:

@@ -48,9 +48,9 @@ def loop_fit(Xs: dict[str, np.ndarray], params: dict) -> dict[str, AutoencoderDe
 def max_weight_diff(a: dict[str, AutoencoderDetector], b: dict[str, AutoencoderDetector]) -> float:
     """Largest absolute difference of any weight of any entity between two fits."""
     return max(
-        float((a[key].state_dict_[name] - b[key].state_dict_[name]).abs().max())
+        float(np.abs(a[key].weights_[name] - b[key].weights_[name]).max())
         for key in a
-        for name in a[key].state_dict_
+        for name in a[key].weights_
     )
 
 

@@ -1,14 +1,17 @@
 """Dense autoencoders whose weights for many entities are stacked and trained as one tensor program.
 
-Every parameter has a leading entity axis (``W1`` is (E, D, H), ...) and the forward pass uses
-``torch.baddbmm``, so E entities cost one batched matrix product per layer instead of E small
-ones. The loss is the sum over entities of each entity's mean loss, so each entity's gradient
+Every parameter has a leading entity axis (``W1`` is (E, D, H), ...) and the training forward
+pass uses ``torch.baddbmm``, so E entities cost one batched matrix product per layer instead of E
+small ones. The loss is the sum over entities of each entity's mean loss, so each entity's gradient
 touches only its own slice; Adam is elementwise, so one optimizer over the stacked tensors
 updates each slice exactly as a separate Adam would. Initialisation and minibatch sampling of
 an entity depend only on its seed, and :func:`fit_batched` derives that seed from the run's
 ``random_state`` and the entity key: an entity's model does not depend on which other entities
 trained beside it, and ``AutoencoderDetector(random_state=entity_seed(rs, key)).fit(X)``
 reproduces it.
+
+A fitted detector holds its weights as numpy arrays and scores with numpy: scoring and loading
+never import torch (about 1.5 CPU-s in every new process), only training and ``to_bytes`` do.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ import math
 import numbers
 import zlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from models.base import BaseDetector
+
+if TYPE_CHECKING:
+    import torch
 
 LAYERS = ("1", "2", "3", "4")  # D -> H -> B -> H -> D
 
@@ -64,7 +70,7 @@ class AutoencoderDetector(BaseDetector):
 
     Attributes
     ----------
-    state_dict_ : dict of str to torch.Tensor
+    weights_ : dict of str to ndarray of float32
         This entity's weights (``W1`` (D, H), ``b1`` (H,), ... ``W4`` (H, D), ``b4`` (D,)).
     loss_history_ : ndarray of shape (epochs,)
         Mean training loss of each epoch.
@@ -95,7 +101,7 @@ class AutoencoderDetector(BaseDetector):
         _check_params(self.get_params())
         X = self._validate(X, reset=True)
         state, history = _train([X], [_run_seed(self.random_state)], self.get_params())
-        self._set_state({name: tensor[0] for name, tensor in state.items()}, history[0])
+        self._set_state({name: weights[0] for name, weights in state.items()}, history[0])
         return self
 
     def score_samples(self, X) -> np.ndarray:
@@ -105,16 +111,16 @@ class AutoencoderDetector(BaseDetector):
     def feature_errors(self, X) -> np.ndarray:
         """Squared reconstruction error of each feature of each row, shape (n_samples, n_features)."""
         X = self._validate(X, reset=False)
-        x = torch.from_numpy(X.astype(np.float32))[None]
-        stacked = {name: tensor[None] for name, tensor in self.state_dict_.items()}
-        with torch.no_grad():
-            errors = (_forward(stacked, x) - x)[0] ** 2
-        return errors.numpy().astype(np.float64)
+        x = X.astype(np.float32)
+        errors = _reconstruct(self.weights_, x)
+        errors -= x
+        errors *= errors
+        return errors.astype(np.float64)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Weights and loss history as numpy arrays (for an ``.npz``)."""
         check_is_fitted(self)
-        arrays = {name: tensor.numpy() for name, tensor in self.state_dict_.items()}
+        arrays = dict(self.weights_)
         arrays["loss_history"] = self.loss_history_
         return arrays
 
@@ -122,17 +128,18 @@ class AutoencoderDetector(BaseDetector):
     def from_state_arrays(cls, params: dict, arrays: Mapping[str, np.ndarray]) -> AutoencoderDetector:
         """The detector with ``params`` (``get_params()``) and ``arrays`` (:meth:`state_arrays`)."""
         detector = cls(**params)
-        state = {name: torch.from_numpy(np.array(arrays[name], dtype=np.float32)) for name in _param_names()}
-        detector._set_state(state, np.asarray(arrays["loss_history"], dtype=np.float64))
+        detector._set_state(arrays, np.asarray(arrays["loss_history"], dtype=np.float64))
         return detector
 
     def to_bytes(self) -> bytes:
         """Parameters and weights via ``torch.save`` (loadable with ``weights_only=True``)."""
+        import torch
+
         check_is_fitted(self)
         buffer = io.BytesIO()
         payload = {
             "params": self.get_params(),
-            "state": self.state_dict_,
+            "state": {name: torch.from_numpy(weights) for name, weights in self.weights_.items()},
             "loss_history": torch.from_numpy(self.loss_history_),
         }
         torch.save(payload, buffer)
@@ -141,15 +148,19 @@ class AutoencoderDetector(BaseDetector):
     @classmethod
     def from_bytes(cls, data: bytes) -> AutoencoderDetector:
         """Load what :meth:`to_bytes` wrote, without unpickling arbitrary objects."""
+        import torch
+
         payload = torch.load(io.BytesIO(data), weights_only=True)
         detector = cls(**payload["params"])
-        detector._set_state(payload["state"], payload["loss_history"].numpy())
+        detector._set_state({name: tensor.numpy() for name, tensor in payload["state"].items()},
+                            payload["loss_history"].numpy())
         return detector
 
-    def _set_state(self, state: dict[str, torch.Tensor], loss_history: np.ndarray) -> None:
-        self.state_dict_ = {name: state[name].detach().clone().contiguous() for name in _param_names()}
+    def _set_state(self, state: Mapping[str, np.ndarray], loss_history: np.ndarray) -> None:
+        """Own float32 copies of ``state``'s weights (a view into a batch or a buffer is not kept)."""
+        self.weights_ = {name: np.array(state[name], dtype=np.float32, order="C") for name in _param_names()}
         self.loss_history_ = np.asarray(loss_history, dtype=np.float64)
-        self.n_features_in_ = self.state_dict_["W1"].shape[0]
+        self.n_features_in_ = self.weights_["W1"].shape[0]
 
 
 def fit_batched(Xs: Mapping[str, np.ndarray], **params) -> dict[str, AutoencoderDetector]:
@@ -196,7 +207,7 @@ def fit_batched(Xs: Mapping[str, np.ndarray], **params) -> dict[str, Autoencoder
 
     state, history = _train(arrays, seeds, template.get_params())
     for index, detector in enumerate(detectors.values()):
-        detector._set_state({name: tensor[index] for name, tensor in state.items()}, history[index])
+        detector._set_state({name: weights[index] for name, weights in state.items()}, history[index])
     return detectors
 
 
@@ -214,8 +225,21 @@ def _param_names() -> list[str]:
     return [f"{kind}{layer}" for layer in LAYERS for kind in ("W", "b")]
 
 
+def _reconstruct(weights: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Reconstruction of the float32 rows ``x`` (n, D) by one network's ``weights``, in numpy."""
+    h = x
+    for layer in LAYERS:
+        h = h @ weights[f"W{layer}"]
+        h += weights[f"b{layer}"]
+        if layer in ("1", "3"):
+            np.maximum(h, 0.0, out=h)
+    return h
+
+
 def _forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Reconstruction of ``x`` (E, n, D) by the stacked networks ``params`` (leading axis E)."""
+    """Reconstruction of ``x`` (E, n, D) by the stacked networks ``params`` (leading axis E), for training."""
+    import torch
+
     h = x
     for layer in LAYERS:
         h = torch.baddbmm(params[f"b{layer}"].unsqueeze(1), h, params[f"W{layer}"])
@@ -226,6 +250,8 @@ def _forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 
 def _init_slice(seed: int, sizes: list[int]) -> dict[str, torch.Tensor]:
     """One entity's initial weights, uniform in +-1/sqrt(fan_in) as torch.nn.Linear does."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     weights = {}
     for layer, fan_in, fan_out in zip(LAYERS, sizes[:-1], sizes[1:], strict=False):
@@ -241,8 +267,10 @@ def _epoch_indices(rng: np.random.Generator, n_rows: int, length: int) -> np.nda
     return np.concatenate([rng.permutation(n_rows) for _ in range(passes)])[:length]
 
 
-def _train(arrays: list[np.ndarray], seeds: list[int], params: dict) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-    """Train E stacked autoencoders; returns stacked weights and the (E, epochs) loss history."""
+def _train(arrays: list[np.ndarray], seeds: list[int], params: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Train E stacked autoencoders; returns stacked weights (E, ...) and the (E, epochs) loss history."""
+    import torch
+
     n_entities, n_features = len(arrays), arrays[0].shape[1]
     sizes = [n_features, params["hidden"], params["bottleneck"], params["hidden"], n_features]
     slices = [_init_slice(seed, sizes) for seed in seeds]
@@ -269,4 +297,4 @@ def _train(arrays: list[np.ndarray], seeds: list[int], params: dict) -> tuple[di
             optimizer.step()
             epoch_loss += entity_loss.detach()
         history[:, epoch] = (epoch_loss / steps).numpy()
-    return {name: tensor.detach() for name, tensor in weights.items()}, history
+    return {name: tensor.detach().numpy() for name, tensor in weights.items()}, history

@@ -6,9 +6,13 @@ spec calls them; :func:`canonical` renames a Spark frame's columns to those.
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+
 import numpy as np
 import pandas as pd
-import torch
+from threadpoolctl import threadpool_limits
 
 from fleetwatch.core.specs import DatasetSpec
 
@@ -25,8 +29,18 @@ def canonical(df, spec: DatasetSpec):
 
 
 def one_thread_per_task() -> None:
-    """Spark runs one task per core: torch's own thread pool would only fight the other tasks."""
-    torch.set_num_threads(1)
+    """Spark runs one task per core: a library's own thread pool (numpy's BLAS, torch's) would only
+    fight the other tasks. torch is not imported for it: scoring never needs torch, and a later
+    import reads ``OMP_NUM_THREADS``. The BLAS limit is set once a process (about 1 ms a call)."""
+    _limit_blas_once()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+@functools.cache
+def _limit_blas_once() -> None:
+    threadpool_limits(1)
 
 
 def usable_rows(frame: pd.DataFrame, feature_cols, ts_col: str) -> pd.DataFrame:

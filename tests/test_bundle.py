@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -374,3 +376,33 @@ def test_a_truncated_or_missing_part_is_one_line_naming_the_version_and_file(bun
     (folder / "manifest.json").write_text("{not json")
     with pytest.raises(CorruptModel, match="fleetwatch-synth v5 at .* cannot be loaded"):
         open_checked(str(folder), "fleetwatch-synth v5")
+
+
+def test_a_scoring_process_scores_an_entity_without_importing_torch(bundle, new_day, tmp_path):
+    """Loading and scoring need numpy, scikit-learn and numba only: a Spark worker that scores never
+    pays torch's import (about 1.5 CPU-s). Run in a fresh interpreter, which prints the scores."""
+    (tmp_path / "a.model").write_bytes(bundle.entities["a"].to_bytes())
+    (tmp_path / "fleet.model").write_bytes(bundle.fleet.to_bytes())
+    rows = new_day[new_day["entity_id"] == "a"].reset_index(drop=True)
+    rows.to_parquet(tmp_path / "rows.parquet")
+    script = f"""
+import json, sys
+from pathlib import Path
+import pandas as pd
+import models.scoring
+from models.entity_model import EntityModel, score_entity
+from models.params import FeatureLayout
+home = Path({str(tmp_path)!r})
+model, fleet = (EntityModel.from_bytes((home / name).read_bytes()) for name in ("a.model", "fleet.model"))
+layout = FeatureLayout(*(tuple(part) for part in json.loads({json.dumps([FEATURES, FEATURE_METRIC, METRICS])!r})))
+scores = score_entity(model, pd.read_parquet(home / "rows.parquet"), layout, fleet)
+scores.to_parquet(home / "scores.parquet")
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] == "torch")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    expected = score_entity(bundle.entities["a"], rows, LAYOUT, bundle.fleet)
+    scored = pd.read_parquet(tmp_path / "scores.parquet")
+    pd.testing.assert_frame_equal(scored, expected)
+    assert scored["flagged"].any()

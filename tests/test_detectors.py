@@ -219,15 +219,15 @@ def test_fit_batched_matches_single_entity_fits():
     for key, X in Xs.items():
         single = AutoencoderDetector(**FAST_AE, random_state=entity_seed(11, key)).fit(X)
         assert batched[key].get_params() == single.get_params()
-        for name, weight in single.state_dict_.items():
-            torch.testing.assert_close(batched[key].state_dict_[name], weight, atol=1e-5, rtol=0)
+        for name, weight in single.weights_.items():
+            np.testing.assert_allclose(batched[key].weights_[name], weight, atol=1e-5, rtol=0)
         np.testing.assert_allclose(batched[key].score_samples(X), single.score_samples(X), atol=1e-5)
         np.testing.assert_allclose(batched[key].loss_history_, single.loss_history_, atol=1e-5)
 
     # Entities train independently: a's model does not depend on who trained beside it.
     other = fit_batched({"db-1": Xs["db-1"], "cache-9": low_rank(300, seed=4)}, **FAST_AE, random_state=11)
-    torch.testing.assert_close(other["db-1"].state_dict_["W1"], batched["db-1"].state_dict_["W1"], atol=1e-5, rtol=0)
-    assert not torch.allclose(batched["web-1"].state_dict_["W1"], batched["web-2"].state_dict_["W1"])
+    np.testing.assert_allclose(other["db-1"].weights_["W1"], batched["db-1"].weights_["W1"], atol=1e-5, rtol=0)
+    assert not np.allclose(batched["web-1"].weights_["W1"], batched["web-2"].weights_["W1"])
 
 
 def test_autoencoder_reruns_identical_and_seed_matters():
@@ -235,9 +235,9 @@ def test_autoencoder_reruns_identical_and_seed_matters():
     first, second = fit_batched(Xs, **FAST_AE, random_state=5), fit_batched(Xs, **FAST_AE, random_state=5)
     third = fit_batched(Xs, **FAST_AE, random_state=6)
     for key in Xs:
-        for name in first[key].state_dict_:
-            assert torch.equal(first[key].state_dict_[name], second[key].state_dict_[name])
-    assert not torch.allclose(first["a"].state_dict_["W1"], third["a"].state_dict_["W1"])
+        for name in first[key].weights_:
+            np.testing.assert_array_equal(first[key].weights_[name], second[key].weights_[name])
+    assert not np.allclose(first["a"].weights_["W1"], third["a"].weights_["W1"])
 
 
 def test_autoencoder_round_trips_give_identical_scores():
@@ -249,6 +249,28 @@ def test_autoencoder_round_trips_give_identical_scores():
         assert loaded.get_params() == detector.get_params()
         np.testing.assert_array_equal(loaded.score_samples(X), detector.score_samples(X))
         np.testing.assert_array_equal(loaded.loss_history_, detector.loss_history_)
+
+
+def test_autoencoder_scores_in_numpy_what_its_torch_network_computes():
+    """Scoring runs the trained network in numpy (no torch in a scoring process): the same layers,
+    to float32 rounding."""
+    X = low_rank(300, seed=3)
+    detector = AutoencoderDetector(**FAST_AE, random_state=4).fit(X)
+    w = {name: torch.from_numpy(weights) for name, weights in detector.weights_.items()}
+    network = torch.nn.Sequential(
+        torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4),
+        torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10),
+    )
+    with torch.no_grad():
+        for linear, layer in zip([network[0], network[2], network[3], network[5]], "1234", strict=True):
+            linear.weight.copy_(w[f"W{layer}"].T)
+            linear.bias.copy_(w[f"b{layer}"])
+        x = torch.from_numpy(X.astype(np.float32))
+        expected = ((network(x) - x) ** 2).numpy()
+    errors = detector.feature_errors(X)
+    assert errors.dtype == np.float64
+    np.testing.assert_allclose(errors, expected, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(errors, 0.0)
 
 
 def test_autoencoder_feature_errors_point_at_shifted_features():

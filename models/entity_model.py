@@ -143,13 +143,14 @@ class EntityModel:
             if manifest["format"] in (4, 5):
                 arrays = safetensors.numpy.load(_arrays_buffer(archive, manifest))
                 arrays.update({k: np.array(v, dtype=str) for k, v in manifest["text_arrays"].items()})
+                parts = _by_prefix(arrays)
                 detectors = {
-                    m["name"]: KINDS[m["kind"]].from_state_arrays(m["params"], _unprefixed(f"member_{m['name']}", arrays))
+                    m["name"]: KINDS[m["kind"]].from_state_arrays(m["params"], _unprefixed(f"member_{m['name']}", parts))
                     for m in manifest.get("ensemble", {}).get("members", []) if m["kind"] != "range"
                 }
             else:
                 with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as npz:
-                    arrays = {k: npz[k] for k in npz.files}
+                    parts = _by_prefix({k: npz[k] for k in npz.files})
                 detectors = {
                     m["name"]: KINDS[m["kind"]].from_bytes(archive.read(f"members/{m['name']}.{_FILE_SUFFIX[m['kind']]}"))
                     for m in manifest.get("ensemble", {}).get("members", []) if m["kind"] != "range"
@@ -159,7 +160,7 @@ class EntityModel:
         if "ensemble" in manifest:
             members = []
             for m in manifest["ensemble"]["members"]:
-                calibrator = TailCalibrator.from_state_arrays(m["calibrator"], _unprefixed(f"cal_{m['name']}", arrays))
+                calibrator = TailCalibrator.from_state_arrays(m["calibrator"], _unprefixed(f"cal_{m['name']}", parts))
                 detector = profile if m["kind"] == "range" else detectors[m["name"]]
                 columns = np.asarray(m["columns"], dtype=int)
                 members.append(Member(m["name"], m["kind"], detector, columns, m["weight"], calibrator))
@@ -170,11 +171,11 @@ class EntityModel:
         return cls(
             entity=manifest["entity"],
             scope=manifest["scope"],
-            scaler=RobustClipScaler.from_state_arrays(manifest["scaler"], _unprefixed("scaler", arrays))
+            scaler=RobustClipScaler.from_state_arrays(manifest["scaler"], _unprefixed("scaler", parts))
             if "scaler" in manifest
             else None,
             profile=profile,
-            drift=DriftReference.from_state_arrays(manifest["drift"], _unprefixed("drift", arrays))
+            drift=DriftReference.from_state_arrays(manifest["drift"], _unprefixed("drift", parts))
             if "drift" in manifest
             else None,
             trained=TrainingInfo(
@@ -307,6 +308,18 @@ def _prefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return {f"{prefix}__{k}": v for k, v in arrays.items()}
 
 
-def _unprefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    head = f"{prefix}__"
-    return {k[len(head) :]: v for k, v in arrays.items() if k.startswith(head)}
+def _unprefixed(prefix: str, parts: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays :func:`_prefixed` saved under ``prefix``, from :func:`_by_prefix`'s ``parts``."""
+    return parts.get(prefix, {})
+
+
+def _by_prefix(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """An archive's arrays grouped by the prefix :func:`_prefixed` gave them, in one pass (a scan
+    per part cost a few hundred thousand string tests a second at 1,000 entities a night). The
+    prefix ends at the last ``__``: array names have none, member names may."""
+    parts: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        prefix, sep, name = key.rpartition("__")
+        if sep:
+            parts.setdefault(prefix, {})[name] = value
+    return parts

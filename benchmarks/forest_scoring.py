@@ -16,12 +16,12 @@ import os
 import time
 
 import numpy as np
-import torch
 
 from benchmarks.ensemble_cost import fleet_rows
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.entity_model import score_entity
 from models.fitting import fit_bucket
+from models.frames import one_thread_per_task
 from models.iforest import IForestDetector
 from models.params import FeatureLayout, ModelParams
 
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    one_thread_per_task()  # as a scoring task: numpy's BLAS and torch on one thread
     train, view = fleet_rows(args.entities, args.metrics, 3)
     day, _ = fleet_rows(args.entities, args.metrics, 1, seed=1)
     spec = DatasetSpec(name="bench", metrics=[MetricSpec(name=m) for m in view.metrics])

@@ -29,12 +29,12 @@ import numpy as np
 import pyarrow as pa
 import safetensors.numpy
 import skops.io as sio
-import torch
 
 from benchmarks.ensemble_cost import fleet_rows
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.entity_model import EntityModel
 from models.fitting import fit_bucket
+from models.frames import one_thread_per_task
 from models.iforest import _NODE_FIELDS_2, IForestDetector  # format 2's fields, as the loader reads them
 from models.params import FeatureLayout, ModelParams
 
@@ -126,7 +126,7 @@ def forest(args) -> None:
 
 
 def entity(args) -> None:
-    torch.set_num_threads(1)
+    one_thread_per_task()  # as a scoring task: numpy's BLAS and torch on one thread
     load_start = os.getloadavg()[0]
     train, view = fleet_rows(args.entities, args.metrics, 3)
     spec = DatasetSpec(name="bench", metrics=[MetricSpec(name=m) for m in view.metrics])

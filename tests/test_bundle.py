@@ -380,7 +380,8 @@ def test_a_truncated_or_missing_part_is_one_line_naming_the_version_and_file(bun
 
 def test_a_scoring_process_scores_an_entity_without_importing_torch(bundle, new_day, tmp_path):
     """Loading and scoring need numpy, scikit-learn and numba only: a Spark worker that scores never
-    pays torch's import (about 1.5 CPU-s). Run in a fresh interpreter, which prints the scores."""
+    pays torch's import (about 1.5 CPU-s), and its BLAS runs on one thread. Run in a fresh
+    interpreter, which writes the scores."""
     (tmp_path / "a.model").write_bytes(bundle.entities["a"].to_bytes())
     (tmp_path / "fleet.model").write_bytes(bundle.fleet.to_bytes())
     rows = new_day[new_day["entity_id"] == "a"].reset_index(drop=True)
@@ -390,18 +391,24 @@ import json, sys
 from pathlib import Path
 import pandas as pd
 import models.scoring
+from threadpoolctl import threadpool_info
 from models.entity_model import EntityModel, score_entity
+from models.frames import one_thread_per_task
 from models.params import FeatureLayout
+one_thread_per_task()  # as each scoring task does first
 home = Path({str(tmp_path)!r})
 model, fleet = (EntityModel.from_bytes((home / name).read_bytes()) for name in ("a.model", "fleet.model"))
 layout = FeatureLayout(*(tuple(part) for part in json.loads({json.dumps([FEATURES, FEATURE_METRIC, METRICS])!r})))
 scores = score_entity(model, pd.read_parquet(home / "rows.parquet"), layout, fleet)
 scores.to_parquet(home / "scores.parquet")
-print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] == "torch")))
+print(json.dumps([sorted(name for name in sys.modules if name.split(".")[0] == "torch"),
+                  sorted(set(pool["num_threads"] for pool in threadpool_info()))]))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    torch_modules, blas_threads = json.loads(done.stdout.strip().splitlines()[-1])
+    assert torch_modules == []
+    assert blas_threads == [1]  # numpy's BLAS held to the task's one thread
     expected = score_entity(bundle.entities["a"], rows, LAYOUT, bundle.fleet)
     scored = pd.read_parquet(tmp_path / "scores.parquet")
     pd.testing.assert_frame_equal(scored, expected)

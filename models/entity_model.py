@@ -314,9 +314,9 @@ def _unprefixed(prefix: str, parts: dict[str, dict[str, np.ndarray]]) -> dict[st
 
 
 def _by_prefix(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """An archive's arrays grouped by the prefix :func:`_prefixed` gave them, in one pass (a scan
-    per part cost a few hundred thousand string tests a second at 1,000 entities a night). The
-    prefix ends at the last ``__``: array names have none, member names may."""
+    """An archive's arrays grouped by the prefix :func:`_prefixed` gave them, in one pass:
+    scanning every array for each part of the model cost about 0.45 ms an entity. The prefix ends
+    at the last ``__``: array names have none, member names may."""
     parts: dict[str, dict[str, np.ndarray]] = {}
     for key, value in arrays.items():
         prefix, sep, name = key.rpartition("__")

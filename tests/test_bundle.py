@@ -413,3 +413,17 @@ print(json.dumps([sorted(name for name in sys.modules if name.split(".")[0] == "
     scored = pd.read_parquet(tmp_path / "scores.parquet")
     pd.testing.assert_frame_equal(scored, expected)
     assert scored["flagged"].any()
+
+
+def test_an_archives_arrays_are_grouped_by_the_part_that_saved_them():
+    """Loading groups the saved arrays by prefix in one pass; a member name may hold ``__``."""
+    from models.entity_model import _by_prefix, _prefixed
+
+    nodes, weights, quantiles = np.arange(3), np.ones((2, 2)), np.linspace(0, 1, 5)
+    parts = _by_prefix({**_prefixed("member_iforest__x", {"nodes": nodes}),
+                        **_prefixed("member_autoencoder", {"W1": weights}),
+                        **_prefixed("cal_iforest__x", {"quantiles": quantiles})})
+    assert set(parts) == {"member_iforest__x", "member_autoencoder", "cal_iforest__x"}
+    assert parts["member_iforest__x"]["nodes"] is nodes
+    assert parts["member_autoencoder"]["W1"] is weights
+    assert list(parts["cal_iforest__x"]) == ["quantiles"]

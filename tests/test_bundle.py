@@ -19,7 +19,7 @@ from benchmarks.model_format import arrays_of, deflated_archive, previous_archiv
 from fleetwatch.core.specs import DatasetSpec, MetricSpec
 from models.bundle import ModelBundle, load_cached
 from models.ensemble import EnsembleDetector
-from models.entity_model import EntityModel, score_entity
+from models.entity_model import EntityModel, _by_prefix, _prefixed, score_entity
 from models.explain import range_scores
 from models.fitting import fit_bucket, fit_entity, fit_fleet
 from models.incidents import group_incidents
@@ -417,8 +417,6 @@ print(json.dumps([sorted(name for name in sys.modules if name.split(".")[0] == "
 
 def test_an_archives_arrays_are_grouped_by_the_part_that_saved_them():
     """Loading groups the saved arrays by prefix in one pass; a member name may hold ``__``."""
-    from models.entity_model import _by_prefix, _prefixed
-
     nodes, weights, quantiles = np.arange(3), np.ones((2, 2)), np.linspace(0, 1, 5)
     parts = _by_prefix({**_prefixed("member_iforest__x", {"nodes": nodes}),
                         **_prefixed("member_autoencoder", {"W1": weights}),

@@ -11,6 +11,7 @@ from sklearn.base import clone
 from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import NotFittedError
 
+from benchmarks import plain_loop
 from benchmarks.model_format import previous_forest
 from models.autoencoder import AutoencoderDetector, entity_seed, fit_batched
 from models.iforest import IForestDetector, grow_isolation_forest, packed
@@ -256,17 +257,12 @@ def test_autoencoder_scores_in_numpy_what_its_torch_network_computes():
     to float32 rounding."""
     X = low_rank(300, seed=3)
     detector = AutoencoderDetector(**FAST_AE, random_state=4).fit(X)
-    w = {name: torch.from_numpy(weights) for name, weights in detector.weights_.items()}
-    network = torch.nn.Sequential(
-        torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4),
-        torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10),
-    )
+    network = plain_loop.Autoencoder(10, FAST_AE["hidden"], FAST_AE["bottleneck"])  # the loop's torch network
     with torch.no_grad():
-        for linear, layer in zip([network[0], network[2], network[3], network[5]], "1234", strict=True):
-            linear.weight.copy_(w[f"W{layer}"].T)
-            linear.bias.copy_(w[f"b{layer}"])
-        x = torch.from_numpy(X.astype(np.float32))
-        expected = ((network(x) - x) ** 2).numpy()
+        for linear, layer in zip([network.net[0], network.net[2], network.net[3], network.net[5]], "1234", strict=True):
+            linear.weight.copy_(torch.from_numpy(detector.weights_[f"W{layer}"]).T)
+            linear.bias.copy_(torch.from_numpy(detector.weights_[f"b{layer}"]))
+    expected = plain_loop.ae_errors(network, X)
     errors = detector.feature_errors(X)
     assert errors.dtype == np.float64
     np.testing.assert_allclose(errors, expected, rtol=1e-4, atol=1e-6)

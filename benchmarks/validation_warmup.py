@@ -76,9 +76,12 @@ def suite(spec, day: dt.date, df, uniqueness: str) -> list:
     return screen
 
 
-def run(home: Path, dataset: str, day: dt.date, *, each: bool, uniqueness: str) -> list[dict]:
+def run(home: Path, dataset: str, day: dt.date, *, each: bool, uniqueness: str, spark=None) -> list[dict]:
+    """The timed steps, as rows of step, wall time and CPU-seconds (driver; JVM and workers), in a
+    new session unless ``spark`` is given (that session is left open)."""
     settings = Settings(home=home)
-    spark = get_spark(settings, "fleetwatch-validation-warmup")
+    own = spark is None
+    spark = spark or get_spark(settings, "fleetwatch-validation-warmup")
     clock = Clock()
     clock.time("features (warms the JVM)", lambda: build_features(spark, settings, dataset, day))
     clock.time("import great_expectations", lambda: __import__("great_expectations"))
@@ -95,7 +98,8 @@ def run(home: Path, dataset: str, day: dt.date, *, each: bool, uniqueness: str) 
             dataset, day, [copy.copy(e) for e in expectations], df, "BOOLEAN_ONLY"))
         if not result.success:
             raise SystemExit(f"the suite failed on {dataset} dt={day}: pick a partition that passes")
-    spark.stop()
+    if own:
+        spark.stop()
     return clock.rows
 
 

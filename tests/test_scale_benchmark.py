@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks import night_rerun, scale
+from benchmarks import night_rerun, scale, validation_warmup
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -45,3 +45,12 @@ def test_scale_benchmark_measures_a_real_retrain_night_plain_loop_and_floor(spar
     assert set(night) == set(night_rerun.STAGES)
     assert all(cpu > 0 and wall > 0 for cpu, wall in night.values()), night
     assert spark.read.parquet(str(tmp_path / "bench" / "n3" / "lake" / "scores" / "scale3" / f"dt={day}")).count() == rows
+
+    # and its first validation is timed expectation by expectation, with the uniqueness as a query
+    steps = validation_warmup.run(tmp_path / "bench" / "n3", "scale3", day, each=True, uniqueness="groupby", spark=spark)
+    labels = [s["step"] for s in steps]
+    assert labels[:2] == ["features (warms the JVM)", "import great_expectations"]
+    assert [label for label in labels if label.startswith("whole suite")] == [f"whole suite {i} (groupby)" for i in (1, 2, 3)]
+    assert not any(validation_warmup.UNIQUE in label for label in labels)  # the query took its place
+    assert any(label.startswith("2 unexpected_rows_expectation") for label in labels)
+    assert all(s["wall_s"] > 0 for s in steps)
